@@ -1,0 +1,79 @@
+"""Input checks shared by every varlen op, done once at the public boundary.
+
+Structural checks (dtype, device, shape) are free and always run. Value checks on ``cu_seqlens``
+(starts at 0, non-decreasing, ends at ``total_tokens``) need its values: they run when it lives on
+the CPU, and on CUDA only when the caller already accepted a host sync (``max_seqlen=None``); they
+never run while ``torch.compile`` traces.
+"""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_float_tensor(name: str, tensor: object, ndim: int) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float16, bfloat16 or float32, got {tensor.dtype}")
+    if tensor.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def check_same(name: str, tensor: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """``tensor`` must share dtype and device with ``ref``."""
+    if tensor.dtype != ref.dtype:
+        raise ValueError(f"{name} has dtype {tensor.dtype} but {ref_name} has {ref.dtype}")
+    if tensor.device != ref.device:
+        raise ValueError(f"{name} is on {tensor.device} but {ref_name} is on {ref.device}")
+
+
+def check_cu_seqlens(
+    cu_seqlens: object, total_tokens: int, device: torch.device, max_seqlen: int | None = None
+) -> torch.Tensor:
+    """Validate ``cu_seqlens``: int32, 1-D, >= 1 entry, on ``device``.
+
+    Its values are checked too when that costs no device sync: on the CPU, or when
+    ``max_seqlen`` is None (the caller syncs to derive it anyway). Skipped under torch.compile.
+    """
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype != torch.int32:
+        raise ValueError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError(f"cu_seqlens must be 1-D with batch + 1 >= 1 entries, got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but the data is on {device}")
+    values_are_cheap = cu_seqlens.device.type == "cpu" or max_seqlen is None
+    if values_are_cheap and not torch.compiler.is_compiling():
+        values = cu_seqlens.tolist()
+        if values[0] != 0:
+            raise ValueError(f"cu_seqlens[0] must be 0, got {values[0]}")
+        for i in range(1, len(values)):
+            if values[i] < values[i - 1]:
+                raise ValueError(
+                    f"cu_seqlens must be non-decreasing, but cu_seqlens[{i}]={values[i]} < cu_seqlens[{i - 1}]={values[i - 1]}"
+                )
+        if values[-1] != total_tokens:
+            raise ValueError(f"cu_seqlens[-1]={values[-1]} must equal total_tokens={total_tokens}")
+    return cu_seqlens
+
+
+def check_max_seqlen(max_seqlen: object) -> int | None:
+    if max_seqlen is None:
+        return None
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be a non-negative Python int or None, got {max_seqlen!r}")
+    return max_seqlen
+
+
+def resolve_softmax_scale(softmax_scale: float | None, head_dim: int) -> float:
+    """``None`` means 1/sqrt(head_dim); ElasticAST itself uses 1.0."""
+    if softmax_scale is None:
+        return head_dim ** -0.5
+    scale = float(softmax_scale)
+    if not scale == scale or scale in (float("inf"), float("-inf")):
+        raise ValueError(f"softmax_scale must be finite, got {softmax_scale!r}")
+    return scale

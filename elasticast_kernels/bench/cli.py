@@ -1,0 +1,87 @@
+"""``elasticast-bench``: run a benchmark suite and write the report, or compare two reports.
+
+Examples::
+
+    elasticast-bench --suite quick                      # whatever device is present
+    elasticast-bench --suite full --device cuda --out results/h100
+    elasticast-bench --group attention --workload epic  # one group, one workload
+    elasticast-bench --compare old/results.json new/results.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from elasticast_kernels.bench.workloads import WORKLOADS
+
+DEFAULT_OUT = "bench-report"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from elasticast_kernels.bench.config import GROUPS
+
+    p = argparse.ArgumentParser(prog="elasticast-bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=("quick", "full"), default="quick", help="quick (minutes) or full")
+    p.add_argument("--workload", choices=WORKLOADS, default=None,
+                   help="run only this workload (default: voxceleb for quick, all for full)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when present, else cpu")
+    p.add_argument("--group", action="append", choices=GROUPS, default=None,
+                   help="run only this group (repeatable; default: all)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default: ./{DEFAULT_OUT})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="tiny sizes (seconds; for tests and smoke checks)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print the change from A to B and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from elasticast_kernels.bench import report as report_mod
+
+    if args.compare:
+        try:
+            a, b = (report_mod.load(path) for path in args.compare)
+        except ValueError as exc:
+            print(f"elasticast-bench: {exc}", file=sys.stderr)
+            return 2
+        print(report_mod.compare(a, b, "A", "B"))
+        return 0
+
+    # Benchmarks time the CPU torch paths, never the Triton interpreter.
+    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    from elasticast_kernels.bench import runner
+    from elasticast_kernels.bench.config import make_config, tiny_config
+
+    try:
+        cfg = make_config(args.suite, args.device, args.workload, args.seed)
+    except ValueError as exc:
+        print(f"elasticast-bench: {exc}", file=sys.stderr)
+        return 2
+    if args.tiny:
+        cfg = replace(tiny_config(cfg.device), workloads=cfg.workloads[:1] if args.workload is None else cfg.workloads,
+                      seed=args.seed)
+    if args.group:
+        cfg = replace(cfg, groups=tuple(dict.fromkeys(args.group)))
+    label = "GPU" if cfg.is_cuda else "CPU (reference torch paths; no GPU kernels are timed)"
+    print(f"elasticast-bench: {cfg.suite} suite on {label}, workloads {', '.join(cfg.workloads)}", file=sys.stderr)
+    report = runner.run(cfg, progress=not args.no_progress)
+    out = Path(args.out)
+    path, plots = runner.write(report, out, plots=not args.no_plots)
+    print(report_mod.format_table(report))
+    errors = [r for r in report["results"] if r["status"] == "error"]
+    print(f"\nReport written to {path.resolve()}" + (f" (+ {len(plots)} plots in {out.resolve()})" if plots else ""))
+    if errors:
+        print(f"elasticast-bench: {len(errors)} case(s) failed; see 'status' above and in {path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

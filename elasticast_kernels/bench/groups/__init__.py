@@ -1,0 +1,1 @@
+"""Benchmark groups; each module exposes ``tasks(cfg) -> list[Task]``."""

@@ -1,0 +1,120 @@
+"""Model group: the drop-in ElasticAST with our packed backend vs the paper's masked SDPA backend.
+
+Eval forward and a training step (AdamW; autocast bf16/fp16 on GPU, fp32 on CPU) on one step of
+``samples_per_step`` clips. Both models hold the same weights. Throughput in samples/s and
+tokens/s, peak memory, and the real FLOP rate (matmuls of real tokens, own-sample attention only).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from elasticast_kernels.bench import flops
+from elasticast_kernels.bench.config import BASELINE, BenchConfig, ModelSize
+from elasticast_kernels.bench.groups._common import Task, Unavailable, add_speedups, guarded, timed_metrics
+from elasticast_kernels.bench.results import CaseResult
+from elasticast_kernels.bench.workloads import make_workload
+
+GROUP = "model"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_model(cfg: BenchConfig, size: ModelSize, backend: str, packing: str = "next_fit",
+                state_dict: dict | None = None) -> torch.nn.Module:
+    """An ElasticAST at ``size`` on the config's device (seeded weights, or ``state_dict``)."""
+    from elasticast_kernels import backends
+    from elasticast_kernels.models import ElasticAST
+
+    reason = backends.available_backends(torch.device(cfg.device)).get(backend, f"unknown backend {backend!r}")
+    if reason is not None:
+        raise Unavailable(reason)
+    torch.manual_seed(cfg.seed)
+    model = ElasticAST(
+        sample_size=(128, cfg.max_frames), patch_size=16, num_classes=cfg.num_classes,
+        dim=size.dim, depth=size.depth, heads=size.heads, channels=1,
+        attention_backend=backend, packing=packing,
+    )
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model.to(cfg.device)
+
+
+def _autocast(cfg: BenchConfig, dtype: str) -> contextlib.AbstractContextManager:
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=DTYPES[dtype])
+
+
+def eval_fn(model: torch.nn.Module, specs: list[torch.Tensor], cfg: BenchConfig, dtype: str) -> Callable[[], torch.Tensor]:
+    model.eval()
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), _autocast(cfg, dtype):
+            return model(specs)
+    return run
+
+
+def train_fn(model: torch.nn.Module, specs: list[torch.Tensor], cfg: BenchConfig, dtype: str) -> Callable[[], None]:
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    labels = torch.randint(cfg.num_classes, (len(specs),), generator=torch.Generator().manual_seed(cfg.seed)).to(cfg.device)
+    scaler = torch.amp.GradScaler(torch.device(cfg.device).type, enabled=dtype == "fp16")
+
+    def step() -> None:
+        with _autocast(cfg, dtype):
+            logits = model(specs)
+        loss = F.cross_entropy(logits.float(), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def _metrics(fn: Callable, cfg: BenchConfig, tokens: list[int], size: ModelSize, training: bool, repeats: int | None = None) -> dict:
+    metrics = timed_metrics(fn, cfg, repeats=repeats)
+    seconds = metrics["median_ms"] / 1e3
+    metrics.update(
+        samples_per_s=len(tokens) / seconds,
+        tokens_per_s=sum(tokens) / seconds,
+        tflops_real=flops.model_flops(tokens, size.dim, size.depth, training=training) / seconds / 1e12,
+        total_tokens=sum(tokens),
+    )
+    return metrics
+
+
+def tasks(cfg: BenchConfig) -> list[Task]:
+    out: list[Task] = []
+    label = "" if cfg.is_cuda else " (CPU size)"
+    for workload in cfg.workloads:
+        wl = make_workload(workload, max(cfg.samples_per_step, 48), cfg.seed)
+        idx = wl.step(0, cfg.samples_per_step)
+        tokens = [int(t) for t in wl.tokens[idx]]
+        for mode, size in (("eval_forward", cfg.model), ("train_step", cfg.train_model)):
+            for dtype in cfg.model_dtypes:
+                def run(workload: str = workload, mode: str = mode, size: ModelSize = size, dtype: str = dtype) -> list[CaseResult]:
+                    specs = wl.spectrograms(idx, device=cfg.device)
+                    results, logits, weights = [], {}, None
+                    for backend in cfg.model_backends:
+                        def body(backend: str = backend) -> dict:
+                            nonlocal weights
+                            model = build_model(cfg, size, backend, state_dict=weights)
+                            weights = weights or {k: v.detach().clone() for k, v in model.state_dict().items()}
+                            if mode == "eval_forward":
+                                fn = eval_fn(model, specs, cfg, dtype)
+                                logits[backend] = fn().float()
+                                metrics = _metrics(fn, cfg, tokens, size, training=False)
+                                first = logits[cfg.model_backends[0]]
+                                metrics["max_abs_logit_diff_vs_first"] = float((logits[backend] - first).abs().max())
+                            else:
+                                metrics = _metrics(train_fn(model, specs, cfg, dtype), cfg, tokens, size, training=True)
+                            return metrics
+                        params = dict(size.as_dict(), dtype=dtype, samples=len(tokens))
+                        results.append(guarded(GROUP, mode, backend, workload, params, body))
+                    add_speedups(results, BASELINE, ("dtype",))
+                    return results
+                out.append(Task(GROUP, f"model {mode} {dtype}{label} [{workload}]", run))
+    return out

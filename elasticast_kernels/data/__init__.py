@@ -1,0 +1,26 @@
+"""Training-side packing: samplers, collate, and Kaldi-compatible features.
+
+- :class:`PackedBatchSampler` / :class:`DistributedPackedBatchSampler`: steps of sample indices
+  whose packs fit a token budget, deterministic per ``(seed, epoch)``, balanced across ranks.
+- :func:`collate_packed` / :class:`PackedCollator`: ``(spectrogram, label)`` samples to a
+  :class:`~elasticast_kernels.packing.PackedBatch` in the data-loader worker.
+- :func:`fbank`, :func:`audio_to_spectrogram`, :func:`num_frames`, :func:`num_tokens`: features
+  as the AST / ElasticAST recipes compute them, with the quality (time-resolution) multiplier.
+"""
+from .collate import PackedCollator, collate_packed
+from .features import AUDIOSET_NORM, audio_to_spectrogram, fbank, mel_filterbank, num_frames, num_tokens
+from .samplers import DistributedPackedBatchSampler, EpochStats, PackedBatchSampler
+
+__all__ = [
+    "PackedBatchSampler",
+    "DistributedPackedBatchSampler",
+    "EpochStats",
+    "collate_packed",
+    "PackedCollator",
+    "fbank",
+    "audio_to_spectrogram",
+    "num_frames",
+    "num_tokens",
+    "mel_filterbank",
+    "AUDIOSET_NORM",
+]

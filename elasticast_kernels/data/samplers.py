@@ -1,0 +1,379 @@
+"""Batch samplers that turn variable-length samples into fixed-token-budget steps.
+
+A step is one or more *packs*; a pack is a set of samples whose token counts sum to at most
+``max_tokens`` (the model's ``group_max_seq_len``). Each epoch the sampler
+
+1. shuffles the sample order (``shuffle=True``) from ``(seed, epoch)`` alone,
+2. packs it with :func:`elasticast_kernels.packing.pack_lengths` (``strategy``),
+3. shuffles the packs, and groups them into steps of at most ``packs_per_step`` packs,
+4. in the distributed sampler, hands every rank the same number of steps with balanced tokens.
+
+Every rank computes the whole schedule from the seed, so no communication is needed, and a rank
+keeps only its own steps. A step is yielded as a list of sample indices, pack after pack, which is
+what ``torch.utils.data.DataLoader(batch_sampler=...)`` expects; :func:`collate_packed` turns the
+fetched samples into a :class:`~elasticast_kernels.packing.PackedBatch`.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from ._balance import balanced_groups, split_pack
+
+__all__ = ["EpochStats", "PackedBatchSampler", "DistributedPackedBatchSampler"]
+
+_OVERSIZE_MODES = ("error", "drop")
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch's schedule looks like, over all ranks.
+
+    Attributes:
+        epoch: the epoch it describes.
+        num_steps: steps per rank (the same on every rank).
+        num_packs: packs over all ranks.
+        num_samples: samples scheduled over all ranks.
+        num_dropped: samples not scheduled this epoch: longer than ``max_tokens`` (``oversize="drop"``)
+            plus those in packs left out by ``drop_last`` or by the equal-steps rule.
+        rank_tokens: tokens per rank, ``num_replicas`` entries.
+        token_imbalance: ``max(rank_tokens) / mean(rank_tokens) - 1`` (0 = perfectly balanced).
+        step_imbalance: mean over steps of ``max / mean - 1`` of the ranks' tokens in that step: the
+            fraction of a step that the average rank waits for the slowest one.
+        efficiency: ``tokens / (num_packs * max_tokens)``, how full the packs are.
+    """
+
+    epoch: int
+    num_steps: int
+    num_packs: int
+    num_samples: int
+    num_dropped: int
+    rank_tokens: tuple[int, ...]
+    token_imbalance: float
+    step_imbalance: float
+    efficiency: float
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    epoch: int
+    steps: list[list[list[np.ndarray]]]  # [rank][step] -> packs (int64 index arrays)
+    stats: EpochStats
+
+
+def _as_lengths(lengths: object) -> np.ndarray:
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.detach().cpu().numpy()
+    array = np.asarray(lengths)
+    if array.ndim != 1:
+        raise ValueError(f"lengths must be 1-D (one token count per sample), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError("lengths is empty: the dataset has no samples")
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise TypeError("lengths must hold whole token counts, got non-integer values")
+    elif array.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    if array.min() < 1:
+        bad = int(np.flatnonzero(array < 1)[0])
+        raise ValueError(f"lengths must be >= 1 token, but lengths[{bad}] = {array[bad]}")
+    return array
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+class PackedBatchSampler(Sampler[list[int]]):
+    """Yields steps of sample indices whose packs each hold at most ``max_tokens`` tokens.
+
+    Args:
+        lengths: ``[num_samples]`` token count of each sample (list, numpy array or tensor of
+            whole numbers >= 1); for spectrograms use
+            ``features.num_tokens(features.num_frames(...))`` or ``(F // p) * (T // p)``.
+        max_tokens: token budget of one pack (the model's ``group_max_seq_len``).
+        strategy: any strategy of :func:`~elasticast_kernels.packing.pack_lengths`.
+        shuffle: shuffle samples before packing and packs before stepping, from ``(seed, epoch)``.
+        seed: non-negative int; the schedule is a pure function of ``(seed, epoch)``.
+        drop_last: drop the final step when it has fewer than ``packs_per_step`` packs (its
+            samples are counted in :attr:`stats`); with ``packs_per_step=1`` nothing is dropped.
+        packs_per_step: packs per step (gradient-accumulation-free larger steps); each step has
+            between 1 and ``packs_per_step`` packs.
+        oversize: what to do with samples longer than ``max_tokens``: ``"error"`` (ValueError) or
+            ``"drop"`` (left out of every epoch, with one warning; see :attr:`num_oversize`).
+        window: look-ahead window of the windowed strategies.
+
+    Every kept index appears exactly once per epoch. Call :meth:`set_epoch` before each epoch.
+    ``len(sampler)`` is the number of steps of the current epoch (the pack count can change a
+    little between epochs because the shuffled order packs differently).
+
+    Raises:
+        ValueError / TypeError: empty or malformed ``lengths``, bad options, every sample oversize.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray | torch.Tensor,
+        max_tokens: int,
+        strategy: str = "best_fit_window",
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        packs_per_step: int = 1,
+        oversize: str = "error",
+        *,
+        window: int = 256,
+    ) -> None:
+        self._init_common(lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window)
+        self.num_replicas = 1
+        self.rank = 0
+        self._schedule(self.epoch)  # fail early on a bad strategy or too few packs
+
+    # ------------------------------------------------------------------ setup
+    def _init_common(
+        self, lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window
+    ) -> None:
+        self.lengths = _as_lengths(lengths)
+        self.max_tokens = _positive_int("max_tokens", max_tokens)
+        self.packs_per_step = _positive_int("packs_per_step", packs_per_step)
+        self.window = _positive_int("window", window)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if oversize not in _OVERSIZE_MODES:
+            raise ValueError(f"oversize must be one of {_OVERSIZE_MODES}, got {oversize!r}")
+        if not isinstance(strategy, str):
+            raise TypeError(f"strategy must be a str, got {type(strategy).__name__}")
+        self.strategy = strategy
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.oversize = oversize
+        self.epoch = 0
+        self._cached: _Schedule | None = None
+
+        too_long = np.flatnonzero(self.lengths > self.max_tokens)
+        if too_long.size and oversize == "error":
+            first = int(too_long[0])
+            raise ValueError(
+                f"{too_long.size} sample(s) are longer than max_tokens={self.max_tokens} "
+                f"(e.g. lengths[{first}] = {self.lengths[first]}); raise max_tokens, crop them, "
+                f"or pass oversize='drop'"
+            )
+        if too_long.size == self.lengths.size:
+            raise ValueError(f"every sample is longer than max_tokens={self.max_tokens}; nothing to sample")
+        if too_long.size:
+            warnings.warn(
+                f"dropping {too_long.size} of {self.lengths.size} samples longer than max_tokens={self.max_tokens}",
+                stacklevel=3,
+            )
+        #: indices of samples left out of every epoch because they exceed ``max_tokens``
+        self.oversize_indices = too_long
+        self._kept = np.flatnonzero(self.lengths <= self.max_tokens)
+
+    @property
+    def num_oversize(self) -> int:
+        """Samples dropped from every epoch for being longer than ``max_tokens``."""
+        return int(self.oversize_indices.size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose schedule ``__iter__`` and ``__len__`` use (same on every rank)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    # ------------------------------------------------------------------ public
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in self._schedule(self.epoch).steps[self.rank]:
+            yield np.concatenate(step).tolist()
+
+    def __len__(self) -> int:
+        return self._schedule(self.epoch).stats.num_steps
+
+    @property
+    def stats(self) -> EpochStats:
+        """:class:`EpochStats` of the current epoch (all ranks)."""
+        return self._schedule(self.epoch).stats
+
+    def packs(self, epoch: int | None = None) -> list[list[list[int]]]:
+        """This rank's steps for ``epoch`` (default: current) as ``[step][pack] -> indices``."""
+        schedule = self._schedule(self.epoch if epoch is None else epoch)
+        return [[pack.tolist() for pack in step] for step in schedule.steps[self.rank]]
+
+    # ------------------------------------------------------------------ schedule
+    def _plan_packs(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """All packs of one epoch as arrays of dataset indices, in (shuffled) pack order."""
+        # Imported here so `import elasticast_kernels.data` (features only) needs no native extension.
+        from elasticast_kernels.packing import pack_lengths
+
+        order = rng.permutation(self._kept) if self.shuffle else self._kept
+        plan = pack_lengths(
+            self.lengths[order], self.max_tokens, self.strategy,
+            window=self.window, seed=int(rng.integers(0, 2**31 - 1)),
+        )
+        packs = [order[np.asarray(b, dtype=np.int64)] for b in plan.bins if len(b)]
+        if self.shuffle:
+            packs = [packs[i] for i in rng.permutation(len(packs))]
+        return packs
+
+    def _schedule(self, epoch: int) -> _Schedule:
+        if self._cached is not None and self._cached.epoch == epoch:
+            return self._cached
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
+        packs = self._plan_packs(rng)
+        packs, num_steps, left_out = self._fit_to_ranks(packs, epoch)
+        if self.num_replicas == 1:
+            steps = [[packs[i : i + self.packs_per_step] for i in range(0, len(packs), self.packs_per_step)]]
+        else:
+            steps = self._assign_ranks(packs, num_steps, rng)
+        self._cached = _Schedule(epoch, steps, self._stats(epoch, steps, left_out))
+        return self._cached
+
+    def _fit_to_ranks(self, packs: list[np.ndarray], epoch: int) -> tuple[list[np.ndarray], int, int]:
+        """Make the packs fill ``num_replicas * num_steps`` steps. -> (packs, steps per rank, samples left out)."""
+        replicas, per_step = self.num_replicas, self.packs_per_step
+        if len(packs) < replicas:
+            raise ValueError(
+                f"num_replicas={replicas} is larger than the number of packs ({len(packs)}) in epoch {epoch}: "
+                f"use fewer ranks, a smaller max_tokens, or more data"
+            )
+        if self.drop_last:
+            num_steps = len(packs) // (replicas * per_step)
+            if num_steps == 0:
+                raise ValueError(
+                    f"drop_last=True leaves no step: {len(packs)} packs < num_replicas * packs_per_step "
+                    f"= {replicas * per_step} in epoch {epoch}"
+                )
+            kept, dropped = packs[: replicas * num_steps * per_step], packs[replicas * num_steps * per_step :]
+            return kept, num_steps, sum(len(p) for p in dropped)
+
+        num_steps = math.ceil(len(packs) / (replicas * per_step))
+        if replicas == 1:
+            return packs, num_steps, 0
+        # Every step needs at least one pack: split the fullest multi-sample packs until there
+        # are replicas * num_steps of them (only happens for a remainder smaller than replicas).
+        packs = list(packs)
+        while len(packs) < replicas * num_steps:
+            splittable = [i for i, p in enumerate(packs) if len(p) > 1]
+            if not splittable:
+                break
+            fullest = max(splittable, key=lambda i: (int(self.lengths[packs[i]].sum()), -i))
+            first, second = split_pack(packs[fullest], self.lengths)
+            packs[fullest : fullest + 1] = [first, second]
+        if len(packs) >= replicas * num_steps:
+            return packs, num_steps, 0
+        # Only single-sample packs and too few of them: fewer steps, leaving out the smallest packs.
+        num_steps = len(packs) // replicas
+        keep = replicas * num_steps * per_step
+        if keep >= len(packs):
+            return packs, num_steps, 0
+        by_size = sorted(range(len(packs)), key=lambda i: -int(self.lengths[packs[i]].sum()))
+        kept_ids = sorted(by_size[:keep])
+        dropped = [packs[i] for i in by_size[keep:]]
+        num_left_out = sum(len(p) for p in dropped)
+        warnings.warn(
+            f"epoch {epoch}: {len(packs)} single-sample packs cannot fill the same number of steps on "
+            f"{replicas} ranks; leaving out {num_left_out} sample(s) this epoch",
+            stacklevel=4,
+        )
+        return [packs[i] for i in kept_ids], num_steps, num_left_out
+
+    def _assign_ranks(self, packs: list[np.ndarray], num_steps: int, rng: np.random.Generator) -> list[list[list[np.ndarray]]]:
+        """Balance packs over ranks, then over each rank's steps, then align step sizes across ranks."""
+        pack_tokens = np.array([int(self.lengths[p].sum()) for p in packs], dtype=np.int64)
+        per_rank = balanced_groups(pack_tokens, self.num_replicas, num_steps, num_steps * self.packs_per_step)
+        # One permutation shared by every rank, so step s is the s-th largest step everywhere:
+        # ranks run steps of similar size side by side and wait less for each other.
+        step_order = rng.permutation(num_steps) if self.shuffle else np.arange(num_steps)
+        steps = []
+        for rank_packs in per_rank:
+            ids = np.asarray(rank_packs, dtype=np.int64)
+            groups = balanced_groups(pack_tokens[ids], num_steps, 1, self.packs_per_step)
+            groups.sort(key=lambda g: -int(pack_tokens[ids[g]].sum()))
+            steps.append([[packs[ids[j]] for j in groups[s]] for s in step_order])
+        return steps
+
+    def _stats(self, epoch: int, steps: list[list[list[np.ndarray]]], left_out: int) -> EpochStats:
+        step_tokens = np.array(
+            [[sum(int(self.lengths[p].sum()) for p in step) for step in rank_steps] for rank_steps in steps],
+            dtype=np.int64,
+        )  # [rank, step]
+        rank_tokens = step_tokens.sum(axis=1)
+        num_packs = sum(len(step) for rank_steps in steps for step in rank_steps)
+        num_samples = sum(len(p) for rank_steps in steps for step in rank_steps for p in step)
+        mean_step = step_tokens.mean(axis=0)
+        step_imbalance = float(np.mean(step_tokens.max(axis=0) / np.maximum(mean_step, 1) - 1)) if step_tokens.size else 0.0
+        return EpochStats(
+            epoch=epoch,
+            num_steps=int(step_tokens.shape[1]),
+            num_packs=num_packs,
+            num_samples=num_samples,
+            num_dropped=self.num_oversize + left_out,
+            rank_tokens=tuple(int(t) for t in rank_tokens),
+            token_imbalance=float(rank_tokens.max() / max(rank_tokens.mean(), 1) - 1),
+            step_imbalance=step_imbalance,
+            efficiency=float(rank_tokens.sum() / (num_packs * self.max_tokens)),
+        )
+
+
+class DistributedPackedBatchSampler(PackedBatchSampler):
+    """:class:`PackedBatchSampler` for data parallelism: each rank gets its own share of the packs.
+
+    Every rank builds the same schedule from ``(seed, epoch)`` and keeps its own steps: no index is
+    on two ranks, and every rank has the same number of steps (so collective ops stay in step).
+    Packs are spread by tokens (largest first to the rank with the fewest tokens), and steps are
+    aligned so that step ``s`` is about the same size on every rank; :attr:`stats` reports the
+    remaining imbalance (``token_imbalance``, ``step_imbalance``).
+
+    When the pack count does not divide evenly, the fullest multi-sample packs are split in two
+    so that every step has at least one pack (no sample is repeated or dropped); only if that is
+    impossible (too few samples) are the smallest packs left out, with a warning. With
+    ``drop_last=True`` the trailing packs that do not fill a whole round of steps are left out.
+
+    Args:
+        num_replicas, rank: world size and this process's rank; default to
+            ``torch.distributed``'s when it is initialised.
+        Others: as :class:`PackedBatchSampler`.
+
+    Raises:
+        ValueError: ``num_replicas`` larger than the number of packs, a bad rank, or the errors of
+            :class:`PackedBatchSampler`.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray | torch.Tensor,
+        max_tokens: int,
+        strategy: str = "best_fit_window",
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        packs_per_step: int = 1,
+        oversize: str = "error",
+        *,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        window: int = 256,
+    ) -> None:
+        if num_replicas is None or rank is None:
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                raise ValueError("pass num_replicas and rank, or initialise torch.distributed first")
+            num_replicas = torch.distributed.get_world_size() if num_replicas is None else num_replicas
+            rank = torch.distributed.get_rank() if rank is None else rank
+        num_replicas = _positive_int("num_replicas", num_replicas)
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be an int in [0, {num_replicas}), got {rank!r}")
+        self._init_common(lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window)
+        self.num_replicas = num_replicas
+        self.rank = int(rank)
+        self._schedule(self.epoch)

@@ -1,0 +1,267 @@
+"""PackedBatchSampler / DistributedPackedBatchSampler invariants over random inputs.
+
+Invariants: every kept index exactly once per epoch (coverage), every pack within max_tokens
+(capacity), the same schedule from the same (seed, epoch) (determinism), len() equal to what is
+yielded, and for the distributed sampler: the same number of steps on every rank, no index on two
+ranks, balanced tokens. The gloo test runs the sampler in real local processes.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from elasticast_kernels.data import DistributedPackedBatchSampler, PackedBatchSampler
+
+STRATEGIES = ["next_fit", "first_fit_decreasing", "best_fit_decreasing", "best_fit_window", "histogram"]
+
+
+def random_lengths(seed: int, n: int | None = None, max_tokens: int = 512) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400)) if n is None else n
+    # A mix of short clips and long ones (up to a full pack), like real audio durations.
+    return np.where(rng.random(n) < 0.8, rng.integers(8, 128, n), rng.integers(128, max_tokens + 1, n))
+
+
+def epoch_steps(sampler, epoch: int) -> list[list[int]]:
+    sampler.set_epoch(epoch)
+    steps = list(sampler)
+    assert len(steps) == len(sampler)
+    return steps
+
+
+def check_packs(sampler, epoch: int, lengths: np.ndarray, max_tokens: int) -> list[list[list[int]]]:
+    """Capacity and packs-per-step bounds; the yielded steps are the packs concatenated."""
+    packs = sampler.packs(epoch)
+    sampler.set_epoch(epoch)
+    for step, yielded in zip(packs, sampler):
+        assert 1 <= len(step) <= sampler.packs_per_step
+        assert all(len(pack) >= 1 and lengths[pack].sum() <= max_tokens for pack in step)
+        assert [i for pack in step for i in pack] == yielded
+    return packs
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("packs_per_step", [1, 3])
+def test_single_process_invariants(strategy, seed, packs_per_step):
+    lengths = random_lengths(seed)
+    sampler = PackedBatchSampler(lengths, 512, strategy, seed=seed, packs_per_step=packs_per_step)
+    for epoch in (0, 1):
+        steps = epoch_steps(sampler, epoch)
+        flat = [i for step in steps for i in step]
+        assert sorted(flat) == list(range(len(lengths)))  # every index exactly once
+        check_packs(sampler, epoch, lengths, 512)
+        assert sampler.stats.num_samples == len(lengths) and sampler.stats.num_dropped == 0
+        assert sampler.stats.num_steps == len(steps) == -(-sampler.stats.num_packs // packs_per_step)
+    # determinism: a fresh sampler with the same seed gives the same epochs, in any call order
+    again = PackedBatchSampler(lengths, 512, strategy, seed=seed, packs_per_step=packs_per_step)
+    assert epoch_steps(again, 1) == epoch_steps(sampler, 1)
+    assert epoch_steps(again, 0) == epoch_steps(sampler, 0)
+
+
+def test_shuffle_changes_with_epoch_and_seed():
+    lengths = random_lengths(7, n=300)
+    a = PackedBatchSampler(lengths, 512, seed=0)
+    assert epoch_steps(a, 0) != epoch_steps(a, 1)
+    assert epoch_steps(a, 0) != epoch_steps(PackedBatchSampler(lengths, 512, seed=1), 0)
+
+
+def test_no_shuffle_keeps_plan_order():
+    lengths = np.array([100, 300, 200, 400, 50])
+    steps = epoch_steps(PackedBatchSampler(lengths, 512, "next_fit", shuffle=False), 0)
+    assert steps == [[0, 1], [2], [3, 4]]  # in-order next fit
+
+
+def test_drop_last_drops_only_an_incomplete_final_step():
+    lengths = np.full(10, 300)  # one sample per pack -> 10 packs
+    sampler = PackedBatchSampler(lengths, 512, packs_per_step=4, drop_last=True)
+    steps = epoch_steps(sampler, 0)
+    assert [len(s) for s in steps] == [4, 4]
+    assert sampler.stats.num_dropped == 2 and sampler.stats.num_samples == 8
+    keep_all = PackedBatchSampler(lengths, 512, packs_per_step=4)
+    assert [len(s) for s in epoch_steps(keep_all, 0)] == [4, 4, 2]
+
+
+def test_oversize_drop_is_counted_and_warned():
+    lengths = np.array([100, 600, 200, 513, 50])
+    with pytest.warns(UserWarning, match="dropping 2 of 5"):
+        sampler = PackedBatchSampler(lengths, 512, oversize="drop")
+    assert sampler.num_oversize == 2 and sampler.oversize_indices.tolist() == [1, 3]
+    flat = sorted(i for step in epoch_steps(sampler, 0) for i in step)
+    assert flat == [0, 2, 4] and sampler.stats.num_dropped == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(lengths=[], max_tokens=10), ValueError, "empty"),
+        (dict(lengths=[5, 20], max_tokens=10), ValueError, "longer than max_tokens"),
+        (dict(lengths=[20, 30], max_tokens=10, oversize="drop"), ValueError, "every sample"),
+        (dict(lengths=[5, 0], max_tokens=10), ValueError, "lengths\\[1\\]"),
+        (dict(lengths=[[5]], max_tokens=10), ValueError, "1-D"),
+        (dict(lengths=[1.5, 2], max_tokens=10), TypeError, "whole"),
+        (dict(lengths=["a"], max_tokens=10), TypeError, "integers"),
+        (dict(lengths=[5], max_tokens=0), ValueError, "max_tokens"),
+        (dict(lengths=[5], max_tokens=10, packs_per_step=0), ValueError, "packs_per_step"),
+        (dict(lengths=[5], max_tokens=10, oversize="skip"), ValueError, "oversize"),
+        (dict(lengths=[5], max_tokens=10, seed=-1), ValueError, "seed"),
+        (dict(lengths=[5], max_tokens=10, strategy="no_such_strategy"), ValueError, None),
+    ],
+)
+def test_bad_input(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        PackedBatchSampler(**kwargs)
+
+
+def test_accepts_tensor_and_float_lengths():
+    expected = epoch_steps(PackedBatchSampler([3, 4, 5], 8, seed=2), 0)
+    assert epoch_steps(PackedBatchSampler(torch.tensor([3, 4, 5]), 8, seed=2), 0) == expected
+    assert epoch_steps(PackedBatchSampler(np.array([3.0, 4.0, 5.0]), 8, seed=2), 0) == expected
+
+
+def test_sampler_pickles_for_loader_workers():
+    sampler = PackedBatchSampler(random_lengths(3), 512, seed=3)
+    clone = pickle.loads(pickle.dumps(sampler))
+    assert epoch_steps(clone, 2) == epoch_steps(sampler, 2)
+
+
+# ---------------------------------------------------------------- distributed, without processes
+def all_ranks(lengths, max_tokens, num_replicas, **kwargs):
+    return [DistributedPackedBatchSampler(lengths, max_tokens, num_replicas=num_replicas, rank=r, **kwargs)
+            for r in range(num_replicas)]
+
+
+def check_distributed_epoch(samplers, epoch, lengths, max_tokens, expect_all=True):
+    per_rank = [epoch_steps(s, epoch) for s in samplers]
+    assert len({len(steps) for steps in per_rank}) == 1, "ranks have different step counts"
+    assert all(len(steps) >= 1 for steps in per_rank)
+    flats = [[i for step in steps for i in step] for steps in per_rank]
+    union = [i for flat in flats for i in flat]
+    assert len(union) == len(set(union)), "an index is on two ranks"
+    if expect_all:
+        assert sorted(union) == sorted(set(range(len(lengths))) - set(samplers[0].oversize_indices.tolist()))
+    for s in samplers:
+        check_packs(s, epoch, lengths, max_tokens)
+        assert s.stats == samplers[0].stats  # the same plan on every rank, from the seed alone
+    stats = samplers[0].stats
+    assert sum(stats.rank_tokens) == sum(int(lengths[f].sum()) for f in flats)
+    assert [int(lengths[f].sum()) for f in flats] == list(stats.rank_tokens)
+    return per_rank, stats
+
+
+@pytest.mark.parametrize("num_replicas", [2, 3, 5])
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("packs_per_step", [1, 2])
+@pytest.mark.parametrize("strategy", ["best_fit_window", "next_fit"])
+def test_distributed_invariants(num_replicas, seed, packs_per_step, strategy):
+    lengths = random_lengths(100 + seed, n=int(np.random.default_rng(seed).integers(60, 400)))
+    samplers = all_ranks(lengths, 512, num_replicas, seed=seed, packs_per_step=packs_per_step, strategy=strategy)
+    for epoch in (0, 3):
+        _, stats = check_distributed_epoch(samplers, epoch, lengths, 512)
+        assert stats.num_dropped == 0
+
+
+def test_distributed_balances_tokens():
+    lengths = random_lengths(5, n=3000)
+    samplers = all_ranks(lengths, 512, 4, seed=5)
+    _, stats = check_distributed_epoch(samplers, 0, lengths, 512)
+    assert stats.token_imbalance < 0.02, stats
+    assert stats.step_imbalance < 0.05, stats
+
+
+def test_distributed_splits_packs_instead_of_dropping():
+    lengths = np.full(5, 200)  # next_fit -> packs [0, 1], [2, 3], [4]: 3 packs for 2 ranks x 2 steps
+    samplers = all_ranks(lengths, 512, 2, strategy="next_fit", shuffle=False)
+    per_rank, stats = check_distributed_epoch(samplers, 0, lengths, 512)
+    assert stats.num_steps == 2 and stats.num_dropped == 0 and stats.num_packs == 4
+
+
+def test_distributed_single_sample_packs_leave_out_with_warning():
+    lengths = np.full(5, 400)  # 5 unsplittable packs on 2 ranks -> 2 steps each, 1 sample left out
+    with pytest.warns(UserWarning, match="leaving out 1"):
+        samplers = all_ranks(lengths, 512, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, stats = check_distributed_epoch(samplers, 0, lengths, 512, expect_all=False)
+    assert stats.num_steps == 2 and stats.num_dropped == 1 and stats.num_samples == 4
+
+
+def test_distributed_drop_last():
+    lengths = np.full(11, 300)
+    samplers = all_ranks(lengths, 512, 2, packs_per_step=2, drop_last=True)
+    _, stats = check_distributed_epoch(samplers, 0, lengths, 512, expect_all=False)
+    assert stats.num_steps == 2 and stats.num_samples == 8 and stats.num_dropped == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lengths=[10, 10, 10], num_replicas=2, rank=0), "larger than the number of packs"),
+        (dict(lengths=[300, 300, 300], num_replicas=2, rank=0, packs_per_step=2, drop_last=True), "no step"),
+        (dict(lengths=[10] * 10, num_replicas=2, rank=2), "rank"),
+        (dict(lengths=[10] * 10, num_replicas=0, rank=0), "num_replicas"),
+        (dict(lengths=[10] * 10), "torch.distributed"),
+    ],
+)
+def test_distributed_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DistributedPackedBatchSampler(max_tokens=512, **kwargs)
+
+
+# ---------------------------------------------------------------- distributed, real gloo processes
+def _gloo_worker(rank: int, world_size: int, init_file: str, lengths: np.ndarray, out_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        sampler = DistributedPackedBatchSampler(lengths, 512, seed=11, packs_per_step=2)  # rank/size from dist
+        result = {}
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            seen, steps = [], 0
+            for step in sampler:
+                # one collective per step, as a DDP backward does: unequal step counts would hang
+                dist.all_reduce(torch.ones(1))
+                seen.extend(step)
+                steps += 1
+            gathered = [None] * world_size
+            dist.all_gather_object(gathered, (steps, seen, sampler.stats))
+            result[epoch] = gathered
+        if rank == 0:
+            with open(out_file, "wb") as handle:
+                pickle.dump(result, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_gloo_processes_agree(tmp_path):
+    world_size = 3
+    lengths = random_lengths(21, n=500)
+    out_file = str(tmp_path / "result.pkl")
+    # fork where the platform has it: the children inherit the imported torch instead of paying
+    # for a fresh interpreter each (seconds per process on a loaded 2-core machine).
+    start_method = "fork" if "fork" in torch.multiprocessing.get_all_start_methods() else "spawn"
+    torch.multiprocessing.start_processes(
+        _gloo_worker, args=(world_size, str(tmp_path / "init"), lengths, out_file), nprocs=world_size,
+        join=True, start_method=start_method,
+    )
+    with open(out_file, "rb") as handle:
+        result = pickle.load(handle)
+    for epoch, gathered in result.items():
+        steps = [g[0] for g in gathered]
+        assert len(set(steps)) == 1 and steps[0] > 0
+        sets = [set(g[1]) for g in gathered]
+        assert sum(len(s) for s in sets) == len(set().union(*sets)) == len(lengths)  # disjoint, complete
+        assert all(g[2] == gathered[0][2] for g in gathered)  # identical plans
+        assert gathered[0][2].token_imbalance < 0.05
+    assert [g[1] for g in result[0]] != [g[1] for g in result[1]]  # a new order per epoch

@@ -1,0 +1,463 @@
+"""Triton kernels for varlen self-attention on the packed layout, and their launchers.
+
+Layout: ``q, k, v, out`` are ``[total_tokens, heads, head_dim]`` with a unit stride on
+``head_dim``; sample ``b`` owns tokens ``cu_seqlens[b]:cu_seqlens[b + 1]`` and attends only to
+itself. The log-sum-exp is ``[heads, total_tokens]`` fp32, kept in the base-2 domain with the
+softmax scale folded in (``lse2 = log2(sum_j 2^(scale * log2(e) * q.k_j))``) so that the backward
+recomputes probabilities with one ``exp2``.
+
+Scheduling without a host sync: a kernel that works on blocks of ``BLOCK`` tokens of each sample
+gives sample ``b`` the program slots ``[b + cu[b] // BLOCK, b + 1 + cu[b + 1] // BLOCK)``. That
+range holds at least ``ceil(len_b / BLOCK)`` slots, so launching ``total_tokens // BLOCK + batch``
+programs covers every block of every sample, whatever the lengths, and wastes at most one program
+per sample (it exits at once). Each program finds its sample by a binary search over
+``cu_seqlens`` (``ceil(log2(batch + 1))`` scalar loads). Only host facts (tensor shapes) size the
+grid, so neither ``max_seqlen`` nor any ``.item()`` is needed.
+
+Kernels (FlashAttention-2 structure):
+- ``_fwd_kernel``: one program per (query block, head); online softmax over the sample's key
+  blocks; writes ``out`` and the log-sum-exp.
+- ``_bwd_preprocess_kernel``: ``delta = rowsum(dout * out)`` per (token, head), fp32.
+- ``_bwd_dkdv_kernel``: one program per (key block, head), loops over the sample's query blocks.
+- ``_bwd_dq_kernel``: one program per (query block, head), loops over the sample's key blocks.
+Two backward kernels instead of atomics: deterministic, and no fp32 scratch for dq.
+
+Every loop over blocks runs in two parts: blocks entirely inside the sample (and, for causal,
+entirely below the diagonal) without any masking, then the few boundary blocks with masks. All
+softmax statistics are fp32. Token indices are cast to int64 before multiplying by strides.
+Only plain pointers with masks are used (no block pointers): they compile on Triton 3.6 and 3.9.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from elasticast_kernels.ops._dispatch import triton_interpret
+
+LOG2_E = 1.4426950408889634
+
+# --- autotune configs -------------------------------------------------------------------------
+# Tiles come from ahead-of-time compiles for sm_80/sm_90 (tests/test_aot_varlen.py checks that
+# none of them spills): forward 128x64 with 8 warps at head_dim 64 (FlashAttention-2's choice),
+# backward 32x64/64x64 tiles with 4-8 warps. Every config keeps the bigger block a multiple of the
+# smaller one, which the causal split into full and diagonal blocks relies on.
+# Under the interpreter several configs fail ("0 active drivers") and small blocks keep the tests
+# exercising multi-block samples at tiny sizes: one fixed config each.
+
+
+def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
+
+
+if triton_interpret():
+    FWD_CONFIGS = {0: [_config(32, 16, 4, 1)]}
+    DKDV_CONFIGS = {0: [_config(16, 32, 4, 1)]}
+    DQ_CONFIGS = {0: [_config(32, 16, 4, 1)]}
+else:
+    # head_dim -> configs (the first one is the default the AOT test reports on). head_dim 32
+    # uses the 64 set (smaller tiles are only cheaper).
+    FWD_CONFIGS = {
+        64: [_config(128, 64, 8, 3), _config(128, 64, 4, 3), _config(64, 64, 4, 3), _config(128, 32, 4, 4)],
+        128: [_config(128, 64, 8, 3), _config(128, 32, 8, 3), _config(64, 64, 4, 3)],
+    }
+    DKDV_CONFIGS = {
+        64: [_config(32, 64, 4, 3), _config(32, 128, 8, 3), _config(64, 64, 4, 3)],
+        128: [_config(32, 64, 8, 2), _config(32, 64, 4, 2), _config(64, 64, 8, 2)],
+    }
+    DQ_CONFIGS = {
+        64: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(64, 64, 4, 3)],
+        128: [_config(64, 32, 4, 2), _config(128, 32, 8, 2), _config(64, 64, 8, 2)],
+    }
+
+
+def _config_set(table: dict[int, list[triton.Config]], head_dim: int) -> list[triton.Config]:
+    if 0 in table:
+        return table[0]
+    return table[64] if head_dim <= 64 else table[128]
+
+
+def _prune_by_head_dim(table: dict[int, list[triton.Config]]):
+    def prune(configs, named_args, **kwargs):
+        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+        return _config_set(table, head_dim)
+
+    return prune
+
+
+def _all_configs(table: dict[int, list[triton.Config]]) -> list[triton.Config]:
+    return [config for configs in table.values() for config in configs]
+
+
+_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "SEQ_BUCKET"]
+
+
+# --- shared device helpers ----------------------------------------------------------------------
+
+
+@triton.jit
+def _locate_block(CU_SEQLENS, pid, batch, n_search, BLOCK: tl.constexpr):
+    """Program slot ``pid`` -> (first token of its block, sample start, sample end).
+
+    Sample ``b`` owns slots ``b + cu[b] // BLOCK ...``; find the last sample whose first slot is
+    ``<= pid`` by bisection. The block is past the sample's end (``start >= end``) for the one
+    spare slot a sample may get, and for empty samples: the caller exits then.
+    """
+    lo = tl.full([], 0, tl.int32)
+    hi = tl.full([], 0, tl.int32) + batch
+    for _ in range(n_search):
+        mid = (lo + hi) // 2
+        first_slot = mid + tl.load(CU_SEQLENS + mid) // BLOCK
+        right = first_slot <= pid
+        lo = tl.where(right, mid, lo)
+        hi = tl.where(right, hi, mid)
+    seq_start = tl.load(CU_SEQLENS + lo)
+    seq_end = tl.load(CU_SEQLENS + lo + 1)
+    block_start = seq_start + (pid - lo - seq_start // BLOCK) * BLOCK
+    return block_start, seq_start, seq_end
+
+
+# --- forward ------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, lo, hi, offs_m, seq_end, qk_scale,
+               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+               DOT_PRECISION: tl.constexpr):
+    """Online softmax over key blocks ``[lo, hi)``; MASKED blocks may cross the sample end or the diagonal."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        rows_n = offs_n.to(tl.int64)[:, None]
+        if MASKED:
+            key_ok = offs_n < seq_end
+            k = tl.load(K_head + rows_n * stride_kt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+        else:
+            k = tl.load(K_head + rows_n * stride_kt + offs_d[None, :])
+        # scores in the log2 domain: the softmax scale and log2(e) are folded into one multiply
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if MASKED:
+            valid = key_ok[None, :]
+            if CAUSAL:
+                valid = valid & (offs_n[None, :] <= offs_m[:, None])
+            s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_sub = m_new
+        if MASKED:
+            # a row with no valid key so far keeps m = -inf: subtract 0 instead (exp2(-inf) = 0, no NaN)
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_sub[:, None])
+        # rescale what was accumulated under the old running max
+        alpha = tl.math.exp2(m_i - m_sub)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(V_head + rows_n * stride_vt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+        else:
+            v = tl.load(V_head + rows_n * stride_vt + offs_d[None, :])
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(configs=_all_configs(FWD_CONFIGS), key=_TUNE_KEY,
+                 prune_configs_by={"early_config_prune": _prune_by_head_dim(FWD_CONFIGS)})
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
+                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                stride_lse_h, batch, n_search, qk_scale, SEQ_BUCKET,
+                HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    head = tl.program_id(1).to(tl.int64)
+    q_start, seq_start, seq_end = _locate_block(CU_SEQLENS, tl.program_id(0), batch, n_search, BLOCK_M)
+    if q_start >= seq_end:
+        return
+    offs_m = q_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seq_end
+    rows_m = offs_m.to(tl.int64)[:, None]
+    q = tl.load(Q + head * stride_qh + rows_m * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    K_head = K + head * stride_kh
+    V_head = V + head * stride_vh
+    if CAUSAL:
+        # keys before the block's first query are visible to all its rows: no mask there
+        full_end = q_start
+        masked_end = tl.minimum(q_start + BLOCK_M, seq_end)
+    else:
+        full_end = seq_start + ((seq_end - seq_start) // BLOCK_N) * BLOCK_N
+        masked_end = seq_end
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, seq_start, full_end,
+                               offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, full_end, masked_end,
+                               offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PRECISION)
+
+    # every real row saw at least one key (itself when causal); the guard only covers padding rows
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_i[:, None]
+    tl.store(O + head * stride_oh + rows_m * stride_ot + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None])
+    tl.store(LSE + head * stride_lse_h + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)
+
+
+# --- backward -----------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_preprocess_kernel(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, stride_delta_h,
+                           total_tokens, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """``delta[h, t] = sum_d dout[t, h, d] * out[t, h, d]`` in fp32 (the softmax-Jacobian term)."""
+    head = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs < total_tokens
+    rows = offs.to(tl.int64)[:, None]
+    o = tl.load(O + head * stride_oh + rows * stride_ot + offs_d[None, :], mask=ok[:, None], other=0.0)
+    do = tl.load(DO + head * stride_doh + rows * stride_dot + offs_d[None, :], mask=ok[:, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + head * stride_delta_h + offs, delta, mask=ok)
+
+
+@triton.jit
+def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot, lo, hi,
+                    offs_n, seq_end, qk_scale,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """Accumulate dK, dV of one key block over query blocks ``[lo, hi)`` (transposed scores [N, M])."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        rows_m = offs_m.to(tl.int64)[:, None]
+        if MASKED:
+            q_ok = offs_m < seq_end
+            q = tl.load(Q_head + rows_m * stride_qt + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+            do = tl.load(DO_head + rows_m * stride_dot + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+            lse = tl.load(LSE_head + offs_m, mask=q_ok, other=0.0)
+            delta = tl.load(DELTA_head + offs_m, mask=q_ok, other=0.0)
+        else:
+            q = tl.load(Q_head + rows_m * stride_qt + offs_d[None, :])
+            do = tl.load(DO_head + rows_m * stride_dot + offs_d[None, :])
+            lse = tl.load(LSE_head + offs_m)
+            delta = tl.load(DELTA_head + offs_m)
+        # P^T recomputed from the saved log-sum-exp (base 2, scale folded in)
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+        p_t = tl.math.exp2(s_t - lse[None, :])
+        if MASKED:
+            valid = q_ok[None, :]
+            if CAUSAL:
+                valid = valid & (offs_m[None, :] >= offs_n[:, None])
+            p_t = tl.where(valid, p_t, 0.0)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.autotune(configs=_all_configs(DKDV_CONFIGS), key=_TUNE_KEY,
+                 prune_configs_by={"early_config_prune": _prune_by_head_dim(DKDV_CONFIGS)})
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS,
+                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+                     stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
+                     batch, n_search, qk_scale, sm_scale, SEQ_BUCKET,
+                     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    head = tl.program_id(1).to(tl.int64)
+    k_start, seq_start, seq_end = _locate_block(CU_SEQLENS, tl.program_id(0), batch, n_search, BLOCK_N)
+    if k_start >= seq_end:
+        return
+    offs_n = k_start + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_ok = offs_n < seq_end
+    rows_n = offs_n.to(tl.int64)[:, None]
+    k = tl.load(K + head * stride_kh + rows_n * stride_kt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+    v = tl.load(V + head * stride_vh + rows_n * stride_vt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    Q_head = Q + head * stride_qh
+    DO_head = DO + head * stride_doh
+    LSE_head = LSE + head * stride_lse_h
+    DELTA_head = DELTA + head * stride_lse_h
+    if CAUSAL:
+        # queries of the diagonal block see only part of it; later queries see all of it
+        diag_end = tl.minimum(k_start + BLOCK_N, seq_end)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot,
+                                 k_start, diag_end, offs_n, seq_end, qk_scale,
+                                 HEAD_DIM, BLOCK_M, CAUSAL, True, DOT_PRECISION)
+        full_start = diag_end
+    else:
+        full_start = seq_start
+    full_end = full_start + ((seq_end - full_start) // BLOCK_M) * BLOCK_M
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot,
+                             full_start, full_end, offs_n, seq_end, qk_scale,
+                             HEAD_DIM, BLOCK_M, CAUSAL, False, DOT_PRECISION)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot,
+                             full_end, seq_end, offs_n, seq_end, qk_scale,
+                             HEAD_DIM, BLOCK_M, CAUSAL, True, DOT_PRECISION)
+    tl.store(DK + head * stride_dkh + rows_n * stride_dkt + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
+             mask=key_ok[:, None])
+    tl.store(DV + head * stride_dvh + rows_n * stride_dvt + offs_d[None, :], dv.to(DV.dtype.element_ty),
+             mask=key_ok[:, None])
+
+
+@triton.jit
+def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, lo, hi, offs_m, seq_end, qk_scale,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+    """Accumulate dQ of one query block over key blocks ``[lo, hi)``."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        rows_n = offs_n.to(tl.int64)[:, None]
+        if MASKED:
+            key_ok = offs_n < seq_end
+            k = tl.load(K_head + rows_n * stride_kt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            v = tl.load(V_head + rows_n * stride_vt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+        else:
+            k = tl.load(K_head + rows_n * stride_kt + offs_d[None, :])
+            v = tl.load(V_head + rows_n * stride_vt + offs_d[None, :])
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        p = tl.math.exp2(s - lse[:, None])
+        if MASKED:
+            valid = key_ok[None, :]
+            if CAUSAL:
+                valid = valid & (offs_n[None, :] <= offs_m[:, None])
+            p = tl.where(valid, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.autotune(configs=_all_configs(DQ_CONFIGS), key=_TUNE_KEY,
+                 prune_configs_by={"early_config_prune": _prune_by_head_dim(DQ_CONFIGS)})
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
+                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+                   stride_dqt, stride_dqh, stride_lse_h,
+                   batch, n_search, qk_scale, sm_scale, SEQ_BUCKET,
+                   HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    head = tl.program_id(1).to(tl.int64)
+    q_start, seq_start, seq_end = _locate_block(CU_SEQLENS, tl.program_id(0), batch, n_search, BLOCK_M)
+    if q_start >= seq_end:
+        return
+    offs_m = q_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seq_end
+    rows_m = offs_m.to(tl.int64)[:, None]
+    q = tl.load(Q + head * stride_qh + rows_m * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + head * stride_doh + rows_m * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + head * stride_lse_h + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + head * stride_lse_h + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    K_head = K + head * stride_kh
+    V_head = V + head * stride_vh
+    if CAUSAL:
+        full_end = q_start
+        masked_end = tl.minimum(q_start + BLOCK_M, seq_end)
+    else:
+        full_end = seq_start + ((seq_end - seq_start) // BLOCK_N) * BLOCK_N
+        masked_end = seq_end
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, seq_start, full_end,
+                       offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, full_end, masked_end,
+                       offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PRECISION)
+    tl.store(DQ + head * stride_dqh + rows_m * stride_dqt + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+# --- launchers ----------------------------------------------------------------------------------
+
+_PREPROCESS_BLOCK = 64
+
+
+def seqlen_bucket(max_seqlen: int) -> int:
+    """Autotune bucket: next power of two of the longest (or mean) sample, clamped to [128, 8192]."""
+    return min(max(triton.next_power_of_2(max(max_seqlen, 1)), 128), 8192)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact fp32 products (the GPU would otherwise use TF32); 16-bit: tensor cores
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _schedule(cu_seqlens: torch.Tensor) -> tuple[int, int]:
+    """(batch, bisection steps) from host facts only."""
+    batch = cu_seqlens.numel() - 1
+    return batch, max(1, batch.bit_length())
+
+
+def _stride2(t: torch.Tensor) -> tuple[int, int]:
+    return t.stride(0), t.stride(1)
+
+
+def varlen_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                             seq_hint: int, softmax_scale: float, causal: bool
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel: returns ``out`` [total, heads, head_dim] and ``lse2`` [heads, total] fp32.
+
+    Inputs are validated by the caller (unit stride on head_dim, head_dim 32, 64 or 128).
+    ``seq_hint`` (max or mean sample length) only picks the autotune bucket.
+    """
+    total, heads, head_dim = q.shape
+    out = torch.empty((total, heads, head_dim), dtype=q.dtype, device=q.device)
+    lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
+    batch, n_search = _schedule(cu_seqlens)
+    if total == 0 or batch == 0 or heads == 0:
+        return out, lse
+    grid = lambda meta: (total // meta["BLOCK_M"] + batch, heads)  # noqa: E731
+    _fwd_kernel[grid](
+        q, k, v, out, lse, cu_seqlens,
+        *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(out), lse.stride(0),
+        batch, n_search, softmax_scale * LOG2_E, seqlen_bucket(seq_hint),
+        HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype),
+    )
+    return out, lse
+
+
+def varlen_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, seq_hint: int,
+                              softmax_scale: float, causal: bool
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the three backward kernels: returns ``dq, dk, dv`` shaped and typed like ``q, k, v``."""
+    total, heads, head_dim = q.shape
+    dq = torch.empty((total, heads, head_dim), dtype=q.dtype, device=q.device)
+    dk = torch.empty_like(dq)
+    dv = torch.empty_like(dq)
+    batch, n_search = _schedule(cu_seqlens)
+    if total == 0 or heads == 0:
+        return dq, dk, dv
+    if batch == 0:  # tokens outside every sample get no gradient
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    delta = torch.empty((heads, total), dtype=torch.float32, device=q.device)
+    _bwd_preprocess_kernel[(triton.cdiv(total, _PREPROCESS_BLOCK), heads)](
+        out, dout, delta, *_stride2(out), *_stride2(dout), delta.stride(0), total,
+        HEAD_DIM=head_dim, BLOCK=_PREPROCESS_BLOCK,
+    )
+    qk_scale = softmax_scale * LOG2_E
+    bucket = seqlen_bucket(seq_hint)
+    precision = _dot_precision(q.dtype)
+    dkdv_grid = lambda meta: (total // meta["BLOCK_N"] + batch, heads)  # noqa: E731
+    _bwd_dkdv_kernel[dkdv_grid](
+        q, k, v, dout, dk, dv, lse, delta, cu_seqlens,
+        *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(dout), *_stride2(dk), *_stride2(dv), lse.stride(0),
+        batch, n_search, qk_scale, softmax_scale, bucket,
+        HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=precision,
+    )
+    dq_grid = lambda meta: (total // meta["BLOCK_M"] + batch, heads)  # noqa: E731
+    _bwd_dq_kernel[dq_grid](
+        q, k, v, dout, dq, lse, delta, cu_seqlens,
+        *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(dout), *_stride2(dq), lse.stride(0),
+        batch, n_search, qk_scale, softmax_scale, bucket,
+        HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=precision,
+    )
+    return dq, dk, dv
+
+
+__all__ = ["varlen_attention_forward", "varlen_attention_backward", "seqlen_bucket", "LOG2_E"]

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run only this group (repeatable; default: all)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting new tasks after this many seconds (the rest are listed as skipped)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (seconds; for tests and smoke checks)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, groups=tuple(dict.fromkeys(args.group)))
     label = "GPU" if cfg.is_cuda else "CPU (reference torch paths; no GPU kernels are timed)"
     print(f"elasticast-bench: {cfg.suite} suite on {label}, workloads {', '.join(cfg.workloads)}", file=sys.stderr)
-    report = runner.run(cfg, progress=not args.no_progress)
+    report = runner.run(cfg, progress=not args.no_progress, budget_s=args.budget_s)
     out = Path(args.out)
     path, plots = runner.write(report, out, plots=not args.no_plots)
     print(report_mod.format_table(report))

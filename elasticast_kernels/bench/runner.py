@@ -30,22 +30,43 @@ def collect_tasks(cfg: BenchConfig) -> list[Task]:
     return tasks
 
 
-def run(cfg: BenchConfig, progress: bool = True) -> dict:
-    """Run every task of ``cfg`` and return the report dict (not yet written)."""
+def ordered(tasks: list[Task], first_workload: str) -> list[Task]:
+    """Every group on the first workload (and the workload-free tasks) before the other workloads,
+    so a run cut short by its time budget still covers every group."""
+    return sorted(tasks, key=lambda t: t.workload not in (None, first_workload))
+
+
+def run(cfg: BenchConfig, progress: bool = True, budget_s: float | None = None) -> dict:
+    """Run every task of ``cfg`` and return the report dict (not yet written).
+
+    ``budget_s``: once this many seconds have passed, the remaining tasks are recorded as skipped
+    (reason given) instead of run. Ctrl-C (or ``timeout -s INT``) does the same for the rest of
+    the run, so a report is written either way.
+    """
     if os.environ.get("TRITON_INTERPRET") == "1" and not cfg.is_cuda:
         # Benchmarks time the real CPU paths, not the Triton interpreter.
         warnings.warn("TRITON_INTERPRET=1 is set: CPU ops run in the Triton interpreter and times are not meaningful")
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    tasks = collect_tasks(cfg)
+    tasks = ordered(collect_tasks(cfg), cfg.workloads[0])
     results: list[CaseResult] = []
     bar = _progress(len(tasks), progress)
+    stop_reason = None
     for task in tasks:
+        if stop_reason is None and budget_s is not None and time.perf_counter() - start > budget_s:
+            stop_reason = f"time budget of {budget_s:.0f} s exhausted before this task"
+        if stop_reason is not None:
+            results.append(CaseResult(task.group, "task", task.label, task.workload or "-", {}, {}, "skipped", stop_reason))
+            continue
         if bar is not None:
             bar.set_description(task.label[:48])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # prototype-API warnings from baselines would bury the bar
-            results.extend(task.run())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # prototype-API warnings from baselines would bury the bar
+                results.extend(task.run())
+        except KeyboardInterrupt:
+            stop_reason = "interrupted"
+            results.append(CaseResult(task.group, "task", task.label, task.workload or "-", {}, {}, "skipped", stop_reason))
         if bar is not None:
             bar.update(1)
     if bar is not None:

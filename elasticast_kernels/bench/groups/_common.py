@@ -20,6 +20,7 @@ class Task:
     group: str
     label: str
     run: Callable[[], list[CaseResult]]
+    workload: str | None = None  # None: the task is not tied to one workload
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                 ]
                 add_speedups(results, BASELINE, ("pass_",))
                 return results
-            out.append(Task(GROUP, f"attention {pass_} [{workload}]", run))
+            out.append(Task(GROUP, f"attention {pass_} [{workload}]", run, workload))
 
     seqlen_passes = ("fwd", "fwd_bwd") if cfg.is_cuda else ("fwd",)
     contenders = (cfg.fast_backend, BASELINE)

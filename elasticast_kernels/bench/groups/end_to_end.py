@@ -48,5 +48,5 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                     results.append(guarded(GROUP, "specs_to_logits", backend, workload, params, body))
             add_speedups(results, BASELINE, ("packing",))
             return results
-        out.append(Task(GROUP, f"end-to-end [{workload}]", run))
+        out.append(Task(GROUP, f"end-to-end [{workload}]", run, workload))
     return out

@@ -116,5 +116,5 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                         results.append(guarded(GROUP, mode, backend, workload, params, body))
                     add_speedups(results, BASELINE, ("dtype",))
                     return results
-                out.append(Task(GROUP, f"model {mode} {dtype}{label} [{workload}]", run))
+                out.append(Task(GROUP, f"model {mode} {dtype}{label} [{workload}]", run, workload))
     return out

@@ -101,7 +101,7 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                     r.metrics["speedup_vs_baseline"] = base.metrics["median_ms"] / r.metrics["median_ms"]
             return results
 
-        out.append(Task(GROUP, f"packing plans [{workload}]", run_plans))
-        out.append(Task(GROUP, f"packing tensors [{workload}]", run_tensors))
+        out.append(Task(GROUP, f"packing plans [{workload}]", run_plans, workload))
+        out.append(Task(GROUP, f"packing tensors [{workload}]", run_tensors, workload))
     return out
 

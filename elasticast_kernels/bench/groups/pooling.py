@@ -75,5 +75,5 @@ def tasks(cfg: BenchConfig) -> list[Task]:
             results = [_case(cfg, v, workload, layout, p, gpu_name) for p in ("fwd", "fwd_bwd") for v in VARIANTS]
             add_speedups(results, BASELINE, ("pass_",))
             return results
-        out.append(Task(GROUP, f"pooling [{workload}]", run))
+        out.append(Task(GROUP, f"pooling [{workload}]", run, workload))
     return out

@@ -1,0 +1,42 @@
+// Gather non-overlapping p x p patches of [C, F, T] spectrograms into one packed buffer.
+//
+// Segment s (a spectrogram with T_s frames) owns output tokens cu_seqlens[s] .. cu_seqlens[s+1]-1,
+// (F/p) * (T_s/p) of them, frequency-major: token k has freq index k / (T_s/p) and time index
+// k % (T_s/p). A token's vector has C*p*p elements flattened as (c, p1, p2):
+//   out[tok, (c*p + p1)*p + p2] = spec_s[c, f*p + p1, t*p + p2].
+// The copy is dtype-agnostic: only the element size in bytes matters.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ek {
+
+struct PatchGeometry {
+  int64_t channels;    // C
+  int64_t freq;        // F (multiple of patch)
+  int64_t patch;       // p
+  int64_t elem_size;   // bytes per element
+};
+
+// CPU: sources[s] points at a contiguous [C, F, T_s] spectrogram, time_patches[s] = T_s / p.
+// Multi-threaded over (segment, frequency row) pairs; num_threads <= 0 picks a default.
+void pack_patches_cpu(const std::vector<const uint8_t*>& sources, const std::vector<int64_t>& time_patches,
+                      const int32_t* cu_seqlens, const PatchGeometry& geo, uint8_t* out, int32_t* freq_idx,
+                      int32_t* time_idx, int num_threads);
+
+// Whether the CUDA gather was compiled in.
+bool cuda_compiled();
+// "" when a CUDA device is usable, otherwise why not (no driver, no device, built without CUDA).
+std::string cuda_unavailable_reason();
+
+// CUDA: all pointers are device addresses. segment_meta is int64 [2 * num_segments]: source
+// addresses, then T_s / p per segment. cu_seqlens is int32 [num_segments + 1]. vec_bytes (1, 2,
+// 4, 8 or 16) is the copy unit; it must divide p * elem_size and every address. One launch on
+// `stream` (a cudaStream_t passed as an integer) on device `device`; throws std::runtime_error.
+void pack_patches_cuda(uint64_t out, uint64_t freq_idx, uint64_t time_idx, uint64_t segment_meta,
+                       uint64_t cu_seqlens, int64_t num_segments, int64_t total_tokens, const PatchGeometry& geo,
+                       int64_t vec_bytes, uint64_t stream, int device);
+
+}  // namespace ek

@@ -1,0 +1,91 @@
+// CPU patch gather: copies each p-element run of a spectrogram row straight to its place in the
+// packed output, threads splitting the (segment, frequency row) pairs between them.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include "pack_patches.h"
+
+namespace ek {
+namespace {
+
+// Fixed-size copies let the compiler inline the common run sizes (16 fp16 = 32 B, 16 fp32 = 64 B).
+template <int64_t kBytes>
+inline void copy_runs(uint8_t* dst, int64_t dst_stride, const uint8_t* src, int64_t count, int64_t) {
+  for (int64_t t = 0; t < count; ++t) std::memcpy(dst + t * dst_stride, src + t * kBytes, kBytes);
+}
+inline void copy_runs_any(uint8_t* dst, int64_t dst_stride, const uint8_t* src, int64_t count, int64_t bytes) {
+  for (int64_t t = 0; t < count; ++t) std::memcpy(dst + t * dst_stride, src + t * bytes, static_cast<size_t>(bytes));
+}
+
+using CopyFn = void (*)(uint8_t*, int64_t, const uint8_t*, int64_t, int64_t);
+
+CopyFn pick_copy(int64_t run_bytes) {
+  switch (run_bytes) {
+    case 16: return copy_runs<16>;
+    case 32: return copy_runs<32>;
+    case 64: return copy_runs<64>;
+    case 128: return copy_runs<128>;
+    default: return copy_runs_any;
+  }
+}
+
+}  // namespace
+
+void pack_patches_cpu(const std::vector<const uint8_t*>& sources, const std::vector<int64_t>& time_patches,
+                      const int32_t* cu_seqlens, const PatchGeometry& geo, uint8_t* out, int32_t* freq_idx,
+                      int32_t* time_idx, int num_threads) {
+  const int64_t p = geo.patch, freq_patches = geo.freq / geo.patch;
+  const int64_t run_bytes = p * geo.elem_size;             // one patch row
+  const int64_t token_bytes = geo.channels * p * run_bytes;  // one output row
+  const int64_t rows = static_cast<int64_t>(sources.size()) * freq_patches;
+  const CopyFn copy = pick_copy(run_bytes);
+
+  auto do_row = [&](int64_t row) {
+    const int64_t s = row / freq_patches, f = row % freq_patches;
+    const int64_t nt = time_patches[static_cast<size_t>(s)];
+    const int64_t frames = nt * p;
+    const int64_t tok0 = cu_seqlens[s] + f * nt;
+    for (int64_t c = 0; c < geo.channels; ++c) {
+      for (int64_t p1 = 0; p1 < p; ++p1) {
+        const uint8_t* src = sources[static_cast<size_t>(s)] + ((c * geo.freq + f * p + p1) * frames) * geo.elem_size;
+        uint8_t* dst = out + tok0 * token_bytes + (c * p + p1) * run_bytes;
+        copy(dst, token_bytes, src, nt, run_bytes);
+      }
+    }
+    for (int64_t t = 0; t < nt; ++t) {
+      freq_idx[tok0 + t] = static_cast<int32_t>(f);
+      time_idx[tok0 + t] = static_cast<int32_t>(t);
+    }
+  };
+
+  const int64_t total_bytes = static_cast<int64_t>(cu_seqlens[sources.size()]) * token_bytes;
+  int64_t threads = num_threads > 0 ? num_threads : static_cast<int64_t>(std::thread::hardware_concurrency());
+  // Below ~1 MiB per thread, starting threads costs more than it saves.
+  threads = std::max<int64_t>(1, std::min({threads, rows, total_bytes / (1 << 20) + 1, int64_t{64}}));
+  if (threads == 1) {
+    for (int64_t row = 0; row < rows; ++row) do_row(row);
+    return;
+  }
+  std::atomic<int64_t> next_row{0};
+  auto worker = [&]() {
+    for (int64_t row = next_row.fetch_add(1); row < rows; row = next_row.fetch_add(1)) do_row(row);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t k = 1; k < threads; ++k) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+}
+
+#ifndef ELASTICAST_WITH_CUDA
+bool cuda_compiled() { return false; }
+std::string cuda_unavailable_reason() { return "elasticast_kernels._C was built without CUDA (ELASTICAST_CUDA=0 or no nvcc)"; }
+void pack_patches_cuda(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, int64_t, int64_t, const PatchGeometry&,
+                       int64_t, uint64_t, int) {
+  throw std::runtime_error(cuda_unavailable_reason());
+}
+#endif
+
+}  // namespace ek

@@ -1,0 +1,129 @@
+// CUDA patch gather: one launch copies every patch of every segment into the packed output.
+//
+// Each thread moves one `Unit` (1..16 bytes) of one token; the token's segment comes from a binary
+// search over cu_seqlens (a few cached loads), so no per-token metadata is built on the host. The
+// host only copies the small segment table (source addresses, T/p) and cu_seqlens to the device.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "pack_patches.h"
+
+namespace ek {
+namespace {
+
+struct alignas(16) Vec16 { uint4 v; };
+struct alignas(8) Vec8 { uint2 v; };
+
+template <typename Unit>
+__global__ void pack_patches_kernel(Unit* __restrict__ out, int32_t* __restrict__ freq_idx,
+                                    int32_t* __restrict__ time_idx, const int64_t* __restrict__ segment_meta,
+                                    const int32_t* __restrict__ cu_seqlens, int64_t num_segments,
+                                    int64_t total_units, int64_t units_per_token, int64_t units_per_run,
+                                    int64_t channels_unused, int64_t freq, int64_t patch, int64_t elem_size) {
+  (void)channels_unused;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total_units; idx += stride) {
+    const int64_t token = idx / units_per_token;
+    const int64_t unit = idx - token * units_per_token;
+    // Segment of this token: the last s with cu_seqlens[s] <= token (empty segments skipped).
+    int64_t lo = 0, hi = num_segments - 1;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) >> 1;
+      if (cu_seqlens[mid] <= token) lo = mid; else hi = mid - 1;
+    }
+    const int64_t seg = lo;
+    const int64_t time_patches = segment_meta[num_segments + seg];
+    const int64_t k = token - cu_seqlens[seg];
+    const int64_t f = k / time_patches, t = k - f * time_patches;
+    const int64_t run = unit / units_per_run;  // c * p + p1
+    const int64_t in_run = unit - run * units_per_run;
+    const int64_t c = run / patch, p1 = run - c * patch;
+    const int64_t frames = time_patches * patch;
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(segment_meta[seg])) +
+                         ((c * freq + f * patch + p1) * frames + t * patch) * elem_size;
+    out[idx] = reinterpret_cast<const Unit*>(src)[in_run];
+    if (unit == 0) {
+      freq_idx[token] = static_cast<int32_t>(f);
+      time_idx[token] = static_cast<int32_t>(t);
+    }
+  }
+}
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error state so later calls are not blamed
+    throw std::runtime_error(std::string("elasticast_kernels._C: ") + what + ": " + cudaGetErrorString(err));
+  }
+}
+
+template <typename Unit>
+void launch(uint64_t out, uint64_t freq_idx, uint64_t time_idx, uint64_t segment_meta, uint64_t cu_seqlens,
+            int64_t num_segments, int64_t total_tokens, const PatchGeometry& geo, cudaStream_t stream) {
+  const int64_t unit_bytes = static_cast<int64_t>(sizeof(Unit));
+  const int64_t units_per_run = geo.patch * geo.elem_size / unit_bytes;
+  const int64_t units_per_token = geo.channels * geo.patch * units_per_run;
+  const int64_t total_units = total_tokens * units_per_token;
+  if (total_units == 0) return;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((total_units + threads - 1) / threads, int64_t{1} << 20);
+  pack_patches_kernel<Unit><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+      reinterpret_cast<Unit*>(out), reinterpret_cast<int32_t*>(freq_idx), reinterpret_cast<int32_t*>(time_idx),
+      reinterpret_cast<const int64_t*>(segment_meta), reinterpret_cast<const int32_t*>(cu_seqlens), num_segments,
+      total_units, units_per_token, units_per_run, geo.channels, geo.freq, geo.patch, geo.elem_size);
+  check(cudaGetLastError(), "pack_patches_cuda launch");
+}
+
+// Restores the caller's current device when the launch is done (or throws).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() { cudaSetDevice(previous_); }
+ private:
+  int previous_ = 0;
+};
+
+}  // namespace
+
+bool cuda_compiled() { return true; }
+
+std::string cuda_unavailable_reason() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return std::string("CUDA is not usable: ") + cudaGetErrorString(err);
+  }
+  if (count == 0) return "no CUDA device found";
+  return "";
+}
+
+void pack_patches_cuda(uint64_t out, uint64_t freq_idx, uint64_t time_idx, uint64_t segment_meta,
+                       uint64_t cu_seqlens, int64_t num_segments, int64_t total_tokens, const PatchGeometry& geo,
+                       int64_t vec_bytes, uint64_t stream_handle, int device) {
+  if (num_segments < 1 || total_tokens < 0) throw std::invalid_argument("pack_patches_cuda: empty segment table");
+  const int64_t run_bytes = geo.patch * geo.elem_size;
+  if (!(vec_bytes == 1 || vec_bytes == 2 || vec_bytes == 4 || vec_bytes == 8 || vec_bytes == 16) ||
+      run_bytes % vec_bytes != 0 || out % static_cast<uint64_t>(vec_bytes) != 0)
+    throw std::invalid_argument("pack_patches_cuda: vec_bytes must be 1, 2, 4, 8 or 16 and divide patch * elem_size "
+                                "and the output address, got " + std::to_string(vec_bytes));
+  const std::string why = cuda_unavailable_reason();
+  if (!why.empty()) throw std::runtime_error("elasticast_kernels._C: " + why);
+  DeviceGuard guard(device);
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(stream_handle));
+  switch (vec_bytes) {
+    case 16: launch<Vec16>(out, freq_idx, time_idx, segment_meta, cu_seqlens, num_segments, total_tokens, geo, stream); break;
+    case 8: launch<Vec8>(out, freq_idx, time_idx, segment_meta, cu_seqlens, num_segments, total_tokens, geo, stream); break;
+    case 4: launch<uint32_t>(out, freq_idx, time_idx, segment_meta, cu_seqlens, num_segments, total_tokens, geo, stream); break;
+    case 2: launch<uint16_t>(out, freq_idx, time_idx, segment_meta, cu_seqlens, num_segments, total_tokens, geo, stream); break;
+    default: launch<uint8_t>(out, freq_idx, time_idx, segment_meta, cu_seqlens, num_segments, total_tokens, geo, stream); break;
+  }
+}
+
+}  // namespace ek

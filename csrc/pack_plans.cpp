@@ -1,0 +1,410 @@
+// Bin-packing strategies; see pack_plans.h for the rules and tie-breaking contract.
+#include "pack_plans.h"
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+
+#include "int_index.h"
+
+namespace ek {
+namespace {
+
+constexpr int64_t kMaxTokensLimit = std::numeric_limits<int32_t>::max();
+// Histogram exact-fill: largest pack capacity (in units of the lengths' gcd) and the total work
+// (sum of (room + 1) * candidate lengths over all subset-sum programs) it may spend.
+constexpr int64_t kHistogramMaxUnits = 1 << 16;
+constexpr int64_t kHistogramWorkBudget = int64_t{1} << 24;
+
+// Samples sorted by length, longest first, ties by ascending index: `index` and the matching
+// `length` (kept next to the index so later passes read lengths sequentially, not by a random
+// gather, which dominated the run time on a million lengths). Counting sort when the length range
+// is small (linear time, naturally stable), stable comparison sort otherwise.
+struct SortedLengths {
+  std::vector<int32_t> index;
+  std::vector<int32_t> length;
+};
+
+SortedLengths sort_by_length_desc(const int64_t* lengths, int64_t n, int64_t max_tokens) {
+  SortedLengths out;
+  out.index.resize(static_cast<size_t>(n));
+  out.length.resize(static_cast<size_t>(n));
+  if (use_dense_keys(max_tokens, n)) {
+    std::vector<int64_t> start(static_cast<size_t>(max_tokens + 2), 0);
+    for (int64_t i = 0; i < n; ++i) ++start[static_cast<size_t>(max_tokens - lengths[i])];
+    int64_t running = 0;  // bucket key max_tokens - length puts longer samples first
+    for (auto& s : start) { const int64_t c = s; s = running; running += c; }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t pos = start[static_cast<size_t>(max_tokens - lengths[i])]++;
+      out.index[static_cast<size_t>(pos)] = static_cast<int32_t>(i);
+    }
+    // Lengths from the bucket bounds: sequential writes only.
+    int64_t pos = 0;
+    for (int64_t key = 0; key <= max_tokens; ++key)
+      for (; pos < start[static_cast<size_t>(key)]; ++pos) out.length[static_cast<size_t>(pos)] = static_cast<int32_t>(max_tokens - key);
+  } else {
+    std::iota(out.index.begin(), out.index.end(), 0);
+    std::stable_sort(out.index.begin(), out.index.end(),
+                     [lengths](int32_t a, int32_t b) { return lengths[a] > lengths[b]; });
+    for (int64_t pos = 0; pos < n; ++pos) out.length[static_cast<size_t>(pos)] = static_cast<int32_t>(lengths[out.index[static_cast<size_t>(pos)]]);
+  }
+  return out;
+}
+
+// pack_of[sorted.index[pos]] = pack_sorted[pos]
+void scatter_packs(const SortedLengths& sorted, const std::vector<int32_t>& pack_sorted, Assignment& a) {
+  a.pack_of.assign(sorted.index.size(), -1);
+  for (size_t pos = 0; pos < sorted.index.size(); ++pos) a.pack_of[static_cast<size_t>(sorted.index[pos])] = pack_sorted[pos];
+}
+
+template <class Buckets>
+Assignment best_fit_decreasing_impl(const int64_t* lengths, int64_t n, int64_t max_tokens) {
+  Assignment a;
+  const SortedLengths sorted = sort_by_length_desc(lengths, n, max_tokens);
+  std::vector<int32_t> pack_sorted(static_cast<size_t>(n));
+  Buckets by_room(max_tokens);  // open packs keyed by remaining room
+  for (int64_t pos = 0; pos < n; ++pos) {
+    const int64_t len = sorted.length[static_cast<size_t>(pos)];
+    const int64_t room = by_room.next_ge(len);
+    int32_t pack;
+    int64_t left;
+    if (room >= 0) {
+      pack = by_room.pop(room);
+      left = room - len;
+    } else {
+      pack = static_cast<int32_t>(a.num_packs++);
+      left = max_tokens - len;
+    }
+    pack_sorted[static_cast<size_t>(pos)] = pack;
+    if (left > 0) by_room.push(left, pack);
+  }
+  scatter_packs(sorted, pack_sorted, a);
+  return a;
+}
+// Packs as a tree of groups: every pack of group g holds the samples of its parent group plus
+// `copies` samples of the length with rank `rank` (ranks index the distinct lengths, longest
+// first); `count` packs end at exactly group g.
+struct PackGroup {
+  int32_t parent;
+  int32_t rank;
+  int64_t copies;
+  int64_t count;
+};
+
+class GroupList {
+ public:
+  int32_t add(int32_t parent, int32_t rank, int64_t copies, int64_t count) {
+    if (groups_.size() >= static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+      throw std::length_error("histogram: too many pack groups");
+    groups_.push_back({parent, rank, copies, count});
+    return static_cast<int32_t>(groups_.size() - 1);
+  }
+  PackGroup& operator[](int32_t g) { return groups_[static_cast<size_t>(g)]; }
+  size_t size() const { return groups_.size(); }
+
+ private:
+  std::vector<PackGroup> groups_;
+};
+
+// Phase 1 of the histogram packer: exact-fill patterns. Open a pack with the longest remaining
+// length, fill the rest of it as fully as possible from the histogram (bounded subset sum over
+// the distinct lengths in units of their gcd, longer lengths preferred), and repeat that pack
+// pattern as often as the counts allow. Stops when the dynamic programs would exceed a work
+// budget; whatever is left goes to phase 2.
+void exact_fill_patterns(const std::vector<int64_t>& value, std::vector<int64_t>& left, int64_t max_tokens,
+                         GroupList& groups) {
+  const int64_t types = static_cast<int64_t>(value.size());
+  if (types == 0) return;
+  int64_t unit = max_tokens;
+  for (const int64_t v : value) unit = std::gcd(unit, v);
+  const int64_t cap = max_tokens / unit;
+  if (cap > kHistogramMaxUnits) return;
+  std::vector<int64_t> size(value.size());
+  for (size_t t = 0; t < value.size(); ++t) size[t] = value[t] / unit;
+
+  int64_t budget = kHistogramWorkBudget;
+  std::vector<int32_t> reach_by(static_cast<size_t>(cap + 1));  // type that first reached a sum
+  std::vector<int64_t> used(static_cast<size_t>(cap + 1));      // copies of that type on the path
+  std::vector<int64_t> need(value.size(), 0);
+  int64_t first = 0;
+  while (true) {
+    while (first < types && left[static_cast<size_t>(first)] == 0) ++first;
+    if (first == types) return;
+    const int64_t room = cap - size[static_cast<size_t>(first)];
+    int64_t active = 0;
+    for (int64_t t = first; t < types; ++t) active += left[static_cast<size_t>(t)] > 0 && size[static_cast<size_t>(t)] <= room;
+    const int64_t work = (room + 1) * active;
+    if (work > budget) return;
+    budget -= work;
+
+    --left[static_cast<size_t>(first)];
+    std::fill(reach_by.begin(), reach_by.begin() + room + 1, -1);
+    reach_by[0] = static_cast<int32_t>(types);  // sentinel: the empty sum
+    for (int64_t t = first; t < types && reach_by[static_cast<size_t>(room)] < 0; ++t) {
+      const int64_t len = size[static_cast<size_t>(t)], avail = left[static_cast<size_t>(t)];
+      if (avail == 0 || len > room) continue;
+      for (int64_t s = len; s <= room; ++s) {
+        if (reach_by[static_cast<size_t>(s)] >= 0 || reach_by[static_cast<size_t>(s - len)] < 0) continue;
+        const int64_t copies = reach_by[static_cast<size_t>(s - len)] == t ? used[static_cast<size_t>(s - len)] + 1 : 1;
+        if (copies <= avail) {
+          reach_by[static_cast<size_t>(s)] = static_cast<int32_t>(t);
+          used[static_cast<size_t>(s)] = copies;
+        }
+      }
+    }
+    ++left[static_cast<size_t>(first)];
+
+    int64_t sum = room;
+    while (reach_by[static_cast<size_t>(sum)] < 0) --sum;
+    ++need[static_cast<size_t>(first)];
+    for (int64_t s = sum; s > 0; s -= size[static_cast<size_t>(reach_by[static_cast<size_t>(s)])])
+      ++need[static_cast<size_t>(reach_by[static_cast<size_t>(s)])];
+    int64_t repeat = std::numeric_limits<int64_t>::max();
+    for (int64_t t = first; t < types; ++t)
+      if (need[static_cast<size_t>(t)]) repeat = std::min(repeat, left[static_cast<size_t>(t)] / need[static_cast<size_t>(t)]);
+    int32_t parent = -1;
+    for (int64_t t = first; t < types; ++t) {
+      if (!need[static_cast<size_t>(t)]) continue;
+      left[static_cast<size_t>(t)] -= repeat * need[static_cast<size_t>(t)];
+      parent = groups.add(parent, static_cast<int32_t>(t), need[static_cast<size_t>(t)], 0);
+      need[static_cast<size_t>(t)] = 0;
+    }
+    groups[parent].count = repeat;
+  }
+}
+
+// Phase 2: best-fit decreasing over groups. For each length (longest first) the group whose packs
+// have the least room that still fits takes as many copies per pack as fit, for as many of its
+// packs as needed; packs that then differ split off as a child group.
+template <class Buckets>
+void group_best_fit(const std::vector<int64_t>& value, std::vector<int64_t>& left, int64_t max_tokens,
+                    GroupList& groups) {
+  Buckets by_room(max_tokens);  // groups keyed by the remaining room of each of their packs
+  auto open = [&](int32_t parent, int32_t rank, int64_t copies, int64_t packs, int64_t room) {
+    const int32_t g = groups.add(parent, rank, copies, packs);
+    if (room > 0) by_room.push(room, g);
+  };
+  for (size_t r = 0; r < value.size(); ++r) {
+    const int64_t len = value[r];
+    const int32_t rank = static_cast<int32_t>(r);
+    int64_t todo = left[r];
+    left[r] = 0;
+    while (todo > 0) {
+      const int64_t room = by_room.next_ge(len);
+      if (room < 0) {
+        // No open pack fits: open new packs holding as many copies of this length as fit.
+        const int64_t per_pack = std::min(max_tokens / len, todo);
+        open(-1, rank, per_pack, todo / per_pack, max_tokens - per_pack * len);
+        if (todo % per_pack) open(-1, rank, todo % per_pack, 1, max_tokens - (todo % per_pack) * len);
+        break;
+      }
+      const int32_t g = by_room.pop(room);
+      const int64_t per_pack = std::min(room / len, todo);
+      const int64_t packs = std::min(groups[g].count, todo / per_pack);
+      if (packs > 0) {
+        groups[g].count -= packs;
+        todo -= packs * per_pack;
+        open(g, rank, per_pack, packs, room - per_pack * len);
+      }
+      if (todo > 0 && todo < per_pack && groups[g].count > 0) {
+        groups[g].count -= 1;
+        open(g, rank, todo, 1, room - todo * len);
+        todo = 0;
+      }
+      if (groups[g].count > 0) by_room.push(room, g);
+    }
+  }
+}
+
+template <class Buckets>
+Assignment histogram_impl(const int64_t* lengths, int64_t n, int64_t max_tokens) {
+  const SortedLengths sorted = sort_by_length_desc(lengths, n, max_tokens);
+  // Distinct lengths (longest first), how many samples have each, and where they start in `sorted`.
+  std::vector<int64_t> value, count, begin;
+  for (int64_t pos = 0; pos < n; ++pos) {
+    const int64_t len = sorted.length[static_cast<size_t>(pos)];
+    if (value.empty() || value.back() != len) {
+      value.push_back(len);
+      count.push_back(0);
+      begin.push_back(pos);
+    }
+    ++count.back();
+  }
+
+  GroupList groups;
+  std::vector<int64_t> left = count;
+  exact_fill_patterns(value, left, max_tokens, groups);
+  group_best_fit<Buckets>(value, left, max_tokens, groups);
+
+  // Expand groups into packs, in group creation order; each length hands out its samples in
+  // ascending index order.
+  Assignment a;
+  std::vector<int32_t> pack_sorted(static_cast<size_t>(n), -1);
+  std::vector<int64_t> next = begin;
+  for (int32_t g = 0; g < static_cast<int32_t>(groups.size()); ++g) {
+    for (int64_t k = 0; k < groups[g].count; ++k) {
+      const int32_t pack = static_cast<int32_t>(a.num_packs++);
+      for (int32_t h = g; h >= 0; h = groups[h].parent) {
+        const PackGroup& node = groups[h];
+        const size_t r = static_cast<size_t>(node.rank);
+        if (next[r] + node.copies > begin[r] + count[r]) throw std::logic_error("histogram: a length ran out of samples");
+        for (int64_t c = 0; c < node.copies; ++c) pack_sorted[static_cast<size_t>(next[r]++)] = pack;
+      }
+    }
+  }
+  scatter_packs(sorted, pack_sorted, a);
+  return a;
+}
+
+}  // namespace
+
+void check_lengths(const int64_t* lengths, int64_t n, int64_t max_tokens) {
+  if (max_tokens < 1 || max_tokens > kMaxTokensLimit)
+    throw std::invalid_argument("max_tokens must be in [1, 2**31 - 1], got " + std::to_string(max_tokens));
+  if (n < 0 || n >= std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("lengths: too many samples (" + std::to_string(n) + ")");
+  for (int64_t i = 0; i < n; ++i) {
+    if (lengths[i] < 1 || lengths[i] > max_tokens)
+      throw std::invalid_argument("lengths[" + std::to_string(i) + "] = " + std::to_string(lengths[i]) +
+                                  " is outside [1, max_tokens=" + std::to_string(max_tokens) + "]");
+  }
+}
+
+Assignment next_fit(const int64_t* lengths, int64_t n, int64_t max_tokens) {
+  check_lengths(lengths, n, max_tokens);
+  Assignment a;
+  a.pack_of.resize(static_cast<size_t>(n));
+  int64_t used = 0;
+  int32_t pack = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (pack < 0 || used + lengths[i] > max_tokens) {
+      ++pack;
+      used = 0;
+    }
+    used += lengths[i];
+    a.pack_of[static_cast<size_t>(i)] = pack;
+  }
+  a.num_packs = pack + 1;
+  return a;
+}
+
+Assignment first_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_tokens) {
+  check_lengths(lengths, n, max_tokens);
+  Assignment a;
+  a.pack_of.assign(static_cast<size_t>(n), -1);
+  if (n == 0) return a;
+  // Max segment tree over the room of packs 0..leaves-1; unopened packs have full room, so the
+  // leftmost leaf with enough room is the first pack the sample fits in (possibly a new one).
+  int64_t leaves = 1;
+  while (leaves < n) leaves <<= 1;
+  std::vector<int32_t> room(static_cast<size_t>(2 * leaves), static_cast<int32_t>(max_tokens));
+  const SortedLengths sorted = sort_by_length_desc(lengths, n, max_tokens);
+  std::vector<int32_t> pack_sorted(static_cast<size_t>(n));
+  for (int64_t pos = 0; pos < n; ++pos) {
+    const int32_t len = static_cast<int32_t>(sorted.length[static_cast<size_t>(pos)]);
+    size_t node = 1;
+    while (node < static_cast<size_t>(leaves)) node = room[2 * node] >= len ? 2 * node : 2 * node + 1;
+    const int64_t pack = static_cast<int64_t>(node) - leaves;
+    pack_sorted[static_cast<size_t>(pos)] = static_cast<int32_t>(pack);
+    a.num_packs = std::max(a.num_packs, pack + 1);
+    room[node] -= len;
+    for (node >>= 1; node >= 1; node >>= 1) room[node] = std::max(room[2 * node], room[2 * node + 1]);
+  }
+  scatter_packs(sorted, pack_sorted, a);
+  return a;
+}
+
+Assignment best_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_tokens) {
+  check_lengths(lengths, n, max_tokens);
+  return use_dense_keys(max_tokens, n) ? best_fit_decreasing_impl<DenseBuckets>(lengths, n, max_tokens)
+                                       : best_fit_decreasing_impl<SparseBuckets>(lengths, n, max_tokens);
+}
+
+Assignment histogram(const int64_t* lengths, int64_t n, int64_t max_tokens) {
+  check_lengths(lengths, n, max_tokens);
+  return use_dense_keys(max_tokens, n) ? histogram_impl<DenseBuckets>(lengths, n, max_tokens)
+                                       : histogram_impl<SparseBuckets>(lengths, n, max_tokens);
+}
+
+Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens, int64_t window) {
+  check_lengths(lengths, n, max_tokens);
+  if (window < 1) throw std::invalid_argument("window must be >= 1, got " + std::to_string(window));
+  Assignment a;
+  a.pack_of.assign(static_cast<size_t>(n), -1);
+  if (n == 0) return a;
+
+  // Work in the rank space of distinct lengths (ascending), so the pending set is a bitset over
+  // at most n ranks whatever max_tokens is. by_len lists samples by (length, index).
+  std::vector<int32_t> by_len = sort_by_length_desc(lengths, n, max_tokens).index;
+  std::reverse(by_len.begin(), by_len.end());  // ascending length, but descending index in a tie
+  std::vector<int64_t> value, begin;
+  std::vector<int32_t> rank_of(static_cast<size_t>(n));
+  for (int64_t pos = 0; pos < n; ++pos) {
+    const int64_t len = lengths[by_len[static_cast<size_t>(pos)]];
+    if (value.empty() || value.back() != len) {
+      if (!value.empty())  // restore ascending index inside the finished tie run
+        std::reverse(by_len.begin() + begin.back(), by_len.begin() + pos);
+      value.push_back(len);
+      begin.push_back(pos);
+    }
+    rank_of[static_cast<size_t>(by_len[static_cast<size_t>(pos)])] = static_cast<int32_t>(value.size() - 1);
+  }
+  std::reverse(by_len.begin() + begin.back(), by_len.end());
+
+  // Pending samples of rank r are by_len[head[r] : entered[r]]: they enter and leave in index order.
+  std::vector<int64_t> head = begin, entered = begin;
+  HierBitset pending_ranks(static_cast<int64_t>(value.size()));
+  std::vector<uint8_t> taken(static_cast<size_t>(n), 0);
+  int64_t stream = 0, pending = 0, oldest = 0;
+
+  auto top_up = [&]() {
+    while (pending < window && stream < n) {
+      const int32_t r = rank_of[static_cast<size_t>(stream)];
+      if (entered[static_cast<size_t>(r)] == head[static_cast<size_t>(r)]) pending_ranks.set(r);
+      ++entered[static_cast<size_t>(r)];
+      ++stream;
+      ++pending;
+    }
+  };
+  auto take = [&](int64_t r, int32_t pack) {
+    const int32_t i = by_len[static_cast<size_t>(head[static_cast<size_t>(r)]++)];
+    if (head[static_cast<size_t>(r)] == entered[static_cast<size_t>(r)]) pending_ranks.clear(r);
+    --pending;
+    taken[static_cast<size_t>(i)] = 1;
+    a.pack_of[static_cast<size_t>(i)] = pack;
+    top_up();
+    return lengths[i];
+  };
+
+  top_up();
+  while (pending > 0) {
+    const int32_t pack = static_cast<int32_t>(a.num_packs++);
+    while (taken[static_cast<size_t>(oldest)]) ++oldest;  // the oldest pending sample opens the pack
+    int64_t room = max_tokens - take(rank_of[static_cast<size_t>(oldest)], pack);
+    while (room > 0) {
+      // Longest pending length <= room.
+      const int64_t limit = std::upper_bound(value.begin(), value.end(), room) - value.begin() - 1;
+      const int64_t r = pending_ranks.prev_le(limit);
+      if (r < 0) break;
+      room -= take(r, pack);
+    }
+  }
+  return a;
+}
+
+void finalize_plan(const Assignment& a, int64_t* order, int64_t* offsets) {
+  const size_t n = a.pack_of.size();
+  std::fill(offsets, offsets + a.num_packs + 1, 0);
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t p = a.pack_of[i];
+    if (p < 0 || p >= a.num_packs) throw std::logic_error("finalize_plan: sample without a valid pack");
+    ++offsets[p + 1];
+  }
+  for (int64_t p = 0; p < a.num_packs; ++p) offsets[p + 1] += offsets[p];
+  std::vector<int64_t> cursor(offsets, offsets + a.num_packs);
+  // Walking samples in index order makes the order inside each pack ascending (stable).
+  for (size_t i = 0; i < n; ++i) order[cursor[static_cast<size_t>(a.pack_of[i])]++] = static_cast<int64_t>(i);
+}
+
+}  // namespace ek

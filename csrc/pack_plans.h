@@ -1,0 +1,45 @@
+// Bin-packing plans over integer sample lengths (no Python, no torch).
+//
+// Every strategy assigns each sample i a pack id pack_of[i] in [0, num_packs); packs are numbered
+// in the order the strategy opens (or emits) them. finalize_plan() turns that assignment into a
+// flat plan: `order` (sample indices, pack by pack, ascending index inside a pack: a stable order)
+// and `offsets` (num_packs + 1 entries, pack p is order[offsets[p]:offsets[p+1]]).
+//
+// Tie rules are part of the contract because the Python fallback must give identical plans:
+//   * sorting "by length, decreasing" breaks ties by ascending sample index;
+//   * packs (or pack groups) with equal remaining capacity are kept in LIFO buckets: the one that
+//     reached that capacity most recently is taken first.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ek {
+
+struct Assignment {
+  std::vector<int32_t> pack_of;  // [n] pack id of every sample
+  int64_t num_packs = 0;
+};
+
+// Throws std::invalid_argument (ValueError in Python) naming the argument and the index.
+void check_lengths(const int64_t* lengths, int64_t n, int64_t max_tokens);
+
+// In input order, one open pack; a new pack opens when the next sample would overflow it.
+Assignment next_fit(const int64_t* lengths, int64_t n, int64_t max_tokens);
+// Decreasing length; each sample goes to the first (lowest-numbered) pack it fits in. O(n log n).
+Assignment first_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_tokens);
+// Decreasing length; each sample goes to the pack with the least remaining room that still fits.
+Assignment best_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_tokens);
+// Streaming: at most `window` samples are pending; one pack is open at a time. A pack starts with
+// the oldest pending sample, then takes the longest pending sample that still fits (earliest index
+// on ties) until none fits; the window is topped up from the stream after every removal.
+Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens, int64_t window);
+// Best-fit decreasing on the length histogram: packs with identical contents travel as one group,
+// so the work grows with the number of distinct lengths and pack patterns, not with n.
+Assignment histogram(const int64_t* lengths, int64_t n, int64_t max_tokens);
+
+// order: [n], offsets: [num_packs + 1]; both preallocated by the caller.
+void finalize_plan(const Assignment& a, int64_t* order, int64_t* offsets);
+
+}  // namespace ek

@@ -1,0 +1,214 @@
+"""Packing plans: which samples share a pack of at most ``max_tokens`` tokens.
+
+The strategies run in C++ (``elasticast_kernels._C``) when the extension is built and in pure
+Python otherwise; both give identical plans. Rules (ties included) are documented in
+``csrc/pack_plans.h``.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import _fallback
+from ._native import native
+
+STRATEGIES = ("next_fit", "first_fit_decreasing", "best_fit_decreasing", "best_fit_window", "histogram")
+MAX_TOKENS_LIMIT = 2**31 - 1  # cu_seqlens are int32
+
+
+@dataclass(frozen=True, repr=False)
+class PackPlan:
+    """A partition of samples into packs.
+
+    Attributes:
+        bins: one int64 array of sample indices per pack, in pack order; ascending inside a pack.
+        lengths: int64 ``[num_samples]``, the input lengths (tokens per sample).
+        max_tokens: capacity of every pack.
+        strategy: the strategy that made the plan.
+    """
+
+    bins: list[np.ndarray]
+    lengths: np.ndarray
+    max_tokens: int
+    strategy: str
+
+    @property
+    def num_packs(self) -> int:
+        return len(self.bins)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def efficiency(self) -> float:
+        """sum(lengths) / (num_packs * max_tokens); 0.0 for an empty plan."""
+        if not self.bins:
+            return 0.0
+        return float(self.lengths.sum()) / (self.num_packs * self.max_tokens)
+
+    @property
+    def order(self) -> np.ndarray:
+        """int64 ``[sum of bin sizes]``: the bins concatenated (segment order of a packed batch)."""
+        return np.concatenate(self.bins) if self.bins else np.zeros(0, dtype=np.int64)
+
+    @property
+    def pack_offsets(self) -> np.ndarray:
+        """int64 ``[num_packs + 1]``: pack p is ``order[pack_offsets[p]:pack_offsets[p + 1]]``."""
+        offsets = np.zeros(self.num_packs + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in self.bins], out=offsets[1:])
+        return offsets
+
+    def pack_tokens(self) -> np.ndarray:
+        """int64 ``[num_packs]``: tokens in each pack."""
+        return np.array([int(self.lengths[b].sum()) for b in self.bins], dtype=np.int64)
+
+    def cu_seqlens(self, i: int) -> torch.Tensor:
+        """int32 CPU ``[len(bins[i]) + 1]``: cumulative token counts of pack ``i``'s samples."""
+        if not -self.num_packs <= i < self.num_packs:
+            raise IndexError(f"pack index {i} out of range for {self.num_packs} packs")
+        cu = np.zeros(len(self.bins[i]) + 1, dtype=np.int32)
+        np.cumsum(self.lengths[self.bins[i]], out=cu[1:])
+        return torch.from_numpy(cu)
+
+    def validate(self) -> None:
+        """Raise ValueError unless every sample is in exactly one pack and no pack overflows."""
+        order = self.order
+        if len(order) != len(self.lengths) or not np.array_equal(np.sort(order), np.arange(len(self.lengths))):
+            raise ValueError("plan bins are not a partition of the samples")
+        for p, b in enumerate(self.bins):
+            if len(b) == 0:
+                raise ValueError(f"bins[{p}] is empty")
+            tokens = int(self.lengths[b].sum())
+            if tokens > self.max_tokens:
+                raise ValueError(f"bins[{p}] holds {tokens} tokens > max_tokens={self.max_tokens}")
+
+    def __repr__(self) -> str:
+        return (
+            f"PackPlan(strategy={self.strategy!r}, num_samples={self.num_samples}, num_packs={self.num_packs}, "
+            f"max_tokens={self.max_tokens}, efficiency={self.efficiency:.4f})"
+        )
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def as_lengths(lengths: Any, max_tokens: int) -> np.ndarray:
+    """Validate ``lengths`` (1-D ints: list, numpy or CPU tensor) -> contiguous int64 numpy array.
+
+    Raises ValueError naming the first offending index for a non-integer or a length outside
+    ``[1, max_tokens]``.
+    """
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.detach().cpu().numpy()
+    try:
+        arr = np.asarray(lengths)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"lengths must be a 1-D sequence of integers: {err}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"lengths must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"lengths must be integers, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr) | (arr != np.floor(arr))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"lengths[{i}] = {arr[i]!r} is not an integer")
+    if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
+        i = int(np.argmax(arr > np.iinfo(np.int64).max))
+        raise ValueError(f"lengths[{i}] = {arr[i]} is outside [1, max_tokens={max_tokens}]")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    bad = (arr < 1) | (arr > max_tokens)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"lengths[{i}] = {arr[i]} is outside [1, max_tokens={max_tokens}]")
+    return arr
+
+
+def _python_plan(strategy: str, lengths: np.ndarray, max_tokens: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    fn: Callable[..., _fallback.Assignment] = getattr(_fallback, strategy)
+    assignment = fn(lengths, max_tokens, window) if strategy == "best_fit_window" else fn(lengths, max_tokens)
+    return _fallback.finalize(*assignment)
+
+
+def pack_order(
+    lengths: Any, max_tokens: int, strategy: str = "next_fit", *, window: int = 256, backend: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The flat form of a plan, without building one array per pack (the fast path for big inputs).
+
+    Returns:
+        order: int64 ``[num_samples]``, sample indices pack by pack (ascending inside a pack).
+        offsets: int64 ``[num_packs + 1]``; pack p is ``order[offsets[p]:offsets[p + 1]]``.
+
+    ``backend``: "auto" (C++ when built), "native" (C++, RuntimeError if missing) or "python".
+    Raises ValueError/TypeError like :func:`pack_lengths`.
+    """
+    max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
+    window = _check_int("window", window, 1)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    if backend not in ("auto", "native", "python"):
+        raise ValueError(f"backend must be 'auto', 'native' or 'python', got {backend!r}")
+    arr = as_lengths(lengths, max_tokens)
+    ext = native() if backend != "python" else None
+    if backend == "native" and ext is None:
+        raise RuntimeError("the native extension elasticast_kernels._C is not available")
+    if ext is None:
+        return _python_plan(strategy, arr, max_tokens, window)
+    if strategy == "best_fit_window":
+        return ext.best_fit_window(arr, max_tokens, window)
+    return getattr(ext, strategy)(arr, max_tokens)
+
+
+def pack_lengths(
+    lengths: Any,
+    max_tokens: int,
+    strategy: str = "next_fit",
+    *,
+    window: int = 256,
+    seed: int = 0,
+    backend: str = "auto",
+) -> PackPlan:
+    """Partition samples with the given token ``lengths`` into packs of at most ``max_tokens``.
+
+    Args:
+        lengths: 1-D integers (list, numpy array or CPU tensor), each in ``[1, max_tokens]``.
+        max_tokens: pack capacity, in ``[1, 2**31 - 1]``.
+        strategy: ``"next_fit"`` (the published ElasticAST grouping: in order, a new pack when the
+            next sample would overflow), ``"first_fit_decreasing"``, ``"best_fit_decreasing"``,
+            ``"best_fit_window"`` (streaming best fit with ``window`` pending samples) or
+            ``"histogram"`` (exact-fill patterns on the length histogram; fastest and fullest).
+        window: pending samples of ``best_fit_window`` (>= 1).
+        seed: accepted for API stability; every strategy is deterministic and ignores it.
+        backend: "auto" (C++ when built), "native" or "python".
+
+    Returns:
+        A :class:`PackPlan`. The same inputs always give the same plan, on either backend.
+
+    Raises:
+        ValueError: a length < 1, > max_tokens or not an integer (naming its index), max_tokens < 1,
+            window < 1, an unknown strategy or backend.
+        TypeError: max_tokens or window not an int.
+    """
+    _check_int("seed", seed, -(2**63))
+    max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
+    arr = as_lengths(lengths, max_tokens)
+    order, offsets = pack_order(arr, max_tokens, strategy, window=window, backend=backend)
+    bins = np.split(order, offsets[1:-1]) if len(offsets) > 1 else []
+    return PackPlan(bins=bins, lengths=arr, max_tokens=max_tokens, strategy=strategy)

@@ -1,0 +1,255 @@
+"""Pack [C, F, T] spectrograms into one token buffer (``pack_spectrograms``) and back (``unpack``).
+
+Patch layout (the reference's): non-overlapping p x p patches, frequency-major tokens (token k of
+a sample has freq index k // (T/p) and time index k % (T/p)), each patch flattened as (c, p1, p2).
+
+Paths: CPU tensors go through the C++ gather (multi-threaded, straight into the output buffer),
+CUDA tensors through one CUDA kernel launch on torch's current stream; both need the native
+extension. Without it (or when autograd must flow into the spectrograms) a torch
+reshape/permute path gives the same result.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ._native import native, native_cuda
+from .batch import PackedBatch
+from .plans import PackPlan, _check_int
+
+_warned_pin = False
+
+
+def _check_specs(specs: Any, patch_size: int) -> tuple[int, int, np.ndarray]:
+    """Validate the spectrogram list; return (C, F, frames per sample)."""
+    if isinstance(specs, torch.Tensor) or not isinstance(specs, Sequence):
+        raise TypeError(f"specs must be a list of [C, F, T] tensors, got {type(specs).__name__}")
+    if len(specs) == 0:
+        raise ValueError("specs must hold at least one spectrogram, got an empty list")
+    ref = specs[0]
+    frames = np.empty(len(specs), dtype=np.int64)
+    for j, spec in enumerate(specs):
+        if not isinstance(spec, torch.Tensor):
+            raise TypeError(f"specs[{j}] must be a torch.Tensor, got {type(spec).__name__}")
+        if spec.dim() != 3:
+            raise ValueError(f"specs[{j}] must be [C, F, T], got shape {tuple(spec.shape)}")
+        if j == 0 and not isinstance(ref, torch.Tensor):
+            raise TypeError("specs[0] must be a torch.Tensor")
+        channels, freq, time = spec.shape
+        if channels != ref.shape[0] or freq != ref.shape[1]:
+            raise ValueError(
+                f"specs[{j}] has C={channels}, F={freq} but specs[0] has C={ref.shape[0]}, F={ref.shape[1]}: "
+                "channels and frequency bins must match"
+            )
+        if spec.dtype != ref.dtype:
+            raise ValueError(f"specs[{j}] has dtype {spec.dtype} but specs[0] has {ref.dtype}")
+        if spec.device != ref.device:
+            raise ValueError(f"specs[{j}] is on {spec.device} but specs[0] is on {ref.device}")
+        if channels < 1:
+            raise ValueError(f"specs[{j}] has no channels")
+        if freq < patch_size or freq % patch_size:
+            raise ValueError(f"specs[{j}]: F={freq} is not a positive multiple of patch_size={patch_size}")
+        if time < patch_size or time % patch_size:
+            raise ValueError(f"specs[{j}]: T={time} is not a positive multiple of patch_size={patch_size}")
+        frames[j] = time
+    return int(ref.shape[0]), int(ref.shape[1]), frames
+
+
+def _segments(plan: PackPlan | None, tokens: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Segment order (sample index per segment) and pack offsets over segments."""
+    if plan is None:
+        return np.arange(len(tokens), dtype=np.int64), (0, len(tokens))
+    if not isinstance(plan, PackPlan):
+        raise TypeError(f"plan must be a PackPlan or None, got {type(plan).__name__}")
+    if len(plan.lengths) != len(tokens):
+        raise ValueError(f"plan was made for {len(plan.lengths)} samples but {len(tokens)} specs were given")
+    mismatch = np.asarray(plan.lengths) != tokens
+    if mismatch.any():
+        j = int(np.argmax(mismatch))
+        raise ValueError(f"plan.lengths[{j}] = {plan.lengths[j]} but specs[{j}] has {tokens[j]} tokens")
+    order = plan.order.astype(np.int64)
+    if len(order) and (order.min() < 0 or order.max() >= len(tokens)):
+        bad = int(np.argmax((order < 0) | (order >= len(tokens))))
+        raise ValueError(f"plan bins hold sample index {order[bad]}, outside [0, {len(tokens)})")
+    return order, tuple(int(o) for o in plan.pack_offsets)
+
+
+def _positions(seqlens: np.ndarray, time_patches: np.ndarray, cu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """freq_idx, time_idx (int32 [total_tokens]) for frequency-major segments."""
+    segment_of = np.repeat(np.arange(len(seqlens)), seqlens)
+    k = np.arange(int(cu[-1]), dtype=np.int64) - cu[:-1].astype(np.int64)[segment_of]
+    nt = time_patches[segment_of]
+    return (k // nt).astype(np.int32), (k % nt).astype(np.int32)
+
+
+def patchify(spec: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``[C, F, T] -> [(F/p)*(T/p), C*p*p]`` with the packer's layout (torch ops; autograd-safe)."""
+    p = patch_size
+    channels, freq, time = spec.shape
+    return (
+        spec.reshape(channels, freq // p, p, time // p, p)
+        .permute(1, 3, 0, 2, 4)
+        .reshape((freq // p) * (time // p), channels * p * p)
+    )
+
+
+def _alloc(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, pin_memory=pin)
+
+
+def _gather_cpu_native(ext, specs, segments, cu, channels, freq, p, pin):
+    dtype = specs[0].dtype
+    total = int(cu[-1])
+    patches = _alloc((total, channels * p * p), dtype, pin)
+    freq_idx = _alloc((total,), torch.int32, pin)
+    time_idx = _alloc((total,), torch.int32, pin)
+    sources = [specs[j].detach().contiguous().reshape(-1).view(torch.uint8).numpy() for j in segments.tolist()]
+    ext.pack_patches_cpu(
+        sources, cu, patches.view(torch.uint8).numpy(), freq_idx.numpy(), time_idx.numpy(),
+        channels, freq, p, patches.element_size(),
+    )
+    return patches, freq_idx, time_idx
+
+
+def _gather_cuda_native(ext, specs, segments, cu, time_patches, channels, freq, p):
+    device = specs[0].device
+    dtype = specs[0].dtype
+    total = int(cu[-1])
+    patches = torch.empty((total, channels * p * p), dtype=dtype, device=device)
+    freq_idx = torch.empty((total,), dtype=torch.int32, device=device)
+    time_idx = torch.empty((total,), dtype=torch.int32, device=device)
+    cu_dev = torch.from_numpy(cu).pin_memory().to(device, non_blocking=True)
+    if total == 0:
+        return patches, freq_idx, time_idx, cu_dev
+    # Contiguous sources are allocated on the current stream, so the caching allocator cannot hand
+    # their memory to other work before the kernel below (same stream) has read them.
+    sources = [specs[j].detach().contiguous() for j in segments.tolist()]
+    addresses = [s.data_ptr() for s in sources]
+    meta = torch.tensor(addresses + time_patches.tolist(), dtype=torch.int64).pin_memory()
+    meta_dev = meta.to(device, non_blocking=True)
+    elem = patches.element_size()
+    align = 16 | (p * elem) | patches.data_ptr()
+    for address in addresses:
+        align |= address
+    vec_bytes = align & -align  # largest power of two (<= 16) dividing every address and the row
+    stream = torch.cuda.current_stream(device)
+    ext.pack_patches_cuda(
+        patches.data_ptr(), freq_idx.data_ptr(), time_idx.data_ptr(), meta_dev.data_ptr(), cu_dev.data_ptr(),
+        len(sources), total, channels, freq, p, elem, vec_bytes, stream.cuda_stream, device.index,
+    )
+    return patches, freq_idx, time_idx, cu_dev
+
+
+def pack_spectrograms(
+    specs: Sequence[torch.Tensor],
+    patch_size: int = 16,
+    plan: PackPlan | None = None,
+    *,
+    pin_memory: bool = False,
+) -> PackedBatch:
+    """Cut spectrograms into patches and lay them out as packed segments.
+
+    Args:
+        specs: non-empty list of ``[C, F, T]`` tensors on one device, one dtype (any; fp32, fp16
+            and bf16 are the usual), equal C and F; F and T multiples of ``patch_size``.
+        patch_size: p, the side of the square patches.
+        plan: which samples share a pack (from :func:`pack_lengths` on the token counts
+            ``(F/p)*(T/p)``); None puts every sample in one pack, in input order.
+        pin_memory: allocate the CPU outputs page-locked (for a DataLoader feeding a GPU); ignored
+            for CUDA inputs and, with a warning, when no accelerator is present.
+
+    Returns:
+        :class:`PackedBatch` with ``patches [total_tokens, C*p*p]``, ``freq_idx``/``time_idx`` int32
+        ``[total_tokens]`` and ``cu_seqlens`` int32 ``[num_samples + 1]`` on the specs' device.
+
+    Raises:
+        TypeError: specs not a list of tensors, plan not a PackPlan.
+        ValueError: empty list, not 3-D, mixed C/F/dtype/device, F or T not a multiple of
+            patch_size, a plan made for other token counts.
+    """
+    p = _check_int("patch_size", patch_size, 1)
+    channels, freq, frames = _check_specs(specs, p)
+    time_patches_all = frames // p
+    tokens = (freq // p) * time_patches_all
+    segments, pack_offsets = _segments(plan, tokens)
+    seqlens = tokens[segments]
+    time_patches = time_patches_all[segments]
+    cu = np.zeros(len(segments) + 1, dtype=np.int64)
+    np.cumsum(seqlens, out=cu[1:])
+    if cu[-1] > 2**31 - 1:
+        raise ValueError(f"{int(cu[-1])} tokens do not fit int32 cu_seqlens")
+    cu = cu.astype(np.int32)
+
+    device = specs[0].device
+    pin = bool(pin_memory) and device.type == "cpu"
+    if pin and not torch.cuda.is_available():
+        global _warned_pin
+        if not _warned_pin:
+            import warnings
+
+            warnings.warn("pack_spectrograms(pin_memory=True): no accelerator, returning unpinned tensors")
+            _warned_pin = True
+        pin = False
+    needs_grad = torch.is_grad_enabled() and any(s.requires_grad for s in specs)
+
+    ext = None if needs_grad else (native() if device.type == "cpu" else native_cuda() if device.type == "cuda" else None)
+    if ext is not None and device.type == "cpu":
+        patches, freq_idx, time_idx = _gather_cpu_native(ext, specs, segments, cu, channels, freq, p, pin)
+        cu_seqlens = torch.from_numpy(cu)
+        if pin:
+            cu_seqlens = cu_seqlens.pin_memory()
+    elif ext is not None:
+        patches, freq_idx, time_idx, cu_seqlens = _gather_cuda_native(
+            ext, specs, segments, cu, time_patches, channels, freq, p
+        )
+    else:
+        pieces = [patchify(specs[j], p) for j in segments.tolist()]
+        patches = torch.cat(pieces) if pieces else specs[0].new_empty((0, channels * p * p))
+        f_idx, t_idx = _positions(seqlens, time_patches, cu)
+        freq_idx, time_idx, cu_seqlens = (torch.from_numpy(a) for a in (f_idx, t_idx, cu))
+        if pin:
+            patches, freq_idx, time_idx, cu_seqlens = (t.pin_memory() for t in (patches, freq_idx, time_idx, cu_seqlens))
+        elif device.type != "cpu":
+            freq_idx, time_idx, cu_seqlens = (t.to(device, non_blocking=True) for t in (freq_idx, time_idx, cu_seqlens))
+
+    seqlens_tuple = tuple(int(s) for s in seqlens.tolist())
+    return PackedBatch(
+        patches=patches,
+        freq_idx=freq_idx,
+        time_idx=time_idx,
+        cu_seqlens=cu_seqlens,
+        max_seqlen=max(seqlens_tuple, default=0),
+        seqlens=seqlens_tuple,
+        sample_index=torch.from_numpy(segments.astype(np.int64)),
+        pack_offsets=pack_offsets,
+    )
+
+
+def unpack(packed_tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
+    """Split ``packed_tokens [total_tokens, ...]`` into per-segment views ``[n_j, ...]``.
+
+    ``cu_seqlens``: 1-D integer tensor ``[num_segments + 1]`` (CPU or the tokens' device), starting
+    at 0, non-decreasing, ending at total_tokens. Reads its values on the host (a sync on CUDA).
+    Raises TypeError / ValueError on bad input.
+    """
+    if not isinstance(packed_tokens, torch.Tensor):
+        raise TypeError(f"packed_tokens must be a torch.Tensor, got {type(packed_tokens).__name__}")
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError(f"cu_seqlens must be 1-D with at least one entry, got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype.is_complex or cu_seqlens.dtype == torch.bool:
+        raise ValueError(f"cu_seqlens must hold integers, got {cu_seqlens.dtype}")
+    if packed_tokens.dim() < 1:
+        raise ValueError("packed_tokens must have a token dimension")
+    bounds = cu_seqlens.tolist()
+    if bounds[0] != 0:
+        raise ValueError(f"cu_seqlens[0] must be 0, got {bounds[0]}")
+    for i in range(1, len(bounds)):
+        if bounds[i] < bounds[i - 1]:
+            raise ValueError(f"cu_seqlens must be non-decreasing: cu_seqlens[{i}]={bounds[i]} < cu_seqlens[{i - 1}]={bounds[i - 1]}")
+    if bounds[-1] != packed_tokens.shape[0]:
+        raise ValueError(f"cu_seqlens[-1]={bounds[-1]} must equal packed_tokens.shape[0]={packed_tokens.shape[0]}")
+    return [packed_tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

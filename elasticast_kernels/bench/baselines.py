@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import bisect
+import warnings
 from typing import Sequence
 
 import torch
@@ -101,7 +102,9 @@ def nested_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: Sequ
     offsets = offsets.to(q.device)
 
     def jag(x: torch.Tensor) -> torch.Tensor:
-        return torch.nested.nested_tensor_from_jagged(x, offsets).transpose(1, 2)  # [B, heads, j, d]
+        with warnings.catch_warnings():  # "nested tensors are a prototype": known, and the point
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.nested.nested_tensor_from_jagged(x, offsets).transpose(1, 2)  # [B, heads, j, d]
 
     out = F.scaled_dot_product_attention(jag(q), jag(k), jag(v), scale=softmax_scale)
     return out.transpose(1, 2).values()

@@ -168,6 +168,8 @@ def tiny_config(device: str = "cpu") -> BenchConfig:
         heads=2,
         head_dim=32,
         attention_passes=("fwd", "fwd_bwd"),
+        # the cheap contenders plus the GPU-only ones (which skip at once on CPU)
+        attention_backends=("triton", "torch", "sdpa_masked", "varlen_attn", "flash_attn", "xformers"),
         seqlen_sweep=(32, 64),
         seqlen_sweep_tokens=128,
         memory_batches=(2, 4),

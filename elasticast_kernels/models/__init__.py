@@ -1,0 +1,4 @@
+"""Models on the packed varlen layout."""
+from elasticast_kernels.models.elasticast import ElasticAST
+
+__all__ = ["ElasticAST"]

@@ -260,17 +260,18 @@ def _pick_chunk(total_tokens: int, programs_per_chunk: int, block_n: int, device
 def _pool_config(head_dim: int, device: torch.device, backward: bool) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_D, num_warps) for the pooling kernels.
 
-    Sized by elements of a [BLOCK_N, BLOCK_D] tile per thread: 16 in the forward (~80 registers),
-    8 in the backward, which keeps four tiles live (~110 registers); both spill-free for head_dim
-    16..256 on sm_80/sm_90 (tests/test_aot_pool.py). Under the interpreter, small tiles.
+    Sized by elements of a [BLOCK_N, BLOCK_D] tile per thread: 16 in the forward with 4 warps
+    (~96 registers; with 8 warps ptxas caps sm_80 at 80 registers and spills), 8 in the backward,
+    which keeps four tiles live (~120 registers with 8 warps). Spill-free for head_dim 32..256 on
+    sm_80/sm_90 under Triton 3.6 and 3.9 (tests/test_aot_pool.py). Under the interpreter, small tiles.
     """
     block_d = max(16, _next_pow2(head_dim))
     if device.type != "cuda":
         return 16, block_d, 4
-    num_warps = 8 if block_d >= 64 else 4
-    elems_per_thread = 8 if backward else 16
-    block_n = min(128, elems_per_thread * 32 * num_warps // block_d)
-    return block_n, block_d, num_warps
+    if backward:
+        num_warps = 8 if block_d >= 64 else 4
+        return min(128, 8 * 32 * num_warps // block_d), block_d, num_warps
+    return min(128, 16 * 32 * 4 // block_d), block_d, 4
 
 
 def _pool_forward_triton(q, k, v, cu_seqlens, softmax_scale):

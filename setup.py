@@ -5,7 +5,10 @@ Environment variables:
   ELASTICAST_CUDA_ARCHS  "80;90" by default        CUDA architectures to compile for
   MAX_JOBS               parallel compile jobs      (default: all cores)
   CMAKE_BUILD_TYPE       Release by default
+  ELASTICAST_BUILD_DIR   CMake build folder (default: build/cmake-<hash of the toolchain> in the
+                         source tree, kept between builds so a rebuild only recompiles what changed)
 """
+import hashlib
 import os
 import shutil
 import subprocess
@@ -43,13 +46,29 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
+def _build_dir(fallback: Path, with_cuda: bool, nvcc: str | None, pybind11_dir: str) -> Path:
+    """A persistent CMake folder per toolchain (interpreter, pybind11, CUDA choice and archs), so
+    editable reinstalls are incremental and a cache never mixes two toolchains."""
+    if os.environ.get("ELASTICAST_BUILD_DIR"):
+        return Path(os.environ["ELASTICAST_BUILD_DIR"]).resolve()
+    key = "|".join([sys.executable, sys.version, pybind11_dir, str(with_cuda), str(nvcc),
+                    os.environ.get("ELASTICAST_CUDA_ARCHS", "80;90"), os.environ.get("CMAKE_BUILD_TYPE", "Release")])
+    folder = ROOT / "build" / f"cmake-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    except OSError:  # read-only source tree
+        return fallback
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext: CMakeExtension) -> None:
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        build_dir = Path(self.build_temp).resolve() / ext.name
-        build_dir.mkdir(parents=True, exist_ok=True)
         with_cuda, nvcc = _cuda_setting()
         import pybind11
+
+        build_dir = _build_dir(Path(self.build_temp).resolve() / ext.name, with_cuda, nvcc, pybind11.get_cmake_dir())
+        build_dir.mkdir(parents=True, exist_ok=True)
 
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}{os.sep}",

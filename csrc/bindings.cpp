@@ -23,7 +23,12 @@ using PlanFn = ek::Assignment (*)(const int64_t*, int64_t, int64_t);
 // A 1-D, C-contiguous buffer of `itemsize`-byte items; `writable` for outputs. Never copies,
 // so writes always land in the caller's memory.
 py::buffer_info contiguous_buffer(const py::buffer& obj, const char* name, py::ssize_t itemsize, bool writable) {
-  py::buffer_info info = obj.request(writable);
+  py::buffer_info info;
+  try {
+    info = obj.request(writable);
+  } catch (py::error_already_set& err) {  // e.g. BufferError for a read-only array
+    throw std::invalid_argument(std::string(name) + (writable ? " must be a writable buffer: " : ": ") + err.what());
+  }
   if (info.itemsize != itemsize)
     throw std::invalid_argument(std::string(name) + ": expected items of " + std::to_string(itemsize) +
                                 " bytes, got " + std::to_string(info.itemsize));

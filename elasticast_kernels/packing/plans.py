@@ -129,7 +129,7 @@ def as_lengths(lengths: Any, max_tokens: int) -> np.ndarray:
         bad = ~np.isfinite(arr) | (arr != np.floor(arr))
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"lengths[{i}] = {arr[i]!r} is not an integer")
+            raise ValueError(f"lengths[{i}] = {float(arr[i])!r} is not an integer")
     if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
         i = int(np.argmax(arr > np.iinfo(np.int64).max))
         raise ValueError(f"lengths[{i}] = {arr[i]} is outside [1, max_tokens={max_tokens}]")
@@ -147,6 +147,29 @@ def _python_plan(strategy: str, lengths: np.ndarray, max_tokens: int, window: in
     return _fallback.finalize(*assignment)
 
 
+def _check_options(max_tokens: Any, strategy: Any, window: Any, backend: Any) -> tuple[int, int]:
+    max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
+    window = _check_int("window", window, 1)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    if backend not in ("auto", "native", "python"):
+        raise ValueError(f"backend must be 'auto', 'native' or 'python', got {backend!r}")
+    return max_tokens, window
+
+
+def _plan_arrays(
+    arr: np.ndarray, max_tokens: int, strategy: str, window: int, backend: str
+) -> tuple[np.ndarray, np.ndarray]:
+    ext = native() if backend != "python" else None
+    if backend == "native" and ext is None:
+        raise RuntimeError("the native extension elasticast_kernels._C is not available")
+    if ext is None:
+        return _python_plan(strategy, arr, max_tokens, window)
+    if strategy == "best_fit_window":
+        return ext.best_fit_window(arr, max_tokens, window)
+    return getattr(ext, strategy)(arr, max_tokens)
+
+
 def pack_order(
     lengths: Any, max_tokens: int, strategy: str = "next_fit", *, window: int = 256, backend: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -156,24 +179,11 @@ def pack_order(
         order: int64 ``[num_samples]``, sample indices pack by pack (ascending inside a pack).
         offsets: int64 ``[num_packs + 1]``; pack p is ``order[offsets[p]:offsets[p + 1]]``.
 
-    ``backend``: "auto" (C++ when built), "native" (C++, RuntimeError if missing) or "python".
-    Raises ValueError/TypeError like :func:`pack_lengths`.
+    Arguments and errors as for :func:`pack_lengths`; ``backend``: "auto" (C++ when built),
+    "native" (C++, RuntimeError if missing) or "python".
     """
-    max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
-    window = _check_int("window", window, 1)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
-    if backend not in ("auto", "native", "python"):
-        raise ValueError(f"backend must be 'auto', 'native' or 'python', got {backend!r}")
-    arr = as_lengths(lengths, max_tokens)
-    ext = native() if backend != "python" else None
-    if backend == "native" and ext is None:
-        raise RuntimeError("the native extension elasticast_kernels._C is not available")
-    if ext is None:
-        return _python_plan(strategy, arr, max_tokens, window)
-    if strategy == "best_fit_window":
-        return ext.best_fit_window(arr, max_tokens, window)
-    return getattr(ext, strategy)(arr, max_tokens)
+    max_tokens, window = _check_options(max_tokens, strategy, window, backend)
+    return _plan_arrays(as_lengths(lengths, max_tokens), max_tokens, strategy, window, backend)
 
 
 def pack_lengths(
@@ -207,8 +217,8 @@ def pack_lengths(
         TypeError: max_tokens or window not an int.
     """
     _check_int("seed", seed, -(2**63))
-    max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
+    max_tokens, window = _check_options(max_tokens, strategy, window, backend)
     arr = as_lengths(lengths, max_tokens)
-    order, offsets = pack_order(arr, max_tokens, strategy, window=window, backend=backend)
+    order, offsets = _plan_arrays(arr, max_tokens, strategy, window, backend)
     bins = np.split(order, offsets[1:-1]) if len(offsets) > 1 else []
     return PackPlan(bins=bins, lengths=arr, max_tokens=max_tokens, strategy=strategy)

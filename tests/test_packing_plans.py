@@ -1,0 +1,257 @@
+"""Packing plans: valid partitions, the reference next-fit rule, C++ == Python, efficiency targets."""
+import numpy as np
+import pytest
+import torch
+
+from elasticast_kernels.packing import STRATEGIES, PackPlan, has_native, pack_lengths, pack_order
+
+BACKENDS = ["python"] + (["native"] if has_native() else [])
+requires_native = pytest.mark.skipif(not has_native(), reason="native extension not built")
+
+
+def assert_valid(plan: PackPlan, lengths, max_tokens: int) -> None:
+    """Each index exactly once, no pack over capacity, no empty pack, ascending inside a pack."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    assert plan.max_tokens == max_tokens
+    np.testing.assert_array_equal(plan.lengths, lengths)
+    seen = np.concatenate(plan.bins) if plan.bins else np.zeros(0, np.int64)
+    np.testing.assert_array_equal(np.sort(seen), np.arange(len(lengths)))
+    for b in plan.bins:
+        assert b.dtype == np.int64 and len(b) > 0
+        assert lengths[b].sum() <= max_tokens
+        assert np.all(np.diff(b) > 0)
+
+
+def assert_valid_flat(order, offsets, lengths, max_tokens: int) -> None:
+    """assert_valid for the flat (order, offsets) form, cheap enough for a fuzz loop."""
+    assert sorted(order.tolist()) == list(range(len(lengths)))
+    sizes = np.diff(offsets)
+    assert offsets[0] == 0 and np.all(sizes > 0)
+    if len(lengths):
+        assert np.add.reduceat(lengths[order], offsets[:-1]).max() <= max_tokens
+        starts = np.zeros(len(order), dtype=bool)
+        starts[offsets[:-1]] = True
+        assert np.all((np.diff(order) > 0) | starts[1:])
+
+
+def reference_next_fit(lengths, max_tokens):
+    """Direct transcription of the published grouping: one open row, new row on overflow."""
+    rows, row, used = [], [], 0
+    for i, n in enumerate(lengths):
+        if row and used + n > max_tokens:
+            rows.append(row)
+            row, used = [], 0
+        row.append(i)
+        used += n
+    if row:
+        rows.append(row)
+    return rows
+
+
+def voxceleb_like_tokens(n: int, seed: int = 0) -> np.ndarray:
+    """Durations 4-20 s (mean ~8 s), 100 frames/s, 8 frequency patches, 16-frame time patches."""
+    rng = np.random.default_rng(seed)
+    seconds = np.minimum(4.0 + rng.exponential(4.0, n), 20.0)
+    frames = (seconds * 100).astype(np.int64)
+    return 8 * (frames // 16)
+
+
+ADVERSARIAL = {
+    "empty": ([], 8),
+    "one": ([5], 8),
+    "one_full": ([8], 8),
+    "all_max": ([64] * 17, 64),
+    "all_one": ([1] * 100, 7),
+    "max_tokens_one": ([1] * 5, 1),
+    "halves": ([5, 5, 5, 6, 4, 5], 10),
+    "descending": (list(range(30, 0, -1)), 31),
+    "big_and_small": ([1000, 1, 999, 2, 998, 3] * 5, 1001),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("case", sorted(ADVERSARIAL))
+def test_adversarial_inputs_give_valid_partitions(case, strategy, backend):
+    lengths, max_tokens = ADVERSARIAL[case]
+    plan = pack_lengths(lengths, max_tokens, strategy, backend=backend)
+    assert_valid(plan, lengths, max_tokens)
+    plan.validate()
+    assert plan.strategy == strategy
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_random_inputs_give_valid_partitions(strategy, backend):
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        max_tokens = int(rng.integers(1, 3000))
+        lengths = rng.integers(1, max_tokens + 1, size=int(rng.integers(0, 300)))
+        assert_valid(pack_lengths(lengths, max_tokens, strategy, window=int(rng.integers(1, 40)), backend=backend),
+                     lengths, max_tokens)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_next_fit_equals_the_reference_rule(backend):
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        max_tokens = int(rng.integers(1, 600))
+        lengths = rng.integers(1, max_tokens + 1, size=int(rng.integers(0, 60))).tolist()
+        plan = pack_lengths(lengths, max_tokens, "next_fit", backend=backend)
+        assert [b.tolist() for b in plan.bins] == reference_next_fit(lengths, max_tokens)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pack_order_matches_pack_lengths(backend):
+    lengths = voxceleb_like_tokens(500)
+    order, offsets = pack_order(lengths, 2048, "histogram", backend=backend)
+    plan = pack_lengths(lengths, 2048, "histogram", backend=backend)
+    np.testing.assert_array_equal(order, plan.order)
+    np.testing.assert_array_equal(offsets, plan.pack_offsets)
+
+
+@requires_native
+def test_fuzz_native_plans_are_valid_and_match_python():
+    """Thousands of random small cases: every strategy valid on both backends, identical bins."""
+    rng = np.random.default_rng(3)
+    for case in range(1500):
+        # Mostly small capacities (the pure-Python histogram's subset sums cost O(capacity)),
+        # sometimes huge ones (sparse containers in C++).
+        max_tokens = int(rng.choice([1, 2, 7, 16, 100, 2**20, 2**31 - 1])) if case % 4 == 0 else int(rng.integers(1, 300))
+        high = max_tokens if rng.random() < 0.7 else max(1, max_tokens // int(rng.integers(1, 8)))
+        lengths = rng.integers(1, high + 1, size=int(rng.integers(0, 40)))
+        if rng.random() < 0.3:  # few distinct lengths: the histogram's repeated patterns
+            lengths = rng.choice(lengths[:3], size=len(lengths)) if len(lengths) else lengths
+        window = int(rng.integers(1, 12))
+        for strategy in STRATEGIES:
+            order, offsets = pack_order(lengths, max_tokens, strategy, window=window, backend="native")
+            assert_valid_flat(order, offsets, lengths, max_tokens)
+            py_order, py_offsets = pack_order(lengths, max_tokens, strategy, window=window, backend="python")
+            assert order.tolist() == py_order.tolist() and offsets.tolist() == py_offsets.tolist(), (strategy, case)
+
+
+@requires_native
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_native_matches_python_on_voxceleb_like_lengths(strategy):
+    lengths = voxceleb_like_tokens(3000, seed=4)
+    native = pack_lengths(lengths, 2048, strategy, backend="native")
+    python = pack_lengths(lengths, 2048, strategy, backend="python")
+    assert [b.tolist() for b in native.bins] == [b.tolist() for b in python.bins]
+
+
+@requires_native
+@pytest.mark.parametrize("strategy", ["best_fit_decreasing", "histogram", "first_fit_decreasing"])
+def test_large_capacity_uses_the_sparse_path_and_stays_valid(strategy):
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(1, 2**30, size=2000)
+    native = pack_lengths(lengths, 2**31 - 1, strategy, backend="native")
+    assert_valid(native, lengths, 2**31 - 1)
+    python = pack_lengths(lengths, 2**31 - 1, strategy, backend="python")
+    assert [b.tolist() for b in native.bins] == [b.tolist() for b in python.bins]
+
+
+@pytest.mark.parametrize(
+    "strategy, minimum",
+    [("next_fit", 0.85), ("best_fit_decreasing", 0.97), ("first_fit_decreasing", 0.97),
+     ("histogram", 0.995), ("best_fit_window", 0.96)],
+)
+def test_efficiency_targets_on_voxceleb_like_lengths(strategy, minimum):
+    lengths = voxceleb_like_tokens(20000, seed=0)
+    plan = pack_lengths(lengths, 2048, strategy, window=256)
+    assert_valid(plan, lengths, 2048)
+    assert plan.efficiency >= minimum, f"{strategy}: {plan.efficiency:.4f} < {minimum}"
+    assert plan.efficiency == pytest.approx(lengths.sum() / (plan.num_packs * 2048))
+
+
+def test_next_fit_is_the_weakest_and_histogram_the_strongest():
+    lengths = voxceleb_like_tokens(5000, seed=6)
+    eff = {s: pack_lengths(lengths, 2048, s).efficiency for s in STRATEGIES}
+    assert eff["next_fit"] < eff["best_fit_window"] < eff["histogram"]
+    assert eff["next_fit"] < eff["best_fit_decreasing"] <= eff["histogram"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_deterministic(strategy):
+    lengths = voxceleb_like_tokens(1000, seed=7)
+    a = pack_lengths(lengths, 2048, strategy, seed=1)
+    b = pack_lengths(lengths.tolist(), 2048, strategy, seed=2)
+    assert [x.tolist() for x in a.bins] == [x.tolist() for x in b.bins]
+
+
+def test_accepts_list_numpy_tensor_and_integral_floats():
+    ref = pack_lengths([3, 4, 5], 8)
+    for lengths in (np.array([3, 4, 5], dtype=np.int32), torch.tensor([3, 4, 5]), np.array([3.0, 4.0, 5.0]),
+                    (3, 4, 5), np.array([3, 4, 5], dtype=np.uint16)):
+        plan = pack_lengths(lengths, 8)
+        assert [b.tolist() for b in plan.bins] == [b.tolist() for b in ref.bins]
+        assert plan.lengths.dtype == np.int64
+
+
+def test_cu_seqlens_and_helpers():
+    plan = pack_lengths([3, 4, 5, 2], 8, "next_fit")
+    assert [b.tolist() for b in plan.bins] == [[0, 1], [2, 3]]
+    cu = plan.cu_seqlens(1)
+    assert cu.dtype == torch.int32 and cu.device.type == "cpu"
+    assert cu.tolist() == [0, 5, 7]
+    assert plan.cu_seqlens(-1).tolist() == [0, 5, 7]
+    assert plan.pack_tokens().tolist() == [7, 7]
+    assert plan.pack_offsets.tolist() == [0, 2, 4]
+    assert plan.num_packs == 2 and plan.num_samples == 4
+    assert plan.efficiency == pytest.approx(14 / 16)
+    with pytest.raises(IndexError):
+        plan.cu_seqlens(2)
+    assert "next_fit" in repr(plan)
+    empty = pack_lengths([], 8)
+    assert empty.num_packs == 0 and empty.efficiency == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "lengths, max_tokens, kwargs, match",
+    [
+        ([3, 9, 2], 8, {}, r"lengths\[1\] = 9 is outside \[1, max_tokens=8\]"),
+        ([3, 0, 2], 8, {}, r"lengths\[1\] = 0"),
+        ([3, 2, -4], 8, {}, r"lengths\[2\] = -4"),
+        ([3.0, 2.5], 8, {}, r"lengths\[1\] = 2.5 is not an integer"),
+        ([3.0, float("nan")], 8, {}, r"lengths\[1\] = nan is not an integer"),
+        ([[1, 2]], 8, {}, r"lengths must be 1-D"),
+        (["a", "b"], 8, {}, r"lengths must be integers"),
+        ([True, False], 8, {}, r"lengths must be integers"),
+        ([1, 2], 0, {}, r"max_tokens must be \[1, 2147483647\], got 0"),
+        ([1, 2], 2**31, {}, r"max_tokens must be"),
+        ([1, 2], 8, {"strategy": "worst_fit"}, r"strategy must be one of .* got 'worst_fit'"),
+        ([1, 2], 8, {"strategy": "best_fit_window", "window": 0}, r"window must be >= 1, got 0"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(backend, lengths, max_tokens, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pack_lengths(lengths, max_tokens, backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [8.0, "8", None, True])
+def test_max_tokens_must_be_an_int(bad):
+    with pytest.raises(TypeError, match="max_tokens"):
+        pack_lengths([1, 2], bad)
+
+
+@requires_native
+def test_native_functions_check_their_input_too():
+    from elasticast_kernels import _C
+
+    with pytest.raises(ValueError, match=r"lengths\[2\] = 9"):
+        _C.best_fit_decreasing(np.array([1, 2, 9], dtype=np.int64), 8)
+    with pytest.raises(ValueError, match=r"max_tokens"):
+        _C.histogram(np.array([1], dtype=np.int64), 0)
+    with pytest.raises(ValueError, match=r"window"):
+        _C.best_fit_window(np.array([1], dtype=np.int64), 8, 0)
+    with pytest.raises(ValueError, match=r"lengths: expected items of 8 bytes"):
+        _C.next_fit(np.array([1, 2], dtype=np.int32), 8)
+    with pytest.raises(ValueError, match=r"contiguous"):
+        _C.next_fit(np.arange(1, 9, dtype=np.int64)[::2], 8)
+
+
+def test_native_backend_request_without_extension(monkeypatch):
+    monkeypatch.setenv("ELASTICAST_NO_NATIVE", "1")
+    with pytest.raises(RuntimeError, match="not available"):
+        pack_lengths([1, 2], 8, backend="native")
+    assert [b.tolist() for b in pack_lengths([1, 2], 8).bins] == [[0, 1]]

@@ -64,8 +64,8 @@ def aux_requests(dtype, arch):
     block_n, block_w, warps = pool._mean_config(768, CUDA)
     mean_consts = dict(BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_B=pool._BLOCK_B)
     return [
-        request(kernels._pool_combine_kernel, dtype, arch, dict(BLOCK_S=pool._BLOCK_S, BLOCK_D=64), 4),
-        request(kernels._slot_sum_kernel, dtype, arch, dict(MEAN=True, BLOCK_S=pool._BLOCK_S, BLOCK_W=1024), 4),
+        request(kernels._pool_combine_kernel, dtype, arch, dict(BLOCK_S=pool._merge_block(CUDA), BLOCK_D=64), 4),
+        request(kernels._slot_sum_kernel, dtype, arch, dict(MEAN=True, BLOCK_S=pool._merge_block(CUDA), BLOCK_W=1024), 4),
         request(kernels._segment_sum_partial_kernel, dtype, arch, mean_consts, warps),
         request(kernels._segment_mean_bwd_kernel, dtype, arch, mean_consts, warps),
     ]

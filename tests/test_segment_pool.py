@@ -1,7 +1,7 @@
 """segment_attention_pool and segment_mean against float64 references (Triton interpreter on CPU).
 
 Shapes stay small: every case runs the Triton kernels in the interpreter. The interpreter splits
-samples into chunks of 32 tokens, so lengths above 32 exercise the split-K merge.
+samples into chunks of 64 tokens, so lengths above 64 exercise the split-K merge.
 """
 import math
 
@@ -12,7 +12,7 @@ from elasticast_kernels.ops.segment_pool import segment_attention_pool, segment_
 
 LENGTHS = {
     "mixed": [1, 37, 100, 5],  # length 1 and multi-chunk samples
-    "unequal": [130, 2, 1, 64],  # very unequal, one exactly 2 chunks long
+    "unequal": [130, 2, 1, 128],  # very unequal, one exactly 2 chunks long
 }
 TOL = {torch.float32: 2e-5, torch.float16: 4e-3}
 
@@ -81,6 +81,17 @@ def test_pool_matches_reference(dtype, lengths, shared_query, softmax_scale):
 def test_pool_head_dims(head_dim):
     # 48 is not a power of two: the head_dim mask must hold.
     check_against_reference(*make_inputs([40, 3], 2, head_dim, torch.float32, True), 1.0)
+
+
+def test_many_chunks_per_sample():
+    """More chunk partials per sample than one merge step takes (4 under the interpreter)."""
+    check_against_reference(*make_inputs([300, 3], 1, 16, torch.float32, False), 1.0)
+    cu = cu_from([3, 300])
+    x = torch.randn(303, 4, requires_grad=True)
+    out = segment_mean(x, cu)
+    out.backward(torch.ones_like(out))
+    assert_close(out, reference_mean(x.detach(), cu), 1e-6, "mean")
+    assert_close(x.grad[3:], torch.full((300, 4), 1 / 300, dtype=torch.float64), 1e-6, "dx")
 
 
 def test_pool_empty_samples_give_zeros():

@@ -234,7 +234,11 @@ torch.library.register_autograd("elasticast::segment_mean", _mean_backward, setu
 # --- Triton launchers ---------------------------------------------------------------------------
 
 _BLOCK_B = 64  # samples scanned per step when a program looks up its chunk
-_BLOCK_S = 16  # chunk partials merged per step
+
+
+def _merge_block(device: torch.device) -> int:
+    """Chunk partials merged per step (small under the interpreter so tests cover several steps)."""
+    return 16 if device.type == "cuda" else 4
 
 
 @functools.lru_cache(maxsize=None)
@@ -267,7 +271,7 @@ def _pool_config(head_dim: int, device: torch.device, backward: bool) -> tuple[i
     """
     block_d = max(16, _next_pow2(head_dim))
     if device.type != "cuda":
-        return 16, block_d, 4
+        return 32, block_d, 4
     if backward:
         num_warps = 8 if block_d >= 64 else 4
         return min(128, 8 * 32 * num_warps // block_d), block_d, num_warps
@@ -300,7 +304,7 @@ def _pool_forward_triton(q, k, v, cu_seqlens, softmax_scale):
     kernels._pool_combine_kernel[(batch, heads)](
         m_part, l_part, acc_part, cu_seqlens, out, lse,
         heads, head_dim, chunk, out.stride(0), out.stride(1),
-        BLOCK_S=_BLOCK_S, BLOCK_D=block_d, num_warps=4,
+        BLOCK_S=_merge_block(k.device), BLOCK_D=block_d, num_warps=4,
     )
     return out, lse
 
@@ -346,14 +350,14 @@ def _slot_sum(part: torch.Tensor, out: torch.Tensor, cu_seqlens: torch.Tensor, c
     block_w = 16 if not part.is_cuda else min(1024, max(16, _next_pow2(width)))
     kernels._slot_sum_kernel[(batch, _cdiv(width, block_w))](
         part, out, cu_seqlens, width, chunk, out.stride(0),
-        MEAN=mean, BLOCK_S=_BLOCK_S, BLOCK_W=block_w, num_warps=4,
+        MEAN=mean, BLOCK_S=_merge_block(part.device), BLOCK_W=block_w, num_warps=4,
     )
 
 
 def _mean_config(width: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_W, num_warps) for the segment-mean kernels."""
     if device.type != "cuda":
-        return 16, min(64, max(16, _next_pow2(width))), 4
+        return 32, min(64, max(16, _next_pow2(width))), 4
     return 32, min(256, max(16, _next_pow2(width))), 4
 
 

@@ -99,15 +99,21 @@ def cu_seqlens(seqlens: tuple[int, ...], device: torch.device | str) -> torch.Te
 
 def timed_metrics(fn: Callable[[], object], cfg: BenchConfig, *, warmup: int | None = None, repeats: int | None = None,
                   memory: bool = True) -> dict:
-    """Median time (after warm-up) and peak memory of ``fn`` on the config's device."""
-    timing = measure(
-        fn, cfg.device, warmup=cfg.warmup if warmup is None else warmup,
-        repeats=cfg.repeats if repeats is None else repeats, min_time_s=cfg.min_time_s,
-    )
-    metrics = timing.as_dict()
+    """Median time and peak memory of ``fn`` on the config's device.
+
+    Order: ``warmup`` untimed calls (autotuning, compilation), then one call measured for peak
+    memory (it also warms up), then the timed repeats.
+    """
+    warm = cfg.warmup if warmup is None else warmup
+    metrics: dict = {}
     if memory:
+        for _ in range(warm):
+            fn()
         metrics.update(peak_memory(fn, cfg.device).as_dict())
-    return metrics
+        warm = 0
+    timing = measure(fn, cfg.device, warmup=warm, repeats=cfg.repeats if repeats is None else repeats,
+                     min_time_s=cfg.min_time_s)
+    return {**timing.as_dict(), **metrics}
 
 
 def guarded(group: str, name: str, variant: str, workload: str, params: dict,

@@ -40,7 +40,7 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                             with torch.inference_mode(), torch.autocast(torch.device(cfg.device).type, dtype=dtype,
                                                                         enabled=dtype is not None):
                                 return model(specs)
-                        metrics = timed_metrics(fn, cfg, repeats=cfg.repeats if cfg.is_cuda else min(cfg.repeats, 2))
+                        metrics = timed_metrics(fn, cfg, warmup=min(cfg.warmup, 2), repeats=cfg.model_repeats if cfg.is_cuda else min(cfg.model_repeats, 2))
                         seconds = metrics["median_ms"] / 1e3
                         metrics.update(samples_per_s=len(idx) / seconds, tokens_per_s=tokens / seconds)
                         return metrics

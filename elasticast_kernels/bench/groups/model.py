@@ -74,8 +74,8 @@ def train_fn(model: torch.nn.Module, specs: list[torch.Tensor], cfg: BenchConfig
     return step
 
 
-def _metrics(fn: Callable, cfg: BenchConfig, tokens: list[int], size: ModelSize, training: bool, repeats: int | None = None) -> dict:
-    metrics = timed_metrics(fn, cfg, repeats=repeats)
+def _metrics(fn: Callable, cfg: BenchConfig, tokens: list[int], size: ModelSize, training: bool) -> dict:
+    metrics = timed_metrics(fn, cfg, warmup=min(cfg.warmup, 2), repeats=cfg.model_repeats)
     seconds = metrics["median_ms"] / 1e3
     metrics.update(
         samples_per_s=len(tokens) / seconds,

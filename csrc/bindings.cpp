@@ -75,55 +75,86 @@ ek::PatchGeometry geometry(int64_t channels, int64_t freq, int64_t patch, int64_
   return {channels, freq, patch, elem_size};
 }
 
-void pack_patches_cpu_py(const py::list& sources, const py::buffer& cu_seqlens, const py::buffer& out,
-                         const py::buffer& freq_idx, const py::buffer& time_idx, int64_t channels, int64_t freq,
-                         int64_t patch, int64_t elem_size, int num_threads) {
-  const ek::PatchGeometry geo = geometry(channels, freq, patch, elem_size);
-  const size_t num_segments = sources.size();
-  py::buffer_info cu = contiguous_buffer(cu_seqlens, "cu_seqlens", sizeof(int32_t), false);
-  if (cu.size != static_cast<py::ssize_t>(num_segments) + 1)
-    throw std::invalid_argument("cu_seqlens must have len(sources) + 1 = " + std::to_string(num_segments + 1) +
-                                " entries, got " + std::to_string(cu.size));
-  const auto* cu_data = static_cast<const int32_t*>(cu.ptr);
-  if (cu_data[0] != 0) throw std::invalid_argument("cu_seqlens[0] must be 0");
-
-  // Check every segment against its buffer before anything is written.
+// Checked views of a CPU gather's buffers (the buffer_infos keep the memory alive).
+struct CpuGather {
+  ek::PatchGeometry geo;
   std::vector<py::buffer_info> infos;
-  std::vector<const uint8_t*> ptrs;
+  std::vector<const uint8_t*> sources;
   std::vector<int64_t> time_patches;
+  const int32_t* cu_seqlens;
+  uint8_t* out;
+  int32_t* freq_idx;
+  int32_t* time_idx;
+};
+
+// Checks every segment against its buffer and every output size before anything is written.
+CpuGather prepare_cpu_gather(const py::list& sources, const py::buffer& cu_seqlens, const py::buffer& out,
+                             const py::buffer& freq_idx, const py::buffer& time_idx, int64_t channels, int64_t freq,
+                             int64_t patch, int64_t elem_size) {
+  CpuGather g;
+  g.geo = geometry(channels, freq, patch, elem_size);
+  const size_t num_segments = sources.size();
+  g.infos.push_back(contiguous_buffer(cu_seqlens, "cu_seqlens", sizeof(int32_t), false));
+  if (g.infos.back().size != static_cast<py::ssize_t>(num_segments) + 1)
+    throw std::invalid_argument("cu_seqlens must have len(sources) + 1 = " + std::to_string(num_segments + 1) +
+                                " entries, got " + std::to_string(g.infos.back().size));
+  g.cu_seqlens = static_cast<const int32_t*>(g.infos.back().ptr);
+  if (g.cu_seqlens[0] != 0) throw std::invalid_argument("cu_seqlens[0] must be 0");
+
   const int64_t row_elems = channels * freq;
   for (size_t s = 0; s < num_segments; ++s) {
     const std::string name = "sources[" + std::to_string(s) + "]";
-    infos.push_back(contiguous_buffer(sources[s].cast<py::buffer>(), name.c_str(), 1, false));
-    const int64_t elems = infos.back().size / elem_size;
-    if (infos.back().size % elem_size != 0 || elems % row_elems != 0)
-      throw std::invalid_argument(name + ": byte size " + std::to_string(infos.back().size) +
-                                  " is not C * F * T elements of " + std::to_string(elem_size) + " bytes");
-    const int64_t frames = elems / row_elems;
+    g.infos.push_back(contiguous_buffer(sources[s].cast<py::buffer>(), name.c_str(), 1, false));
+    const py::ssize_t bytes = g.infos.back().size;
+    if (bytes % elem_size != 0 || (bytes / elem_size) % row_elems != 0)
+      throw std::invalid_argument(name + ": byte size " + std::to_string(bytes) + " is not C * F * T elements of " +
+                                  std::to_string(elem_size) + " bytes");
+    const int64_t frames = bytes / elem_size / row_elems;
     if (frames % patch != 0)
       throw std::invalid_argument(name + ": T = " + std::to_string(frames) + " is not a multiple of patch_size");
     const int64_t tokens = (freq / patch) * (frames / patch);
-    if (static_cast<int64_t>(cu_data[s + 1]) - cu_data[s] != tokens)
+    if (static_cast<int64_t>(g.cu_seqlens[s + 1]) - g.cu_seqlens[s] != tokens)
       throw std::invalid_argument("cu_seqlens[" + std::to_string(s + 1) + "] - cu_seqlens[" + std::to_string(s) +
                                   "] must be " + std::to_string(tokens) + " (the tokens of " + name + ")");
-    ptrs.push_back(static_cast<const uint8_t*>(infos.back().ptr));
-    time_patches.push_back(frames / patch);
+    g.sources.push_back(static_cast<const uint8_t*>(g.infos.back().ptr));
+    g.time_patches.push_back(frames / patch);
   }
-  const int64_t total_tokens = cu_data[num_segments];
-  py::buffer_info out_info = contiguous_buffer(out, "out", 1, true);
+  const int64_t total_tokens = g.cu_seqlens[num_segments];
   const int64_t token_bytes = channels * patch * patch * elem_size;
-  if (out_info.size != total_tokens * token_bytes)
+  g.infos.push_back(contiguous_buffer(out, "out", 1, true));
+  if (g.infos.back().size != total_tokens * token_bytes)
     throw std::invalid_argument("out must hold total_tokens * C * p * p elements = " +
                                 std::to_string(total_tokens * token_bytes) + " bytes, got " +
-                                std::to_string(out_info.size));
-  py::buffer_info fi = contiguous_buffer(freq_idx, "freq_idx", sizeof(int32_t), true);
-  py::buffer_info ti = contiguous_buffer(time_idx, "time_idx", sizeof(int32_t), true);
-  if (fi.size != total_tokens || ti.size != total_tokens)
+                                std::to_string(g.infos.back().size));
+  g.out = static_cast<uint8_t*>(g.infos.back().ptr);
+  g.infos.push_back(contiguous_buffer(freq_idx, "freq_idx", sizeof(int32_t), true));
+  g.freq_idx = static_cast<int32_t*>(g.infos.back().ptr);
+  const py::ssize_t freq_size = g.infos.back().size;
+  g.infos.push_back(contiguous_buffer(time_idx, "time_idx", sizeof(int32_t), true));
+  g.time_idx = static_cast<int32_t*>(g.infos.back().ptr);
+  if (freq_size != total_tokens || g.infos.back().size != total_tokens)
     throw std::invalid_argument("freq_idx and time_idx must have total_tokens = " + std::to_string(total_tokens) +
                                 " entries");
+  return g;
+}
+
+void pack_patches_cpu_py(const py::list& sources, const py::buffer& cu_seqlens, const py::buffer& out,
+                         const py::buffer& freq_idx, const py::buffer& time_idx, int64_t channels, int64_t freq,
+                         int64_t patch, int64_t elem_size, int num_threads) {
+  const CpuGather g = prepare_cpu_gather(sources, cu_seqlens, out, freq_idx, time_idx, channels, freq, patch, elem_size);
   py::gil_scoped_release release;
-  ek::pack_patches_cpu(ptrs, time_patches, cu_data, geo, static_cast<uint8_t*>(out_info.ptr),
-                       static_cast<int32_t*>(fi.ptr), static_cast<int32_t*>(ti.ptr), num_threads);
+  ek::pack_patches_cpu(g.sources, g.time_patches, g.cu_seqlens, g.geo, g.out, g.freq_idx, g.time_idx, num_threads);
+}
+
+void emulate_cuda_gather_py(const py::list& sources, const py::buffer& cu_seqlens, const py::buffer& out,
+                            const py::buffer& freq_idx, const py::buffer& time_idx, int64_t channels, int64_t freq,
+                            int64_t patch, int64_t elem_size, int64_t vec_bytes) {
+  const CpuGather g = prepare_cpu_gather(sources, cu_seqlens, out, freq_idx, time_idx, channels, freq, patch, elem_size);
+  if (!(vec_bytes == 1 || vec_bytes == 2 || vec_bytes == 4 || vec_bytes == 8 || vec_bytes == 16) ||
+      (patch * elem_size) % vec_bytes != 0)
+    throw std::invalid_argument("vec_bytes must be 1, 2, 4, 8 or 16 and divide patch * elem_size");
+  py::gil_scoped_release release;
+  ek::emulate_cuda_gather(g.sources, g.time_patches, g.cu_seqlens, g.geo, vec_bytes, g.out, g.freq_idx, g.time_idx);
 }
 
 }  // namespace
@@ -159,6 +190,12 @@ PYBIND11_MODULE(_C, m) {
         py::arg("elem_size"), py::arg("num_threads") = 0,
         "Gather patches of contiguous [C, F, T_s] byte buffers (sources) into out [total_tokens, C*p*p] "
         "(bytes), writing freq_idx/time_idx (int32 [total_tokens]). Checks every size first.");
+
+  m.def("emulate_cuda_gather", &emulate_cuda_gather_py, py::arg("sources"), py::arg("cu_seqlens"), py::arg("out"),
+        py::arg("freq_idx"), py::arg("time_idx"), py::arg("channels"), py::arg("freq"), py::arg("patch"),
+        py::arg("elem_size"), py::arg("vec_bytes"),
+        "Run the CUDA kernel's per-thread address math serially on CPU buffers (same arguments as "
+        "pack_patches_cpu plus the copy unit), to test the kernel's indexing without a GPU.");
 
   m.def(
       "pack_patches_cuda",

@@ -26,6 +26,12 @@ void pack_patches_cpu(const std::vector<const uint8_t*>& sources, const std::vec
                       const int32_t* cu_seqlens, const PatchGeometry& geo, uint8_t* out, int32_t* freq_idx,
                       int32_t* time_idx, int num_threads);
 
+// Host emulation of the CUDA kernel: the same per-unit address math (pack_patches_index.h), run
+// serially on CPU buffers, so tests check the kernel's indexing without a GPU.
+void emulate_cuda_gather(const std::vector<const uint8_t*>& sources, const std::vector<int64_t>& time_patches,
+                         const int32_t* cu_seqlens, const PatchGeometry& geo, int64_t vec_bytes, uint8_t* out,
+                         int32_t* freq_idx, int32_t* time_idx);
+
 // Whether the CUDA gather was compiled in.
 bool cuda_compiled();
 // "" when a CUDA device is usable, otherwise why not (no driver, no device, built without CUDA).

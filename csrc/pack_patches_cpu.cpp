@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "pack_patches.h"
+#include "pack_patches_index.h"
 
 namespace ek {
 namespace {
@@ -77,6 +78,23 @@ void pack_patches_cpu(const std::vector<const uint8_t*>& sources, const std::vec
   for (int64_t k = 1; k < threads; ++k) pool.emplace_back(worker);
   worker();
   for (auto& th : pool) th.join();
+}
+
+void emulate_cuda_gather(const std::vector<const uint8_t*>& sources, const std::vector<int64_t>& time_patches,
+                         const int32_t* cu_seqlens, const PatchGeometry& geo, int64_t vec_bytes, uint8_t* out,
+                         int32_t* freq_idx, int32_t* time_idx) {
+  const int64_t num_segments = static_cast<int64_t>(sources.size());
+  const GatherShape shape = make_gather_shape(num_segments, geo.channels, geo.freq, geo.patch, geo.elem_size, vec_bytes);
+  const int64_t total_units = static_cast<int64_t>(cu_seqlens[num_segments]) * shape.units_per_token;
+  for (int64_t idx = 0; idx < total_units; ++idx) {  // one iteration = one CUDA thread's work
+    const UnitSource src = locate_unit(idx, shape, cu_seqlens, time_patches.data());
+    std::memcpy(out + idx * vec_bytes, sources[static_cast<size_t>(src.segment)] + src.byte_offset,
+                static_cast<size_t>(vec_bytes));
+    if (src.unit == 0) {
+      freq_idx[src.token] = static_cast<int32_t>(src.freq_patch);
+      time_idx[src.token] = static_cast<int32_t>(src.time_patch);
+    }
+  }
 }
 
 #ifndef ELASTICAST_WITH_CUDA

@@ -3,6 +3,7 @@
 // Each thread moves one `Unit` (1..16 bytes) of one token; the token's segment comes from a binary
 // search over cu_seqlens (a few cached loads), so no per-token metadata is built on the host. The
 // host only copies the small segment table (source addresses, T/p) and cu_seqlens to the device.
+// The address math lives in pack_patches_index.h, shared with a host emulation that the tests run.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <string>
 
 #include "pack_patches.h"
+#include "pack_patches_index.h"
 
 namespace ek {
 namespace {
@@ -21,34 +23,17 @@ struct alignas(8) Vec8 { uint2 v; };
 template <typename Unit>
 __global__ void pack_patches_kernel(Unit* __restrict__ out, int32_t* __restrict__ freq_idx,
                                     int32_t* __restrict__ time_idx, const int64_t* __restrict__ segment_meta,
-                                    const int32_t* __restrict__ cu_seqlens, int64_t num_segments,
-                                    int64_t total_units, int64_t units_per_token, int64_t units_per_run,
-                                    int64_t channels_unused, int64_t freq, int64_t patch, int64_t elem_size) {
-  (void)channels_unused;
+                                    const int32_t* __restrict__ cu_seqlens, GatherShape shape, int64_t total_units) {
+  const int64_t* addresses = segment_meta;
+  const int64_t* time_patches = segment_meta + shape.num_segments;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total_units; idx += stride) {
-    const int64_t token = idx / units_per_token;
-    const int64_t unit = idx - token * units_per_token;
-    // Segment of this token: the last s with cu_seqlens[s] <= token (empty segments skipped).
-    int64_t lo = 0, hi = num_segments - 1;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi + 1) >> 1;
-      if (cu_seqlens[mid] <= token) lo = mid; else hi = mid - 1;
-    }
-    const int64_t seg = lo;
-    const int64_t time_patches = segment_meta[num_segments + seg];
-    const int64_t k = token - cu_seqlens[seg];
-    const int64_t f = k / time_patches, t = k - f * time_patches;
-    const int64_t run = unit / units_per_run;  // c * p + p1
-    const int64_t in_run = unit - run * units_per_run;
-    const int64_t c = run / patch, p1 = run - c * patch;
-    const int64_t frames = time_patches * patch;
-    const uint8_t* src = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(segment_meta[seg])) +
-                         ((c * freq + f * patch + p1) * frames + t * patch) * elem_size;
-    out[idx] = reinterpret_cast<const Unit*>(src)[in_run];
-    if (unit == 0) {
-      freq_idx[token] = static_cast<int32_t>(f);
-      time_idx[token] = static_cast<int32_t>(t);
+    const UnitSource src = locate_unit(idx, shape, cu_seqlens, time_patches);
+    const uint8_t* base = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(addresses[src.segment]));
+    out[idx] = *reinterpret_cast<const Unit*>(base + src.byte_offset);
+    if (src.unit == 0) {
+      freq_idx[src.token] = static_cast<int32_t>(src.freq_patch);
+      time_idx[src.token] = static_cast<int32_t>(src.time_patch);
     }
   }
 }
@@ -63,17 +48,15 @@ void check(cudaError_t err, const char* what) {
 template <typename Unit>
 void launch(uint64_t out, uint64_t freq_idx, uint64_t time_idx, uint64_t segment_meta, uint64_t cu_seqlens,
             int64_t num_segments, int64_t total_tokens, const PatchGeometry& geo, cudaStream_t stream) {
-  const int64_t unit_bytes = static_cast<int64_t>(sizeof(Unit));
-  const int64_t units_per_run = geo.patch * geo.elem_size / unit_bytes;
-  const int64_t units_per_token = geo.channels * geo.patch * units_per_run;
-  const int64_t total_units = total_tokens * units_per_token;
+  const GatherShape shape = make_gather_shape(num_segments, geo.channels, geo.freq, geo.patch, geo.elem_size,
+                                              static_cast<int64_t>(sizeof(Unit)));
+  const int64_t total_units = total_tokens * shape.units_per_token;
   if (total_units == 0) return;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total_units + threads - 1) / threads, int64_t{1} << 20);
   pack_patches_kernel<Unit><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
       reinterpret_cast<Unit*>(out), reinterpret_cast<int32_t*>(freq_idx), reinterpret_cast<int32_t*>(time_idx),
-      reinterpret_cast<const int64_t*>(segment_meta), reinterpret_cast<const int32_t*>(cu_seqlens), num_segments,
-      total_units, units_per_token, units_per_run, geo.channels, geo.freq, geo.patch, geo.elem_size);
+      reinterpret_cast<const int64_t*>(segment_meta), reinterpret_cast<const int32_t*>(cu_seqlens), shape, total_units);
   check(cudaGetLastError(), "pack_patches_cuda launch");
 }
 

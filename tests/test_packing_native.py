@@ -85,3 +85,39 @@ def test_cpu_gather_refuses_read_only_output(ext):
     args["out"].setflags(write=False)
     with pytest.raises(ValueError, match="writable"):
         ext.pack_patches_cpu(**args)
+
+
+@pytest.mark.parametrize("elem, vec_bytes", [(4, 16), (4, 8), (4, 4), (2, 16), (2, 2), (1, 1), (2, 4), (4, 1)])
+@pytest.mark.parametrize("channels, p", [(1, 16), (2, 4)])
+def test_cuda_kernel_address_math_matches_the_cpu_gather(ext, elem, vec_bytes, channels, p):
+    """The CUDA kernel's per-thread indexing (shared header), run on the host, equals the CPU path."""
+    if (p * elem) % vec_bytes:
+        pytest.skip("copy unit must divide a patch row")
+    rng = np.random.default_rng(1)
+    times = [p * k for k in (3, 1, 7, 2)]
+    args = gather_args(ext, times=times, channels=channels, freq=4 * p, p=p, elem=elem)
+    for s in args["sources"]:
+        s[:] = rng.integers(0, 256, size=s.size, dtype=np.uint8)
+    ext.pack_patches_cpu(**args)
+    expected = {k: args[k].copy() for k in ("out", "freq_idx", "time_idx")}
+    for k in expected:
+        args[k] = np.zeros_like(args[k])
+    ext.emulate_cuda_gather(**args, vec_bytes=vec_bytes)
+    for k, v in expected.items():
+        assert np.array_equal(args[k], v), k
+
+
+def test_cpu_gather_matches_numpy_layout(ext):
+    """Bytes land where the (c, p1, p2) flattening of frequency-major patches says."""
+    channels, freq, p, times = 2, 8, 4, (8, 12)
+    specs = [np.arange(channels * freq * t, dtype=np.float32).reshape(channels, freq, t) + 1000 * i
+             for i, t in enumerate(times)]
+    args = gather_args(ext, times=times, channels=channels, freq=freq, p=p, elem=4)
+    args["sources"] = [s.reshape(-1).view(np.uint8) for s in specs]
+    ext.pack_patches_cpu(**args)
+    out = args["out"].view(np.float32).reshape(-1, channels * p * p)
+    expected = np.concatenate([
+        s.reshape(channels, freq // p, p, s.shape[2] // p, p).transpose(1, 3, 0, 2, 4).reshape(-1, channels * p * p)
+        for s in specs
+    ])
+    assert np.array_equal(out, expected)

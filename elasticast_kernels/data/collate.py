@@ -48,6 +48,9 @@ def _split_items(batch: Sequence[Any]) -> tuple[list[torch.Tensor], list[Any] | 
 def _stack_labels(labels: list[Any]) -> torch.Tensor:
     """ints -> int64 ``[N]``; floats -> float32 ``[N]``; tensors (e.g. multi-hot) -> stacked ``[N, ...]``."""
     if all(isinstance(label, torch.Tensor) for label in labels):
+        shapes = {tuple(label.shape) for label in labels}
+        if len(shapes) != 1:
+            raise ValueError(f"tensor labels must share one shape, got shapes {sorted(shapes)}")
         return torch.stack([label.detach() for label in labels])
     try:
         stacked = torch.as_tensor(labels)
@@ -91,6 +94,11 @@ def collate_packed(
     plan = None
     if max_tokens is not None:
         tokens = [(spec.shape[1] // patch_size) * (spec.shape[2] // patch_size) for spec in specs]
+        too_long = [i for i, count in enumerate(tokens) if count > max_tokens]
+        if too_long:
+            raise ValueError(
+                f"batch[{too_long[0]}] has {tokens[too_long[0]]} tokens, more than max_tokens={max_tokens}"
+            )
         plan = pack_lengths(tokens, int(max_tokens), "next_fit")
     packed = pack_spectrograms(specs, patch_size, plan, pin_memory=pin_memory)
     if labels is not None:

@@ -224,6 +224,7 @@ class ElasticAST(nn.Module):
             eval_token_dropout=self.eval_token_dropout,
         )
 
+    @torch.compiler.disable  # host-side planning and packing: never traced
     def _pack(self, batched_samples, group_samples: bool, group_max_seq_len: int):
         """Validate, drop tokens, pack. Returns ``(PackedBatch, time positional table)``."""
         from elasticast_kernels.packing import pack_lengths, pack_spectrograms
@@ -280,6 +281,7 @@ class ElasticAST(nn.Module):
             seqlens=tuple(kept),
         )
 
+    @torch.compiler.disable  # host-side planning and packing: never traced
     def _prepare_packed(self, batch):
         """Checks on a caller's `PackedBatch`, then token dropout within its segments."""
         patch_dim = self.patch_embed[0].in_features
@@ -334,6 +336,7 @@ class ElasticAST(nn.Module):
         return dataclasses.replace(batch, time_idx=time_idx), torch.cat(tables)
 
     @staticmethod
+    @torch.compiler.disable
     def _to_input_order(logits: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
         order = np.asarray(sample_index, dtype=np.int64)
         if np.array_equal(order, np.arange(len(order))):

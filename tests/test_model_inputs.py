@@ -1,0 +1,168 @@
+"""ElasticAST drop-in: constructor options, input checks, token dropout, long samples, torch.compile."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from elasticast_kernels.models import ElasticAST
+from elasticast_kernels.models.inputs import token_keep_counts
+from reference_elasticast import make_specs
+
+CONFIG = dict(sample_size=(32, 128), patch_size=16, num_classes=3, dim=32, depth=1, heads=2, channels=1)
+
+
+def specs_of(*frames: int, freq_bins: int = 32) -> list[torch.Tensor]:
+    return make_specs(frames, freq_bins=freq_bins, dtype=torch.float32)
+
+
+# --- constructor ------------------------------------------------------------------------------
+@pytest.mark.parametrize("keyword", ["imagenet_pretrain", "SSAST_pretrain", "AST_pretrain"])
+def test_pretrain_keywords_point_at_convert(keyword):
+    with pytest.raises(ValueError, match=rf"{keyword}.*elasticast_kernels\.convert\.from_"):
+        ElasticAST(**CONFIG, **{keyword: True})
+    ElasticAST(**CONFIG, **{keyword: False})  # falsy: accepted, nothing to do
+
+
+def test_constructor_is_keyword_only_and_checks_options():
+    with pytest.raises(TypeError):
+        ElasticAST((32, 128), 16, 3, 32, 1, 2)
+    with pytest.raises(ValueError, match="attention_backend"):
+        ElasticAST(**CONFIG, attention_backend="cuDNN")
+    with pytest.raises(ValueError, match="packing"):
+        ElasticAST(**CONFIG, packing="worst_fit")
+    with pytest.raises(ValueError, match="divisible by heads"):
+        ElasticAST(**{**CONFIG, "heads": 5})
+    with pytest.raises(ValueError, match="sample_size"):
+        ElasticAST(**{**CONFIG, "sample_size": (32, 120)})
+    with pytest.warns(UserWarning, match="unknown keyword"):
+        ElasticAST(**CONFIG, some_recipe_flag=1)
+
+
+def test_dim_head_is_ignored_like_the_reference():
+    model = ElasticAST(**CONFIG, dim_head=999)
+    assert model.blocks.modules_list[0].attn.head_dim == CONFIG["dim"] // CONFIG["heads"]
+
+
+# --- input checks ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "samples,error,match",
+    [
+        ([torch.randn(1, 32, 40)], ValueError, r"sample 0 has F=32, T=40.*multiples of patch_size=16"),
+        ([torch.randn(1, 32, 32), torch.randn(1, 24, 32)], ValueError, r"sample 1 has F=24"),
+        ([torch.randn(2, 32, 32)], ValueError, r"sample 0 must be \[C=1, F, T\]"),
+        ([torch.randn(32, 32)], ValueError, r"sample 0 must be \[C=1, F, T\]"),
+        ([torch.randn(1, 48, 32)], ValueError, r"more than sample_size allows"),
+        ([torch.randn(1, 32, 32), torch.randn(1, 32, 32, dtype=torch.float64)], ValueError, r"sample 1 is torch.float64"),
+        ([], ValueError, "empty"),
+        (torch.randn(2, 1, 32, 32), TypeError, "list of"),
+        (["spec"], TypeError, "sample 0 must be a torch.Tensor"),
+    ],
+)
+def test_bad_samples_raise(samples, error, match, torch_cpu_path):
+    model = ElasticAST(**CONFIG).eval()
+    with pytest.raises(error, match=match):
+        model(samples)
+
+
+def test_sample_over_group_limit_raises(torch_cpu_path):
+    model = ElasticAST(**CONFIG).eval()
+    specs = specs_of(32, 128)  # 4 and 16 tokens
+    with pytest.raises(ValueError, match=r"sample 1 has 16 tokens, more than group_max_seq_len=10"):
+        model(specs, group_max_seq_len=10)
+    with torch.no_grad():
+        assert model(specs, group_max_seq_len=16).shape == (2, 3)
+        # caller-grouped rows carry no limit, as in the reference
+        assert model([specs], group_samples=False, group_max_seq_len=10).shape == (2, 3)
+
+
+def test_bad_rows_raise(torch_cpu_path):
+    model = ElasticAST(**CONFIG).eval()
+    with pytest.raises(ValueError, match=r"batched_samples\[1\] must be a non-empty list"):
+        model([specs_of(32), []], group_samples=False)
+
+
+# --- token dropout ----------------------------------------------------------------------------
+def test_keep_counts_follow_the_spec():
+    lengths = [10, 1, 7, 64]
+    common = dict(token_dropout_prob=None, random_token_dropout=0.0, eval_token_dropout=0.0)
+    assert token_keep_counts(lengths, training=True, **common) is None
+    assert token_keep_counts(lengths, training=False, **common) is None
+    assert token_keep_counts(lengths, training=True, **{**common, "token_dropout_prob": 0.25}) == [7, 1, 5, 48]
+    # eval_token_dropout is the fraction KEPT, and only applies in eval
+    assert token_keep_counts(lengths, training=False, **{**common, "eval_token_dropout": 0.25}) == [2, 1, 1, 16]
+    assert token_keep_counts(lengths, training=True, **{**common, "eval_token_dropout": 0.25}) is None
+    torch.manual_seed(3)
+    randomised = token_keep_counts(lengths, training=True, **{**common, "random_token_dropout": 0.5, "token_dropout_prob": 0.9})
+    torch.manual_seed(3)
+    probs = [float(torch.rand(())) * 0.5 for _ in lengths]
+    assert randomised == [max(1, int(n * (1 - p))) for n, p in zip(lengths, probs)]
+
+
+def test_training_token_dropout_packs_the_kept_tokens(torch_cpu_path, monkeypatch):
+    model = ElasticAST(**CONFIG, token_dropout_prob=0.5).train()
+    seen = {}
+    original = model.forward_packed
+
+    def spy(batch, time_table=None):
+        seen["batch"] = batch
+        return original(batch, time_table)
+
+    monkeypatch.setattr(model, "forward_packed", spy)
+    specs = specs_of(128, 32, 64)  # 16, 4, 8 tokens -> keep 8, 2, 4
+    logits = model(specs, group_max_seq_len=10)
+    batch = seen["batch"]
+    assert logits.shape == (3, 3)
+    kept = dict(zip(batch.sample_index.tolist(), batch.seqlens))
+    assert kept == {0: 8, 1: 2, 2: 4}
+    assert batch.cu_seqlens.tolist()[-1] == batch.patches.shape[0] == 14
+    assert max(sum(batch.seqlens[a:b]) for a, b in zip(batch.pack_offsets, batch.pack_offsets[1:])) <= 10
+    # every kept token is a real token of its sample, with its own position
+    start = 0
+    for sample, n in zip(batch.sample_index.tolist(), batch.seqlens):
+        spec = specs[sample]
+        time_patches = spec.shape[2] // 16
+        for t in range(start, start + n):
+            f, tt = int(batch.freq_idx[t]), int(batch.time_idx[t])
+            patch = spec[0, f * 16 : (f + 1) * 16, tt * 16 : (tt + 1) * 16].reshape(-1)
+            torch.testing.assert_close(batch.patches[t], patch)
+            assert tt < time_patches
+        start += n
+
+
+def test_eval_mode_is_deterministic_without_eval_dropout(torch_cpu_path):
+    model = ElasticAST(**CONFIG, token_dropout_prob=0.5, random_token_dropout=0.3).eval()
+    specs = specs_of(128, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(model(specs), model(specs), rtol=0, atol=0)
+
+
+# --- samples longer than the time positional table --------------------------------------------
+def test_sample_longer_than_time_table(torch_cpu_path):
+    model = ElasticAST(**CONFIG).eval()
+    with pytest.raises(ValueError, match=r"sample 1 has T=160 frames.*pos_embed_interpolation=True"):
+        model(specs_of(32, 160))
+
+
+def test_time_table_interpolation_matches_a_stretched_table(torch_cpu_path):
+    model = ElasticAST(**CONFIG, pos_embed_interpolation=True).eval()
+    stretched = ElasticAST(**{**CONFIG, "sample_size": (32, 192)}).eval()
+    state = dict(model.state_dict())
+    table = state["pos_embed_time"]  # 8 rows -> 12 rows for a 192-frame sample
+    state["pos_embed_time"] = F.interpolate(table.t()[None], size=12, mode="linear", align_corners=False)[0].t()
+    stretched.load_state_dict(state, strict=True)
+    long, short = specs_of(192, 64)
+    with torch.no_grad():
+        got = model([short, long, short])
+        torch.testing.assert_close(got[1], stretched([long])[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[[0, 2]], model([short, short]), rtol=1e-5, atol=1e-5)
+
+
+# --- torch.compile --------------------------------------------------------------------------
+def test_torch_compile_forward_on_cpu(torch_cpu_path):
+    model = ElasticAST(**CONFIG).eval()
+    specs = specs_of(32, 128, 64)
+    with torch.no_grad():
+        eager = model(specs)
+        compiled = torch.compile(model)(specs)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)

@@ -166,7 +166,8 @@ def _pool_backward_op(
 
 @_pool_backward_op.register_fake
 def _(dout, q, k, v, out, lse, cu_seqlens, softmax_scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # Contiguous, like the real op (k and v are often strided views of a fused projection).
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _pool_setup_context(ctx, inputs, output):

@@ -96,3 +96,18 @@ def test_bad_arguments():
         AttentionPool(DIM, HEADS)(torch.randn(3, DIM + 1), cu_from([3]))
     with pytest.raises(ValueError, match="query"):
         AttentionPool(DIM, HEADS)(torch.randn(3, DIM), cu_from([3]), query=torch.randn(DIM + 1))
+
+
+def test_torch_compile_fullgraph():
+    pool = AttentionPool(DIM, HEADS, learnable_query=False)
+    query = torch.randn(DIM, requires_grad=True)
+    x, cu = torch.randn(12, DIM, requires_grad=True), cu_from([4, 8])
+    compiled = torch.compile(pool, fullgraph=True, backend="aot_eager")
+    out = compiled(x, cu, max_seqlen=8, query=query)
+    out.sum().backward()
+    grads = [t.grad.clone() for t in (x, query)]
+    x.grad = query.grad = None
+    expected = pool(x, cu, max_seqlen=8, query=query)
+    expected.sum().backward()
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert all(torch.allclose(g, t.grad, atol=1e-6) for g, t in zip(grads, (x, query)))

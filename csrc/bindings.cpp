@@ -59,9 +59,8 @@ py::tuple run_plan(const py::buffer& lengths, int64_t max_tokens,
   py::array_t<int64_t> order(n), offsets(a.num_packs + 1);
   {
     py::gil_scoped_release release;
-    ek::finalize_plan(a, order.mutable_data(), offsets.mutable_data());
+    ek::finalize_plan(a, data, max_tokens, order.mutable_data(), offsets.mutable_data());
   }
-  (void)max_tokens;
   return py::make_tuple(order, offsets);
 }
 

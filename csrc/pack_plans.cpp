@@ -17,52 +17,67 @@ constexpr int64_t kMaxTokensLimit = std::numeric_limits<int32_t>::max();
 constexpr int64_t kHistogramMaxUnits = 1 << 16;
 constexpr int64_t kHistogramWorkBudget = int64_t{1} << 24;
 
-// Samples sorted by length, longest first, ties by ascending index: `index` and the matching
-// `length` (kept next to the index so later passes read lengths sequentially, not by a random
-// gather, which dominated the run time on a million lengths). Counting sort when the length range
-// is small (linear time, naturally stable), stable comparison sort otherwise.
+// Samples sorted by length, longest first, ties by ascending index. `length` is that sequence of
+// lengths (kept contiguous so the strategies read lengths sequentially, not by a random gather,
+// which dominated the run time on a million lengths). `index` (the matching sample indices) is
+// only built when asked for or when the sort is not a counting sort: with a counting sort,
+// finalize_plan recovers it for free from the length histogram (see Assignment::by_sorted_position).
 struct SortedLengths {
+  bool dense = false;  // counting sort over [1, max_tokens]
   std::vector<int32_t> index;
   std::vector<int32_t> length;
 };
 
-SortedLengths sort_by_length_desc(const int64_t* lengths, int64_t n, int64_t max_tokens) {
+SortedLengths sort_by_length_desc(const int64_t* lengths, int64_t n, int64_t max_tokens, bool with_index) {
   SortedLengths out;
-  out.index.resize(static_cast<size_t>(n));
   out.length.resize(static_cast<size_t>(n));
-  if (use_dense_keys(max_tokens, n)) {
+  out.dense = use_dense_keys(max_tokens, n);
+  if (out.dense) {
     std::vector<int64_t> start(static_cast<size_t>(max_tokens + 2), 0);
     for (int64_t i = 0; i < n; ++i) ++start[static_cast<size_t>(max_tokens - lengths[i])];
-    int64_t running = 0;  // bucket key max_tokens - length puts longer samples first
-    for (auto& s : start) { const int64_t c = s; s = running; running += c; }
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t pos = start[static_cast<size_t>(max_tokens - lengths[i])]++;
-      out.index[static_cast<size_t>(pos)] = static_cast<int32_t>(i);
+    int64_t pos = 0;  // bucket key max_tokens - length puts longer samples first
+    for (int64_t key = 0; key <= max_tokens; ++key) {
+      const int64_t count = start[static_cast<size_t>(key)];
+      std::fill_n(out.length.begin() + pos, count, static_cast<int32_t>(max_tokens - key));
+      start[static_cast<size_t>(key)] = pos;
+      pos += count;
     }
-    // Lengths from the bucket bounds: sequential writes only.
-    int64_t pos = 0;
-    for (int64_t key = 0; key <= max_tokens; ++key)
-      for (; pos < start[static_cast<size_t>(key)]; ++pos) out.length[static_cast<size_t>(pos)] = static_cast<int32_t>(max_tokens - key);
+    if (with_index) {
+      out.index.resize(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i)
+        out.index[static_cast<size_t>(start[static_cast<size_t>(max_tokens - lengths[i])]++)] = static_cast<int32_t>(i);
+    }
   } else {
+    out.index.resize(static_cast<size_t>(n));
     std::iota(out.index.begin(), out.index.end(), 0);
     std::stable_sort(out.index.begin(), out.index.end(),
                      [lengths](int32_t a, int32_t b) { return lengths[a] > lengths[b]; });
-    for (int64_t pos = 0; pos < n; ++pos) out.length[static_cast<size_t>(pos)] = static_cast<int32_t>(lengths[out.index[static_cast<size_t>(pos)]]);
+    for (int64_t pos = 0; pos < n; ++pos)
+      out.length[static_cast<size_t>(pos)] = static_cast<int32_t>(lengths[out.index[static_cast<size_t>(pos)]]);
   }
   return out;
 }
 
-// pack_of[sorted.index[pos]] = pack_sorted[pos]
-void scatter_packs(const SortedLengths& sorted, const std::vector<int32_t>& pack_sorted, Assignment& a) {
-  a.pack_of.assign(sorted.index.size(), -1);
-  for (size_t pos = 0; pos < sorted.index.size(); ++pos) a.pack_of[static_cast<size_t>(sorted.index[pos])] = pack_sorted[pos];
+// Wraps packs chosen per sorted position into an Assignment: kept by sorted position after a
+// counting sort (finalize_plan maps positions to samples), scattered to samples otherwise.
+Assignment from_sorted(const SortedLengths& sorted, std::vector<int32_t>&& pack_sorted, int64_t num_packs) {
+  Assignment a;
+  a.num_packs = num_packs;
+  if (sorted.dense) {
+    a.pack_of = std::move(pack_sorted);
+    a.by_sorted_position = true;
+  } else {
+    a.pack_of.assign(sorted.index.size(), -1);
+    for (size_t pos = 0; pos < sorted.index.size(); ++pos) a.pack_of[static_cast<size_t>(sorted.index[pos])] = pack_sorted[pos];
+  }
+  return a;
 }
 
 template <class Buckets>
 Assignment best_fit_decreasing_impl(const int64_t* lengths, int64_t n, int64_t max_tokens) {
-  Assignment a;
-  const SortedLengths sorted = sort_by_length_desc(lengths, n, max_tokens);
+  const SortedLengths sorted = sort_by_length_desc(lengths, n, max_tokens, false);
   std::vector<int32_t> pack_sorted(static_cast<size_t>(n));
+  int64_t num_packs = 0;
   Buckets by_room(max_tokens);  // open packs keyed by remaining room
   for (int64_t pos = 0; pos < n; ++pos) {
     const int64_t len = sorted.length[static_cast<size_t>(pos)];
@@ -73,14 +88,13 @@ Assignment best_fit_decreasing_impl(const int64_t* lengths, int64_t n, int64_t m
       pack = by_room.pop(room);
       left = room - len;
     } else {
-      pack = static_cast<int32_t>(a.num_packs++);
+      pack = static_cast<int32_t>(num_packs++);
       left = max_tokens - len;
     }
     pack_sorted[static_cast<size_t>(pos)] = pack;
     if (left > 0) by_room.push(left, pack);
   }
-  scatter_packs(sorted, pack_sorted, a);
-  return a;
+  return from_sorted(sorted, std::move(pack_sorted), num_packs);
 }
 // Packs as a tree of groups: every pack of group g holds the samples of its parent group plus
 // `copies` samples of the length with rank `rank` (ranks index the distinct lengths, longest
@@ -219,7 +233,7 @@ void group_best_fit(const std::vector<int64_t>& value, std::vector<int64_t>& lef
 
 template <class Buckets>
 Assignment histogram_impl(const int64_t* lengths, int64_t n, int64_t max_tokens) {
-  const SortedLengths sorted = sort_by_length_desc(lengths, n, max_tokens);
+  const SortedLengths sorted = sort_by_length_desc(lengths, n, max_tokens, false);
   // Distinct lengths (longest first), how many samples have each, and where they start in `sorted`.
   std::vector<int64_t> value, count, begin;
   for (int64_t pos = 0; pos < n; ++pos) {
@@ -239,12 +253,12 @@ Assignment histogram_impl(const int64_t* lengths, int64_t n, int64_t max_tokens)
 
   // Expand groups into packs, in group creation order; each length hands out its samples in
   // ascending index order.
-  Assignment a;
   std::vector<int32_t> pack_sorted(static_cast<size_t>(n), -1);
+  int64_t num_packs = 0;
   std::vector<int64_t> next = begin;
   for (int32_t g = 0; g < static_cast<int32_t>(groups.size()); ++g) {
     for (int64_t k = 0; k < groups[g].count; ++k) {
-      const int32_t pack = static_cast<int32_t>(a.num_packs++);
+      const int32_t pack = static_cast<int32_t>(num_packs++);
       for (int32_t h = g; h >= 0; h = groups[h].parent) {
         const PackGroup& node = groups[h];
         const size_t r = static_cast<size_t>(node.rank);
@@ -253,8 +267,7 @@ Assignment histogram_impl(const int64_t* lengths, int64_t n, int64_t max_tokens)
       }
     }
   }
-  scatter_packs(sorted, pack_sorted, a);
-  return a;
+  return from_sorted(sorted, std::move(pack_sorted), num_packs);
 }
 
 }  // namespace
@@ -291,28 +304,26 @@ Assignment next_fit(const int64_t* lengths, int64_t n, int64_t max_tokens) {
 
 Assignment first_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_tokens) {
   check_lengths(lengths, n, max_tokens);
-  Assignment a;
-  a.pack_of.assign(static_cast<size_t>(n), -1);
-  if (n == 0) return a;
+  if (n == 0) return Assignment{};
   // Max segment tree over the room of packs 0..leaves-1; unopened packs have full room, so the
   // leftmost leaf with enough room is the first pack the sample fits in (possibly a new one).
   int64_t leaves = 1;
   while (leaves < n) leaves <<= 1;
   std::vector<int32_t> room(static_cast<size_t>(2 * leaves), static_cast<int32_t>(max_tokens));
-  const SortedLengths sorted = sort_by_length_desc(lengths, n, max_tokens);
+  const SortedLengths sorted = sort_by_length_desc(lengths, n, max_tokens, false);
   std::vector<int32_t> pack_sorted(static_cast<size_t>(n));
+  int64_t num_packs = 0;
   for (int64_t pos = 0; pos < n; ++pos) {
     const int32_t len = static_cast<int32_t>(sorted.length[static_cast<size_t>(pos)]);
     size_t node = 1;
     while (node < static_cast<size_t>(leaves)) node = room[2 * node] >= len ? 2 * node : 2 * node + 1;
     const int64_t pack = static_cast<int64_t>(node) - leaves;
     pack_sorted[static_cast<size_t>(pos)] = static_cast<int32_t>(pack);
-    a.num_packs = std::max(a.num_packs, pack + 1);
+    num_packs = std::max(num_packs, pack + 1);
     room[node] -= len;
     for (node >>= 1; node >= 1; node >>= 1) room[node] = std::max(room[2 * node], room[2 * node + 1]);
   }
-  scatter_packs(sorted, pack_sorted, a);
-  return a;
+  return from_sorted(sorted, std::move(pack_sorted), num_packs);
 }
 
 Assignment best_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_tokens) {
@@ -336,7 +347,7 @@ Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens
 
   // Work in the rank space of distinct lengths (ascending), so the pending set is a bitset over
   // at most n ranks whatever max_tokens is. by_len lists samples by (length, index).
-  std::vector<int32_t> by_len = sort_by_length_desc(lengths, n, max_tokens).index;
+  std::vector<int32_t> by_len = sort_by_length_desc(lengths, n, max_tokens, true).index;
   std::reverse(by_len.begin(), by_len.end());  // ascending length, but descending index in a tie
   std::vector<int64_t> value, begin;
   std::vector<int32_t> rank_of(static_cast<size_t>(n));
@@ -393,18 +404,31 @@ Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens
   return a;
 }
 
-void finalize_plan(const Assignment& a, int64_t* order, int64_t* offsets) {
+void finalize_plan(const Assignment& a, const int64_t* lengths, int64_t max_tokens, int64_t* order, int64_t* offsets) {
   const size_t n = a.pack_of.size();
   std::fill(offsets, offsets + a.num_packs + 1, 0);
-  for (size_t i = 0; i < n; ++i) {
-    const int32_t p = a.pack_of[i];
+  for (size_t k = 0; k < n; ++k) {
+    const int32_t p = a.pack_of[k];
     if (p < 0 || p >= a.num_packs) throw std::logic_error("finalize_plan: sample without a valid pack");
     ++offsets[p + 1];
   }
   for (int64_t p = 0; p < a.num_packs; ++p) offsets[p + 1] += offsets[p];
   std::vector<int64_t> cursor(offsets, offsets + a.num_packs);
   // Walking samples in index order makes the order inside each pack ascending (stable).
-  for (size_t i = 0; i < n; ++i) order[cursor[static_cast<size_t>(a.pack_of[i])]++] = static_cast<int64_t>(i);
+  if (!a.by_sorted_position) {
+    for (size_t i = 0; i < n; ++i) order[cursor[static_cast<size_t>(a.pack_of[i])]++] = static_cast<int64_t>(i);
+    return;
+  }
+  // Sorted position of sample i = start of its length's run + how many earlier samples share the
+  // length (the counting sort's rule), so no index array was ever needed.
+  std::vector<int64_t> next(static_cast<size_t>(max_tokens + 2), 0);
+  for (size_t i = 0; i < n; ++i) ++next[static_cast<size_t>(max_tokens - lengths[i])];
+  int64_t running = 0;
+  for (auto& v : next) { const int64_t c = v; v = running; running += c; }
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t pos = next[static_cast<size_t>(max_tokens - lengths[i])]++;
+    order[cursor[static_cast<size_t>(a.pack_of[static_cast<size_t>(pos)])]++] = static_cast<int64_t>(i);
+  }
 }
 
 }  // namespace ek

@@ -18,7 +18,10 @@
 namespace ek {
 
 struct Assignment {
-  std::vector<int32_t> pack_of;  // [n] pack id of every sample
+  // [n] pack ids: of sample i, or, when by_sorted_position, of the pos-th sample in the order
+  // (length descending, index ascending) -- that saves the strategies a random scatter.
+  std::vector<int32_t> pack_of;
+  bool by_sorted_position = false;
   int64_t num_packs = 0;
 };
 
@@ -39,7 +42,8 @@ Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens
 // so the work grows with the number of distinct lengths and pack patterns, not with n.
 Assignment histogram(const int64_t* lengths, int64_t n, int64_t max_tokens);
 
-// order: [n], offsets: [num_packs + 1]; both preallocated by the caller.
-void finalize_plan(const Assignment& a, int64_t* order, int64_t* offsets);
+// order: [n], offsets: [num_packs + 1]; both preallocated by the caller. `lengths` and
+// `max_tokens` are the strategy's (validated) inputs.
+void finalize_plan(const Assignment& a, const int64_t* lengths, int64_t max_tokens, int64_t* order, int64_t* offsets);
 
 }  // namespace ek

@@ -65,7 +65,8 @@ def aux_requests(dtype, arch):
     mean_consts = dict(BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_B=pool._BLOCK_B)
     return [
         request(kernels._pool_combine_kernel, dtype, arch, dict(BLOCK_S=pool._merge_block(CUDA), BLOCK_D=64), 4),
-        request(kernels._slot_sum_kernel, dtype, arch, dict(MEAN=True, BLOCK_S=pool._merge_block(CUDA), BLOCK_W=1024), 4),
+        request(kernels._slot_sum_kernel, dtype, arch,
+                dict(MEAN=True, BLOCK_S=pool._merge_block(CUDA), BLOCK_W=pool._slot_sum_block(768, CUDA)), 4),
         request(kernels._segment_sum_partial_kernel, dtype, arch, mean_consts, warps),
         request(kernels._segment_mean_bwd_kernel, dtype, arch, mean_consts, warps),
     ]

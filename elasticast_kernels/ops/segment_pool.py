@@ -348,11 +348,16 @@ def _slot_sum(part: torch.Tensor, out: torch.Tensor, cu_seqlens: torch.Tensor, c
     from elasticast_kernels.ops import segment_pool_kernels as kernels
 
     batch, width = out.shape
-    block_w = 16 if not part.is_cuda else min(1024, max(16, _next_pow2(width)))
+    block_w = _slot_sum_block(width, part.device)
     kernels._slot_sum_kernel[(batch, _cdiv(width, block_w))](
         part, out, cu_seqlens, width, chunk, out.stride(0),
         MEAN=mean, BLOCK_S=_merge_block(part.device), BLOCK_W=block_w, num_warps=4,
     )
+
+
+def _slot_sum_block(width: int, device: torch.device) -> int:
+    """Columns per program of ``_slot_sum_kernel`` (a [BLOCK_S, BLOCK_W] fp32 tile, 4 warps)."""
+    return min(256 if device.type == "cuda" else 64, max(16, _next_pow2(width)))
 
 
 def _mean_config(width: int, device: torch.device) -> tuple[int, int, int]:

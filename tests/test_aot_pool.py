@@ -84,7 +84,8 @@ def triton36_requests():
 
 
 def describe(req):
-    return f"{_raw(req.kernel).__name__}-sm{req.arch}-{req.signature.get('K', req.signature.get('X', req.signature.get('OUT')))}"
+    dtype = next(t for n, t in req.signature.items() if n in DATA_POINTERS)
+    return f"{_raw(req.kernel).__name__}-sm{req.arch}-{dtype}"
 
 
 @pytest.fixture(scope="module")

@@ -174,7 +174,8 @@ def test_segment_mean_torch_cpu_path(torch_cpu_path):
     out = segment_mean(x, cu)
     out.backward(torch.ones_like(out))
     assert torch.allclose(out.double(), reference_mean(x.detach(), cu), atol=1e-6)
-    assert torch.allclose(x.grad[:3], torch.full((3, 4), 1 / 3)) and torch.allclose(x.grad[3:], torch.full((9, 4), 1 / 9))
+    assert torch.allclose(x.grad[:3], torch.full((3, 4), 1 / 3))
+    assert torch.allclose(x.grad[3:], torch.full((9, 4), 1 / 9))
 
 
 def test_torch_compile_fullgraph():

@@ -65,6 +65,7 @@ class AotReport:
     shared: int
     uses_wgmma: bool
     triton_version: str
+    pointer_types: str = ""  # e.g. "*bf16,*fp32,*i32": tells fp16 and bf16 builds apart in a table
 
     @property
     def spills(self) -> bool:
@@ -73,7 +74,7 @@ class AotReport:
     def __str__(self) -> str:
         consts = ",".join(f"{k}={v}" for k, v in self.constexprs.items())
         return (
-            f"{self.name} sm_{self.arch} w{self.num_warps}s{self.num_stages} [{consts}] "
+            f"{self.name} sm_{self.arch} w{self.num_warps}s{self.num_stages} [{consts}] ({self.pointer_types}) "
             f"triton {self.triton_version}: regs={self.registers} stack={self.stack} "
             f"local={self.local} smem={self.shared}B wgmma={self.uses_wgmma}"
         )
@@ -107,7 +108,8 @@ def compile_report(
     Args:
         kernel: a ``@triton.jit`` function, possibly wrapped by ``triton.autotune`` /
             ``triton.heuristics`` (the wrappers are peeled off; pass the constexprs they would
-            have set). Must be a module-level name so a subprocess can import it.
+            have set). Must be a module-level name of an importable module, so a subprocess
+            can import it (from the directory the module was loaded from).
         signature: every kernel argument -> Triton type: ``"*fp16"``, ``"*bf16"``, ``"*fp32"``,
             ``"*i32"``, ``"i32"``, ``"i64"``, ``"fp32"``, ... and ``"constexpr"`` for constexprs.
         constexprs: values of the constexpr arguments.
@@ -127,14 +129,27 @@ def compile_report(
     return compile_reports([request], python=python)[0]
 
 
-def compile_reports(requests: Iterable[AotRequest], python: str | None = None) -> list[AotReport]:
-    """Compile many kernels at once (one subprocess for all of them when one is needed)."""
+def compile_reports(requests: Iterable[AotRequest], python: str | None = None, workers: int = 1) -> list[AotReport]:
+    """Compile many kernels at once; reports come back in request order.
+
+    Runs in this process when it can (no ``python``, kernels not interpreted, ``workers=1``);
+    otherwise in ``workers`` subprocesses that share the requests (compiles take seconds each,
+    mostly in ptxas, so two workers roughly halve the wall time on a 2-core machine).
+    """
     requests = list(requests)
-    in_process = python is None and all(_is_compilable(r.kernel) for r in requests)
+    in_process = python is None and workers <= 1 and all(_is_compilable(r.kernel) for r in requests)
     if in_process:
         return [_compile_one(_jit_function(r.kernel), r) for r in requests]
     jobs = [_to_job(r) for r in requests]
-    return _run_subprocess(jobs, python or sys.executable)
+    workers = max(1, min(workers, len(jobs)))
+    shares = [jobs[i::workers] for i in range(workers)]
+    running = [_start_subprocess(share, python or sys.executable) for share in shares]
+    results = [_finish_subprocess(proc, python or sys.executable) for proc in running]
+    # undo the round-robin split
+    ordered: list[AotReport] = [None] * len(jobs)  # type: ignore[list-item]
+    for i, reports in enumerate(results):
+        ordered[i::workers] = reports
+    return ordered
 
 
 # --- in-process compile -------------------------------------------------------------------------
@@ -229,6 +244,7 @@ def _compile_one(fn: Any, request: AotRequest) -> AotReport:
         shared=int(compiled.metadata.shared),
         uses_wgmma="wgmma" in compiled.asm["ptx"],
         triton_version=triton.__version__,
+        pointer_types=",".join(sorted({ty for ty in signature.values() if ty.startswith("*")})),
     )
 
 
@@ -242,21 +258,42 @@ def _to_job(request: AotRequest) -> dict[str, Any]:
     return job
 
 
-def _run_subprocess(jobs: list[dict[str, Any]], python: str) -> list[AotReport]:
+def _import_roots(jobs: list[dict[str, Any]]) -> list[str]:
+    """Directories from which the subprocess can import each job's kernel module."""
+    roots = []
+    for module_name, _ in (job["kernel"] for job in jobs):
+        module_file = getattr(sys.modules.get(module_name), "__file__", None)
+        if module_file:
+            root = Path(module_file).resolve().parents[len(module_name.split(".")) - 1]
+            roots.append(str(root))
+    return list(dict.fromkeys(roots))
+
+
+def _start_subprocess(jobs: list[dict[str, Any]], python: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["TRITON_INTERPRET"] = "0"
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     # The kernels' modules import from the repository (installed or not) and from tests/.
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), str(Path(__file__).parent), env.get("PYTHONPATH", "")]
+        [*_import_roots(jobs), str(REPO_ROOT), str(Path(__file__).parent), env.get("PYTHONPATH", "")]
     )
-    out = subprocess.run([python, str(Path(__file__).resolve()), "--jobs-json"],
-                         input=json.dumps(jobs), capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise AotError(f"AOT subprocess ({python}) failed:\n{out.stderr[-4000:]}")
-    lines = [line for line in out.stdout.splitlines() if line.startswith("AOT_RESULT ")]
+    # jobs travel in a file: every worker starts at once, and communicate() drains both pipes
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(jobs, handle)
+    proc = subprocess.Popen([python, str(Path(__file__).resolve()), "--jobs-json", handle.name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.jobs_file = handle.name  # type: ignore[attr-defined]
+    return proc
+
+
+def _finish_subprocess(proc: subprocess.Popen, python: str) -> list[AotReport]:
+    stdout, stderr = proc.communicate()
+    os.unlink(proc.jobs_file)  # type: ignore[attr-defined]
+    if proc.returncode != 0:
+        raise AotError(f"AOT subprocess ({python}) failed:\n{stderr[-4000:]}")
+    lines = [line for line in stdout.splitlines() if line.startswith("AOT_RESULT ")]
     if len(lines) != 1:
-        raise AotError(f"AOT subprocess printed no result:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+        raise AotError(f"AOT subprocess printed no result:\n{stdout[-2000:]}\n{stderr[-2000:]}")
     payload = json.loads(lines[0][len("AOT_RESULT "):])
     if "error" in payload:
         raise AotError(payload["error"])
@@ -266,7 +303,7 @@ def _run_subprocess(jobs: list[dict[str, Any]], python: str) -> list[AotReport]:
 def _main() -> None:
     import importlib
 
-    jobs = json.loads(sys.stdin.read())
+    jobs = json.loads(Path(sys.argv[2]).read_text())
     try:
         reports = []
         for job in jobs:
@@ -281,7 +318,7 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--jobs-json"]:
+    if len(sys.argv) == 3 and sys.argv[1] == "--jobs-json":
         _main()
     else:
-        sys.exit("usage: python tests/aot.py --jobs-json < jobs.json (internal; use compile_report)")
+        sys.exit("usage: python tests/aot.py --jobs-json JOBS.json (internal; use compile_report)")

@@ -24,6 +24,7 @@ from elasticast_kernels.ops._validation import (
     resolve_softmax_scale,
 )
 from elasticast_kernels.ops.varlen_attention_torch import (
+    lse_columns,
     varlen_attention_backward_torch,
     varlen_attention_forward_torch,
 )
@@ -41,7 +42,7 @@ __all__ = ["varlen_attention", "flash_attn_varlen_func", "KERNEL_HEAD_DIMS", "MA
 @torch.library.custom_op("elasticast_kernels::varlen_attention_fwd", mutates_args=())
 def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                           seq_hint: int, softmax_scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (out [total, heads, head_dim] dtype of q, lse2 [heads, total] fp32). Inputs already validated."""
+    """-> (out [total, heads, head_dim] dtype of q, lse2 [heads, lse_columns(total)] fp32). Inputs validated."""
     if use_triton(q):
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_forward
 
@@ -52,7 +53,7 @@ def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
 @_varlen_attention_fwd.register_fake
 def _(q, k, v, cu_seqlens, seq_hint, softmax_scale, causal):
     total, heads, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((heads, total), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((heads, lse_columns(total)), dtype=torch.float32)
 
 
 @torch.library.custom_op("elasticast_kernels::varlen_attention_bwd", mutates_args=())
@@ -150,12 +151,12 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     total_tokens, batch = q.shape[0], cu_seqlens.shape[0] - 1
     seq_hint = max_seqlen if max_seqlen is not None else total_tokens // max(batch, 1)
 
+    # the kernels read rows with unit stride on head_dim (any token/head strides are fine) and
+    # exist for a few head_dims; both adjustments are no-ops in the common case and also harmless
+    # on the torch path, which keeps device checks out of the traced part of the op
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     head_dim = q.shape[-1]
-    kernel_head_dim = head_dim
-    if use_triton(q):
-        kernel_head_dim = next(d for d in KERNEL_HEAD_DIMS if d >= head_dim)
-        # the kernels read rows with unit stride on head_dim; any token/head strides are fine
-        q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    kernel_head_dim = next(d for d in KERNEL_HEAD_DIMS if d >= head_dim)
     if kernel_head_dim != head_dim:
         # zero columns add nothing to q.k and give zero output columns, sliced off below
         q, k, v = (F.pad(x, (0, kernel_head_dim - head_dim)) for x in (q, k, v))

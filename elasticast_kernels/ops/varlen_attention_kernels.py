@@ -4,7 +4,8 @@ Layout: ``q, k, v, out`` are ``[total_tokens, heads, head_dim]`` with a unit str
 ``head_dim``; sample ``b`` owns tokens ``cu_seqlens[b]:cu_seqlens[b + 1]`` and attends only to
 itself. The log-sum-exp is ``[heads, total_tokens]`` fp32, kept in the base-2 domain with the
 softmax scale folded in (``lse2 = log2(sum_j 2^(scale * log2(e) * q.k_j))``) so that the backward
-recomputes probabilities with one ``exp2``.
+recomputes probabilities with one ``exp2``. Its rows are padded to a multiple of 16 tokens
+(``lse_columns``) so their stride is 16-divisible.
 
 Scheduling without a host sync: a kernel that works on blocks of ``BLOCK`` tokens of each sample
 gives sample ``b`` the program slots ``[b + cu[b] // BLOCK, b + 1 + cu[b + 1] // BLOCK)``. That
@@ -34,6 +35,7 @@ import triton
 import triton.language as tl
 
 from elasticast_kernels.ops._dispatch import triton_interpret
+from elasticast_kernels.ops.varlen_attention_torch import lse_columns
 
 LOG2_E = 1.4426950408889634
 
@@ -50,43 +52,39 @@ def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> trit
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
 
 
-if triton_interpret():
-    FWD_CONFIGS = {0: [_config(32, 16, 4, 1)]}
-    DKDV_CONFIGS = {0: [_config(16, 32, 4, 1)]}
-    DQ_CONFIGS = {0: [_config(32, 16, 4, 1)]}
-else:
-    # head_dim -> configs (the first one is the default the AOT test reports on). head_dim 32
-    # uses the 64 set (smaller tiles are only cheaper).
-    FWD_CONFIGS = {
-        64: [_config(128, 64, 8, 3), _config(128, 64, 4, 3), _config(64, 64, 4, 3), _config(128, 32, 4, 4)],
-        128: [_config(128, 64, 8, 3), _config(128, 32, 8, 3), _config(64, 64, 4, 3)],
-    }
-    DKDV_CONFIGS = {
-        64: [_config(32, 64, 4, 3), _config(32, 128, 8, 3), _config(64, 64, 4, 3)],
-        128: [_config(32, 64, 8, 2), _config(32, 64, 4, 2), _config(64, 64, 8, 2)],
-    }
-    DQ_CONFIGS = {
+# kernel -> head_dim -> configs; the first config of each list is the default that the AOT test
+# reports on. head_dim 32 uses the 64 lists (smaller tiles only get cheaper).
+GPU_CONFIGS = {
+    "fwd": {
+        64: [_config(128, 64, 8, 3), _config(64, 64, 4, 3), _config(128, 32, 4, 4)],
+        128: [_config(128, 64, 8, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2)],
+    },
+    "dkdv": {  # BLOCK_N keys per program, BLOCK_M queries per step
+        64: [_config(32, 64, 4, 3), _config(32, 128, 8, 3), _config(64, 64, 8, 3)],
+        128: [_config(32, 64, 8, 2), _config(64, 64, 8, 2), _config(32, 64, 8, 3)],
+    },
+    "dq": {  # BLOCK_M queries per program, BLOCK_N keys per step
         64: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(64, 64, 4, 3)],
-        128: [_config(64, 32, 4, 2), _config(128, 32, 8, 2), _config(64, 64, 8, 2)],
-    }
+        128: [_config(64, 32, 8, 2), _config(128, 32, 8, 2), _config(64, 64, 8, 2)],
+    },
+}
+INTERPRETER_CONFIGS = {"fwd": _config(32, 16, 4, 1), "dkdv": _config(16, 32, 4, 1), "dq": _config(32, 16, 4, 1)}
 
 
-def _config_set(table: dict[int, list[triton.Config]], head_dim: int) -> list[triton.Config]:
-    if 0 in table:
-        return table[0]
-    return table[64] if head_dim <= 64 else table[128]
+def gpu_configs(kernel: str, head_dim: int) -> list[triton.Config]:
+    """The autotuning candidates of ``kernel`` ("fwd", "dkdv", "dq") for ``head_dim``."""
+    return GPU_CONFIGS[kernel][64 if head_dim <= 64 else 128]
 
 
-def _prune_by_head_dim(table: dict[int, list[triton.Config]]):
+def _autotune_args(kernel: str) -> dict:
+    if triton_interpret():
+        return {"configs": [INTERPRETER_CONFIGS[kernel]]}
+
     def prune(configs, named_args, **kwargs):
-        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-        return _config_set(table, head_dim)
+        return gpu_configs(kernel, kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM")))
 
-    return prune
-
-
-def _all_configs(table: dict[int, list[triton.Config]]) -> list[triton.Config]:
-    return [config for configs in table.values() for config in configs]
+    configs = [config for table in GPU_CONFIGS[kernel].values() for config in table]
+    return {"configs": configs, "prune_configs_by": {"early_config_prune": prune}}
 
 
 _TUNE_KEY = ["HEAD_DIM", "CAUSAL", "SEQ_BUCKET"]
@@ -117,6 +115,16 @@ def _locate_block(CU_SEQLENS, pid, batch, n_search, BLOCK: tl.constexpr):
     return block_start, seq_start, seq_end
 
 
+@triton.jit
+def _tile_offsets(stride_t, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Element offsets of a [ROWS, HEAD_DIM] tile from its first row.
+
+    int32 is enough inside a tile; the tile's first row is added to the base pointer as an int64
+    scalar, so a tensor past 2^31 elements still addresses correctly.
+    """
+    return tl.arange(0, ROWS)[:, None] * stride_t + tl.arange(0, HEAD_DIM)[None, :]
+
+
 # --- forward ------------------------------------------------------------------------------------
 
 
@@ -125,15 +133,17 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, lo, hi, o
                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
                DOT_PRECISION: tl.constexpr):
     """Online softmax over key blocks ``[lo, hi)``; MASKED blocks may cross the sample end or the diagonal."""
-    offs_d = tl.arange(0, HEAD_DIM)
+    k_tile = _tile_offsets(stride_kt, BLOCK_N, HEAD_DIM)
+    v_tile = _tile_offsets(stride_vt, BLOCK_N, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        rows_n = offs_n.to(tl.int64)[:, None]
+        k_block = K_head + tl.cast(start_n, tl.int64) * stride_kt
+        v_block = V_head + tl.cast(start_n, tl.int64) * stride_vt
         if MASKED:
             key_ok = offs_n < seq_end
-            k = tl.load(K_head + rows_n * stride_kt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            k = tl.load(k_block + k_tile, mask=key_ok[:, None], other=0.0)
         else:
-            k = tl.load(K_head + rows_n * stride_kt + offs_d[None, :])
+            k = tl.load(k_block + k_tile)
         # scores in the log2 domain: the softmax scale and log2(e) are folded into one multiply
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if MASKED:
@@ -151,16 +161,15 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, lo, hi, o
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED:
-            v = tl.load(V_head + rows_n * stride_vt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_block + v_tile, mask=key_ok[:, None], other=0.0)
         else:
-            v = tl.load(V_head + rows_n * stride_vt + offs_d[None, :])
+            v = tl.load(v_block + v_tile)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=_all_configs(FWD_CONFIGS), key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune_by_head_dim(FWD_CONFIGS)})
+@triton.autotune(key=_TUNE_KEY, **_autotune_args("fwd"))
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -172,10 +181,10 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
     if q_start >= seq_end:
         return
     offs_m = q_start + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < seq_end
-    rows_m = offs_m.to(tl.int64)[:, None]
-    q = tl.load(Q + head * stride_qh + rows_m * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    first_row = q_start.to(tl.int64)
+    q = tl.load(Q + head * stride_qh + first_row * stride_qt + _tile_offsets(stride_qt, BLOCK_M, HEAD_DIM),
+                mask=row_ok[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -197,8 +206,8 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
     # every real row saw at least one key (itself when causal); the guard only covers padding rows
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
-    tl.store(O + head * stride_oh + rows_m * stride_ot + offs_d[None, :], out.to(O.dtype.element_ty),
-             mask=row_ok[:, None])
+    tl.store(O + head * stride_oh + first_row * stride_ot + _tile_offsets(stride_ot, BLOCK_M, HEAD_DIM),
+             out.to(O.dtype.element_ty), mask=row_ok[:, None])
     tl.store(LSE + head * stride_lse_h + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)
 
 
@@ -226,19 +235,21 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     """Accumulate dK, dV of one key block over query blocks ``[lo, hi)`` (transposed scores [N, M])."""
-    offs_d = tl.arange(0, HEAD_DIM)
+    q_tile = _tile_offsets(stride_qt, BLOCK_M, HEAD_DIM)
+    do_tile = _tile_offsets(stride_dot, BLOCK_M, HEAD_DIM)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        rows_m = offs_m.to(tl.int64)[:, None]
+        q_block = Q_head + tl.cast(start_m, tl.int64) * stride_qt
+        do_block = DO_head + tl.cast(start_m, tl.int64) * stride_dot
         if MASKED:
             q_ok = offs_m < seq_end
-            q = tl.load(Q_head + rows_m * stride_qt + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-            do = tl.load(DO_head + rows_m * stride_dot + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+            q = tl.load(q_block + q_tile, mask=q_ok[:, None], other=0.0)
+            do = tl.load(do_block + do_tile, mask=q_ok[:, None], other=0.0)
             lse = tl.load(LSE_head + offs_m, mask=q_ok, other=0.0)
             delta = tl.load(DELTA_head + offs_m, mask=q_ok, other=0.0)
         else:
-            q = tl.load(Q_head + rows_m * stride_qt + offs_d[None, :])
-            do = tl.load(DO_head + rows_m * stride_dot + offs_d[None, :])
+            q = tl.load(q_block + q_tile)
+            do = tl.load(do_block + do_tile)
             lse = tl.load(LSE_head + offs_m)
             delta = tl.load(DELTA_head + offs_m)
         # P^T recomputed from the saved log-sum-exp (base 2, scale folded in)
@@ -256,8 +267,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_
     return dk, dv
 
 
-@triton.autotune(configs=_all_configs(DKDV_CONFIGS), key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune_by_head_dim(DKDV_CONFIGS)})
+@triton.autotune(key=_TUNE_KEY, **_autotune_args("dkdv"))
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
@@ -270,11 +280,12 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS,
     if k_start >= seq_end:
         return
     offs_n = k_start + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
     key_ok = offs_n < seq_end
-    rows_n = offs_n.to(tl.int64)[:, None]
-    k = tl.load(K + head * stride_kh + rows_n * stride_kt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-    v = tl.load(V + head * stride_vh + rows_n * stride_vt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+    first_row = k_start.to(tl.int64)
+    k = tl.load(K + head * stride_kh + first_row * stride_kt + _tile_offsets(stride_kt, BLOCK_N, HEAD_DIM),
+                mask=key_ok[:, None], other=0.0)
+    v = tl.load(V + head * stride_vh + first_row * stride_vt + _tile_offsets(stride_vt, BLOCK_N, HEAD_DIM),
+                mask=key_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     Q_head = Q + head * stride_qh
@@ -297,10 +308,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS,
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot,
                              full_end, seq_end, offs_n, seq_end, qk_scale,
                              HEAD_DIM, BLOCK_M, CAUSAL, True, DOT_PRECISION)
-    tl.store(DK + head * stride_dkh + rows_n * stride_dkt + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
-             mask=key_ok[:, None])
-    tl.store(DV + head * stride_dvh + rows_n * stride_dvt + offs_d[None, :], dv.to(DV.dtype.element_ty),
-             mask=key_ok[:, None])
+    tl.store(DK + head * stride_dkh + first_row * stride_dkt + _tile_offsets(stride_dkt, BLOCK_N, HEAD_DIM),
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok[:, None])
+    tl.store(DV + head * stride_dvh + first_row * stride_dvt + _tile_offsets(stride_dvt, BLOCK_N, HEAD_DIM),
+             dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
 
 
 @triton.jit
@@ -308,17 +319,19 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, l
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
                   DOT_PRECISION: tl.constexpr):
     """Accumulate dQ of one query block over key blocks ``[lo, hi)``."""
-    offs_d = tl.arange(0, HEAD_DIM)
+    k_tile = _tile_offsets(stride_kt, BLOCK_N, HEAD_DIM)
+    v_tile = _tile_offsets(stride_vt, BLOCK_N, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        rows_n = offs_n.to(tl.int64)[:, None]
+        k_block = K_head + tl.cast(start_n, tl.int64) * stride_kt
+        v_block = V_head + tl.cast(start_n, tl.int64) * stride_vt
         if MASKED:
             key_ok = offs_n < seq_end
-            k = tl.load(K_head + rows_n * stride_kt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
-            v = tl.load(V_head + rows_n * stride_vt + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+            k = tl.load(k_block + k_tile, mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_block + v_tile, mask=key_ok[:, None], other=0.0)
         else:
-            k = tl.load(K_head + rows_n * stride_kt + offs_d[None, :])
-            v = tl.load(V_head + rows_n * stride_vt + offs_d[None, :])
+            k = tl.load(k_block + k_tile)
+            v = tl.load(v_block + v_tile)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
@@ -332,8 +345,7 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, l
     return dq
 
 
-@triton.autotune(configs=_all_configs(DQ_CONFIGS), key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune_by_head_dim(DQ_CONFIGS)})
+@triton.autotune(key=_TUNE_KEY, **_autotune_args("dq"))
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
@@ -346,11 +358,12 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
     if q_start >= seq_end:
         return
     offs_m = q_start + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < seq_end
-    rows_m = offs_m.to(tl.int64)[:, None]
-    q = tl.load(Q + head * stride_qh + rows_m * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + head * stride_doh + rows_m * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    first_row = q_start.to(tl.int64)
+    q = tl.load(Q + head * stride_qh + first_row * stride_qt + _tile_offsets(stride_qt, BLOCK_M, HEAD_DIM),
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + head * stride_doh + first_row * stride_dot + _tile_offsets(stride_dot, BLOCK_M, HEAD_DIM),
+                 mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + head * stride_lse_h + offs_m, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + head * stride_lse_h + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -366,8 +379,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
                        offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, full_end, masked_end,
                        offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PRECISION)
-    tl.store(DQ + head * stride_dqh + rows_m * stride_dqt + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
-             mask=row_ok[:, None])
+    tl.store(DQ + head * stride_dqh + first_row * stride_dqt + _tile_offsets(stride_dqt, BLOCK_M, HEAD_DIM),
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
 # --- launchers ----------------------------------------------------------------------------------
@@ -398,14 +411,14 @@ def _stride2(t: torch.Tensor) -> tuple[int, int]:
 def varlen_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                              seq_hint: int, softmax_scale: float, causal: bool
                              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel: returns ``out`` [total, heads, head_dim] and ``lse2`` [heads, total] fp32.
+    """Launch the forward kernel: returns ``out`` [total, heads, head_dim] and ``lse2`` [heads, lse_columns(total)] fp32.
 
     Inputs are validated by the caller (unit stride on head_dim, head_dim 32, 64 or 128).
     ``seq_hint`` (max or mean sample length) only picks the autotune bucket.
     """
     total, heads, head_dim = q.shape
     out = torch.empty((total, heads, head_dim), dtype=q.dtype, device=q.device)
-    lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
+    lse = torch.empty((heads, lse_columns(total)), dtype=torch.float32, device=q.device)
     batch, n_search = _schedule(cu_seqlens)
     if total == 0 or batch == 0 or heads == 0:
         return out, lse
@@ -435,7 +448,7 @@ def varlen_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tens
         return dq.zero_(), dk.zero_(), dv.zero_()
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
-    delta = torch.empty((heads, total), dtype=torch.float32, device=q.device)
+    delta = torch.empty_like(lse)
     _bwd_preprocess_kernel[(triton.cdiv(total, _PREPROCESS_BLOCK), heads)](
         out, dout, delta, *_stride2(out), *_stride2(dout), delta.stride(0), total,
         HEAD_DIM=head_dim, BLOCK=_PREPROCESS_BLOCK,

@@ -2,7 +2,8 @@
 
 Same contract as the kernels in ``varlen_attention_kernels.py`` (so the autograd glue is shared):
 ``forward`` returns ``out`` [total, heads, head_dim] in the input dtype and the log-sum-exp
-``lse2`` [heads, total] fp32 in the base-2 domain with the softmax scale folded in;
+``lse2`` [heads, lse_columns(total)] fp32 in the base-2 domain with the softmax scale folded in
+(the row length is padded to a multiple of 16 so the kernels' row loads stay aligned);
 ``backward`` recomputes the probabilities from it. Work runs per sample (``cu_seqlens`` is on the
 CPU, so reading it is free) in fp32, in chunks of query rows so memory stays
 ``O(heads * CHUNK * len)`` rather than quadratic in the longest sample.
@@ -15,6 +16,15 @@ import torch
 
 LOG2_E = 1.0 / math.log(2.0)
 _QUERY_CHUNK = 512
+
+
+def lse_columns(total_tokens):
+    """Row length of the saved log-sum-exp: ``total_tokens`` rounded up to a multiple of 16.
+
+    An aligned row stride lets Triton specialise it as 16-divisible (vector loads). Works on
+    SymInts too (called from the fake implementation under torch.compile).
+    """
+    return (total_tokens + 15) // 16 * 16
 
 
 def _samples(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
@@ -39,10 +49,10 @@ def _heads_first(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
 
 def varlen_attention_forward_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                                    softmax_scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference-quality forward: ``out`` [total, heads, head_dim] (dtype of q), ``lse2`` [heads, total] fp32."""
+    """Reference-quality forward: ``out`` [total, heads, head_dim] (dtype of q), ``lse2`` [heads, lse_columns(total)] fp32."""
     total, heads, head_dim = q.shape
     out = torch.zeros((total, heads, head_dim), dtype=q.dtype, device=q.device)
-    lse2 = torch.zeros((heads, total), dtype=torch.float32, device=q.device)
+    lse2 = torch.zeros((heads, lse_columns(total)), dtype=torch.float32, device=q.device)
     for start, end in _samples(cu_seqlens):
         q_seq, k_seq, v_seq = (_heads_first(x, start, end) for x in (q, k, v))
         for row0 in range(0, end - start, _QUERY_CHUNK):

@@ -96,6 +96,7 @@ Assignment best_fit_decreasing_impl(const int64_t* lengths, int64_t n, int64_t m
   }
   return from_sorted(sorted, std::move(pack_sorted), num_packs);
 }
+
 // Packs as a tree of groups: every pack of group g holds the samples of its parent group plus
 // `copies` samples of the length with rank `rank` (ranks index the distinct lengths, longest
 // first); `count` packs end at exactly group g.

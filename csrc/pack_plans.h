@@ -38,8 +38,13 @@ Assignment best_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_to
 // the oldest pending sample, then takes the longest pending sample that still fits (earliest index
 // on ties) until none fits; the window is topped up from the stream after every removal.
 Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens, int64_t window);
-// Best-fit decreasing on the length histogram: packs with identical contents travel as one group,
-// so the work grows with the number of distinct lengths and pack patterns, not with n.
+// Works on the length histogram, where packs with identical contents travel as one group (the work
+// grows with the number of distinct lengths and pack patterns, not with n):
+//   1. exact-fill patterns: open a pack with the longest remaining length, fill its room as fully
+//      as possible by a bounded subset sum over the distinct lengths (in units of their gcd,
+//      longer lengths first), then repeat that pattern as often as the counts allow;
+//   2. when the subset sums would exceed a fixed work budget (or the capacity is too fine-grained),
+//      best-fit decreasing over groups packs whatever is left.
 Assignment histogram(const int64_t* lengths, int64_t n, int64_t max_tokens);
 
 // order: [n], offsets: [num_packs + 1]; both preallocated by the caller. `lengths` and

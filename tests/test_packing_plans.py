@@ -255,3 +255,13 @@ def test_native_backend_request_without_extension(monkeypatch):
     with pytest.raises(RuntimeError, match="not available"):
         pack_lengths([1, 2], 8, backend="native")
     assert [b.tolist() for b in pack_lengths([1, 2], 8).bins] == [[0, 1]]
+
+
+def test_textbook_baseline_is_a_valid_best_fit():
+    from elasticast_kernels.packing.baselines import textbook_best_fit_decreasing
+
+    lengths = voxceleb_like_tokens(2000, seed=8)
+    bins = textbook_best_fit_decreasing(lengths, 2048)
+    plan = PackPlan(bins=bins, lengths=lengths, max_tokens=2048, strategy="textbook")
+    assert_valid(plan, lengths, 2048)
+    assert abs(plan.num_packs - pack_lengths(lengths, 2048, "best_fit_decreasing").num_packs) <= 2

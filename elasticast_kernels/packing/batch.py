@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 import torch
 
 
-@dataclass
+@dataclass(eq=False)
 class PackedBatch:
     """Patches of several spectrograms laid end to end (one segment per sample).
 

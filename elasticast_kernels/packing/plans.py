@@ -20,7 +20,7 @@ STRATEGIES = ("next_fit", "first_fit_decreasing", "best_fit_decreasing", "best_f
 MAX_TOKENS_LIMIT = 2**31 - 1  # cu_seqlens are int32
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class PackPlan:
     """A partition of samples into packs.
 
@@ -29,6 +29,8 @@ class PackPlan:
         lengths: int64 ``[num_samples]``, the input lengths (tokens per sample).
         max_tokens: capacity of every pack.
         strategy: the strategy that made the plan.
+
+    Compared by identity (``==`` on lists of arrays has no single truth value).
     """
 
     bins: list[np.ndarray]

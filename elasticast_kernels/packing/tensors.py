@@ -109,6 +109,8 @@ def _gather_cpu_native(ext, specs, segments, cu, channels, freq, p, pin):
     ext.pack_patches_cpu(
         sources, cu, patches.view(torch.uint8).numpy(), freq_idx.numpy(), time_idx.numpy(),
         channels, freq, p, patches.element_size(),
+        # torch's intra-op thread count: 1 inside DataLoader workers, so workers do not oversubscribe
+        torch.get_num_threads(),
     )
     return patches, freq_idx, time_idx
 

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 from elasticast_kernels.bench import flops
 from elasticast_kernels.bench.baselines import nested_sdpa
-from elasticast_kernels.bench.config import BASELINE, BenchConfig
+from elasticast_kernels.bench.config import ATTENTION_BACKENDS, BASELINE, BenchConfig
 from elasticast_kernels.bench.groups._common import (
     StepLayout, Task, Unavailable, add_speedups, guarded, seq_layout, step_layout, timed_metrics,
 )
-from elasticast_kernels.bench.results import CaseResult
+from elasticast_kernels.bench.results import CaseResult, skipped
 from elasticast_kernels.bench.workloads import make_workload
 
 GROUP = "attention"
@@ -139,11 +139,14 @@ def tasks(cfg: BenchConfig) -> list[Task]:
         for pass_ in cfg.attention_passes:
             def run(workload: str = workload, pass_: str = pass_) -> list[CaseResult]:
                 layout = _step(cfg, workload, cfg.samples_per_step)
-                results = [
-                    _case(cfg, "step", b, workload, layout, pass_, dict(shape, samples=cfg.samples_per_step),
-                          check=pass_ == "fwd")
-                    for b in cfg.attention_backends
-                ]
+                params = dict(shape, samples=cfg.samples_per_step)
+                results = [_case(cfg, "step", b, workload, layout, pass_, params, check=pass_ == "fwd")
+                           for b in cfg.attention_backends]
+                # Never drop a baseline silently: those this suite leaves out are listed as skipped.
+                results += [skipped(GROUP, "step", b, workload, f"left out of the {cfg.suite} suite on "
+                                    f"{cfg.device} (slow fallback here); run --suite full",
+                                    **dict(params, pass_=pass_))
+                            for b in ATTENTION_BACKENDS if b not in cfg.attention_backends]
                 add_speedups(results, BASELINE, ("pass_",))
                 return results
             out.append(Task(GROUP, f"attention {pass_} [{workload}]", run, workload))

@@ -35,8 +35,6 @@ def _check_specs(specs: Any, patch_size: int) -> tuple[int, int, np.ndarray]:
             raise TypeError(f"specs[{j}] must be a torch.Tensor, got {type(spec).__name__}")
         if spec.dim() != 3:
             raise ValueError(f"specs[{j}] must be [C, F, T], got shape {tuple(spec.shape)}")
-        if j == 0 and not isinstance(ref, torch.Tensor):
-            raise TypeError("specs[0] must be a torch.Tensor")
         channels, freq, time = spec.shape
         if channels != ref.shape[0] or freq != ref.shape[1]:
             raise ValueError(

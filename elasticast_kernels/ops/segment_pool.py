@@ -80,7 +80,7 @@ def segment_attention_pool(
     q = check_float_tensor("q", q, 2 if q.dim() == 2 else 3)
     check_same("q", q, "k", k)
     max_seqlen = check_max_seqlen(max_seqlen)
-    cu_seqlens = check_cu_seqlens(cu_seqlens, total_tokens, k.device, max_seqlen)
+    cu_seqlens = check_cu_seqlens(cu_seqlens, total_tokens, k.device, max_seqlen).contiguous()
     batch = cu_seqlens.shape[0] - 1
     expected = (heads, head_dim) if q.dim() == 2 else (batch, heads, head_dim)
     if tuple(q.shape) != expected:
@@ -116,7 +116,7 @@ def segment_mean(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | No
         raise ValueError("x must have at least 1 dimension (tokens), got a 0-d tensor")
     x = check_float_tensor("x", x, x.dim())
     max_seqlen = check_max_seqlen(max_seqlen)
-    cu_seqlens = check_cu_seqlens(cu_seqlens, x.shape[0], x.device, max_seqlen)
+    cu_seqlens = check_cu_seqlens(cu_seqlens, x.shape[0], x.device, max_seqlen).contiguous()
     features = x.shape[1:]
     flat = x.reshape(x.shape[0], math.prod(features))
     if flat.stride(-1) != 1:

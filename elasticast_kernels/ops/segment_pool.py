@@ -13,6 +13,7 @@ run a vectorised torch path here (it reads ``cu_seqlens``, which is free on the 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -136,7 +137,8 @@ def _pool_forward_op(
     ``lse`` is the natural log-sum-exp of the scaled scores (-inf for an empty sample).
     """
     if use_triton(k):
-        return _pool_forward_triton(q, k, v, cu_seqlens, softmax_scale)
+        with _on_device(k):
+            return _pool_forward_triton(q, k, v, cu_seqlens, softmax_scale)
     return _pool_forward_torch(q, k, v, cu_seqlens, softmax_scale)
 
 
@@ -160,7 +162,8 @@ def _pool_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(dq, dk, dv)`` shaped and typed like ``q``, ``k``, ``v`` (contiguous)."""
     if use_triton(k):
-        return _pool_backward_triton(dout, q, k, v, out, lse, cu_seqlens, softmax_scale)
+        with _on_device(k):
+            return _pool_backward_triton(dout, q, k, v, out, lse, cu_seqlens, softmax_scale)
     return _pool_backward_torch(dout, q, k, v, lse, cu_seqlens, softmax_scale)
 
 
@@ -196,7 +199,8 @@ torch.library.register_autograd(
 def _segment_mean_op(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """``x`` ``(total_tokens, width)`` -> ``(batch, width)`` in x's dtype."""
     if use_triton(x):
-        return _segment_mean_triton(x, cu_seqlens)
+        with _on_device(x):
+            return _segment_mean_triton(x, cu_seqlens)
     return _segment_mean_torch(x, cu_seqlens)
 
 
@@ -209,7 +213,8 @@ def _(x, cu_seqlens):
 def _segment_mean_backward_op(dout: torch.Tensor, cu_seqlens: torch.Tensor, total_tokens: int) -> torch.Tensor:
     """``dout`` ``(batch, width)`` -> ``dx`` ``(total_tokens, width)``: each token gets dout / len."""
     if use_triton(dout):
-        return _segment_mean_backward_triton(dout, cu_seqlens, total_tokens)
+        with _on_device(dout):
+            return _segment_mean_backward_triton(dout, cu_seqlens, total_tokens)
     return _segment_mean_backward_torch(dout, cu_seqlens, total_tokens)
 
 
@@ -235,6 +240,11 @@ torch.library.register_autograd("elasticast::segment_mean", _mean_backward, setu
 # --- Triton launchers ---------------------------------------------------------------------------
 
 _BLOCK_B = 64  # samples scanned per step when a program looks up its chunk
+
+
+def _on_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it the tensor's (multi-GPU safety)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def _merge_block(device: torch.device) -> int:

@@ -128,7 +128,7 @@ def segment_mean(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | No
 # --- custom ops: attention pooling --------------------------------------------------------------
 
 
-@torch.library.custom_op("elasticast::segment_attention_pool", mutates_args=())
+@torch.library.custom_op("elasticast_kernels::segment_attention_pool_fwd", mutates_args=())
 def _pool_forward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, softmax_scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +149,7 @@ def _(q, k, v, cu_seqlens, softmax_scale):
     return k.new_empty((batch, heads, head_dim)), k.new_empty((batch, heads), dtype=torch.float32)
 
 
-@torch.library.custom_op("elasticast::segment_attention_pool_backward", mutates_args=())
+@torch.library.custom_op("elasticast_kernels::segment_attention_pool_bwd", mutates_args=())
 def _pool_backward_op(
     dout: torch.Tensor,
     q: torch.Tensor,
@@ -188,14 +188,14 @@ def _pool_backward(ctx, dout, _dlse):
 
 
 torch.library.register_autograd(
-    "elasticast::segment_attention_pool", _pool_backward, setup_context=_pool_setup_context
+    "elasticast_kernels::segment_attention_pool_fwd", _pool_backward, setup_context=_pool_setup_context
 )
 
 
 # --- custom ops: mean ---------------------------------------------------------------------------
 
 
-@torch.library.custom_op("elasticast::segment_mean", mutates_args=())
+@torch.library.custom_op("elasticast_kernels::segment_mean_fwd", mutates_args=())
 def _segment_mean_op(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """``x`` ``(total_tokens, width)`` -> ``(batch, width)`` in x's dtype."""
     if use_triton(x):
@@ -209,7 +209,7 @@ def _(x, cu_seqlens):
     return x.new_empty((cu_seqlens.shape[0] - 1, x.shape[1]))
 
 
-@torch.library.custom_op("elasticast::segment_mean_backward", mutates_args=())
+@torch.library.custom_op("elasticast_kernels::segment_mean_bwd", mutates_args=())
 def _segment_mean_backward_op(dout: torch.Tensor, cu_seqlens: torch.Tensor, total_tokens: int) -> torch.Tensor:
     """``dout`` ``(batch, width)`` -> ``dx`` ``(total_tokens, width)``: each token gets dout / len."""
     if use_triton(dout):
@@ -234,7 +234,7 @@ def _mean_backward(ctx, dout):
     return _segment_mean_backward_op(dout.contiguous(), cu_seqlens, ctx.total_tokens), None
 
 
-torch.library.register_autograd("elasticast::segment_mean", _mean_backward, setup_context=_mean_setup_context)
+torch.library.register_autograd("elasticast_kernels::segment_mean_fwd", _mean_backward, setup_context=_mean_setup_context)
 
 
 # --- Triton launchers ---------------------------------------------------------------------------

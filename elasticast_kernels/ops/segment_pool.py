@@ -234,7 +234,9 @@ def _mean_backward(ctx, dout):
     return _segment_mean_backward_op(dout.contiguous(), cu_seqlens, ctx.total_tokens), None
 
 
-torch.library.register_autograd("elasticast_kernels::segment_mean_fwd", _mean_backward, setup_context=_mean_setup_context)
+torch.library.register_autograd(
+    "elasticast_kernels::segment_mean_fwd", _mean_backward, setup_context=_mean_setup_context
+)
 
 
 # --- Triton launchers ---------------------------------------------------------------------------

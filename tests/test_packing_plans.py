@@ -214,6 +214,8 @@ def test_cu_seqlens_and_helpers():
         ([3, 2, -4], 8, {}, r"lengths\[2\] = -4"),
         ([3.0, 2.5], 8, {}, r"lengths\[1\] = 2.5 is not an integer"),
         ([3.0, float("nan")], 8, {}, r"lengths\[1\] = nan is not an integer"),
+        ([3.0, 1e30], 8, {}, r"lengths\[1\] = 1000000000000000019884624838656 is outside"),
+        (np.array([3, 2**64 - 1], dtype=np.uint64), 8, {}, r"lengths\[1\] = 18446744073709551615 is outside"),
         ([[1, 2]], 8, {}, r"lengths must be 1-D"),
         (["a", "b"], 8, {}, r"lengths must be integers"),
         ([True, False], 8, {}, r"lengths must be integers"),

@@ -132,15 +132,11 @@ def as_lengths(lengths: Any, max_tokens: int) -> np.ndarray:
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"lengths[{i}] = {float(arr[i])!r} is not an integer")
-    if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
-        i = int(np.argmax(arr > np.iinfo(np.int64).max))
-        raise ValueError(f"lengths[{i}] = {arr[i]} is outside [1, max_tokens={max_tokens}]")
-    arr = np.ascontiguousarray(arr, dtype=np.int64)
-    bad = (arr < 1) | (arr > max_tokens)
+    bad = (arr < 1) | (arr > max_tokens)  # before the int64 cast, so huge values cannot wrap
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"lengths[{i}] = {arr[i]} is outside [1, max_tokens={max_tokens}]")
-    return arr
+        raise ValueError(f"lengths[{i}] = {int(arr[i])} is outside [1, max_tokens={max_tokens}]")
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 def _python_plan(strategy: str, lengths: np.ndarray, max_tokens: int, window: int) -> tuple[np.ndarray, np.ndarray]:

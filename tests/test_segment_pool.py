@@ -138,6 +138,14 @@ def test_pool_torch_cpu_path(torch_cpu_path, dtype):
         assert_close(t.grad, r.grad, tol, f"d{name}")
 
 
+def test_pool_bf16_cpu_under_interpreter():
+    """bf16 on the CPU takes the torch path even under the interpreter (which mangles bf16)."""
+    q, k, v, cu = make_inputs([3, 40], 2, 32, torch.bfloat16, shared_query=True)
+    out = segment_attention_pool(q, k, v, cu, softmax_scale=1.0)
+    ref = reference_pool(q.detach().double(), k.detach().double(), v.detach().double(), cu, 1.0)
+    assert_close(out, ref, 2e-2, "out")
+
+
 def reference_mean(x, cu_seqlens):
     rows = [x[a:b].double().mean(0) if b > a else x.new_zeros(x.shape[1:], dtype=torch.float64)
             for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())]

@@ -8,8 +8,8 @@ Public functions:
 
 Both are ``torch.library`` custom ops with explicit backward ops, so autograd and
 ``torch.compile(fullgraph=True)`` see them as single nodes. CUDA tensors (and CPU tensors under
-``TRITON_INTERPRET=1``) run the Triton kernels of ``segment_pool_kernels``; other CPU tensors
-run a vectorised torch path here (it reads ``cu_seqlens``, which is free on the CPU).
+``TRITON_INTERPRET=1``, bf16 excepted) run the Triton kernels of ``segment_pool_kernels``; other
+CPU tensors run a vectorised torch path here (it reads ``cu_seqlens``, which is free on the CPU).
 """
 from __future__ import annotations
 
@@ -125,6 +125,12 @@ def segment_mean(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | No
     return _segment_mean_op(flat, cu_seqlens).reshape(cu_seqlens.shape[0] - 1, *features)
 
 
+def _use_triton(tensor: torch.Tensor) -> bool:
+    """``use_triton``, except bf16 CPU tensors: the interpreter computes bf16 through numpy, which
+    has no bfloat16, and returns garbage, so they take the torch path even under the interpreter."""
+    return use_triton(tensor) and not (tensor.device.type == "cpu" and tensor.dtype == torch.bfloat16)
+
+
 # --- custom ops: attention pooling --------------------------------------------------------------
 
 
@@ -136,7 +142,7 @@ def _pool_forward_op(
 
     ``lse`` is the natural log-sum-exp of the scaled scores (-inf for an empty sample).
     """
-    if use_triton(k):
+    if _use_triton(k):
         with _on_device(k):
             return _pool_forward_triton(q, k, v, cu_seqlens, softmax_scale)
     return _pool_forward_torch(q, k, v, cu_seqlens, softmax_scale)
@@ -161,7 +167,7 @@ def _pool_backward_op(
     softmax_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(dq, dk, dv)`` shaped and typed like ``q``, ``k``, ``v`` (contiguous)."""
-    if use_triton(k):
+    if _use_triton(k):
         with _on_device(k):
             return _pool_backward_triton(dout, q, k, v, out, lse, cu_seqlens, softmax_scale)
     return _pool_backward_torch(dout, q, k, v, lse, cu_seqlens, softmax_scale)
@@ -198,7 +204,7 @@ torch.library.register_autograd(
 @torch.library.custom_op("elasticast_kernels::segment_mean_fwd", mutates_args=())
 def _segment_mean_op(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """``x`` ``(total_tokens, width)`` -> ``(batch, width)`` in x's dtype."""
-    if use_triton(x):
+    if _use_triton(x):
         with _on_device(x):
             return _segment_mean_triton(x, cu_seqlens)
     return _segment_mean_torch(x, cu_seqlens)
@@ -212,7 +218,7 @@ def _(x, cu_seqlens):
 @torch.library.custom_op("elasticast_kernels::segment_mean_bwd", mutates_args=())
 def _segment_mean_backward_op(dout: torch.Tensor, cu_seqlens: torch.Tensor, total_tokens: int) -> torch.Tensor:
     """``dout`` ``(batch, width)`` -> ``dx`` ``(total_tokens, width)``: each token gets dout / len."""
-    if use_triton(dout):
+    if _use_triton(dout):
         with _on_device(dout):
             return _segment_mean_backward_triton(dout, cu_seqlens, total_tokens)
     return _segment_mean_backward_torch(dout, cu_seqlens, total_tokens)

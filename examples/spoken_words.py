@@ -111,28 +111,26 @@ def _espeak_dataset(binary: str, clips_per_word: int, seed: int, progress) -> Sp
 
 
 def _tone_dataset(clips_per_word: int, seed: int, progress) -> SpokenWords:
-    """SYNTHETIC TONES: class c is a sequence of 2-3 glides whose start/end pitches are fixed per class."""
+    """SYNTHETIC TONES: class c is a two-note chord (fixed per class) with vibrato and a fade in/out."""
     rng = np.random.default_rng(seed)
-    pattern_rng = np.random.default_rng(1234)  # class patterns do not depend on the seed
-    patterns = [pattern_rng.uniform(200, 3000, size=(int(pattern_rng.integers(2, 4)), 2)) for _ in WORDS]
+    # Notes spread over the mel range so that every class lights up different mel bands.
+    notes = np.geomspace(150.0, 5000.0, 2 * len(WORDS))
+    chords = [(notes[c], notes[(c + len(WORDS) // 2 + 3) % len(notes)]) for c in range(len(WORDS))]
     waveforms, labels = [], []
     for label in progress(range(len(WORDS)), desc="tones", unit="class"):
         for _ in range(clips_per_word):
-            duration = rng.uniform(0.3, 1.6)  # seconds for the whole pattern: the "speaking rate"
-            shift = 2 ** rng.uniform(-0.25, 0.25)  # +-3 semitones: the "voice"
-            pieces = []
-            for start, end in patterns[label]:
-                n = int(duration / len(patterns[label]) * SAMPLE_RATE)
-                freq = np.linspace(start, end, n) * shift
-                phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE
-                pieces.append(np.sin(phase) * np.hanning(n))
-            waveforms.append(_augment(np.concatenate(pieces).astype(np.float32), rng))
+            n = int(rng.uniform(0.3, 1.6) * SAMPLE_RATE)  # the "speaking rate": 0.3-1.6 s
+            t = np.arange(n) / SAMPLE_RATE
+            shift = 2 ** rng.uniform(-1 / 12, 1 / 12)  # +-1 semitone: the "voice"
+            vibrato = 1 + 0.01 * np.sin(2 * np.pi * rng.uniform(3, 7) * t)
+            chord = sum(np.sin(2 * np.pi * np.cumsum(f * shift * vibrato) / SAMPLE_RATE) for f in chords[label])
+            waveforms.append(_augment((chord * np.hanning(n)).astype(np.float32), rng))
             labels.append(label)
-    names = tuple(f"tone-pattern-{i}" for i in range(len(WORDS)))
+    names = tuple(f"chord-{i}" for i in range(len(WORDS)))
     return SpokenWords(
         waveforms, np.array(labels, dtype=np.int64), names, SAMPLE_RATE, "synthetic tones",
-        f"SYNTHETIC TONE DATASET (espeak-ng not used): {len(WORDS)} glide patterns x {clips_per_word} clips, "
-        "0.3-1.6 s, +-3 semitones, noise 10-40 dB SNR",
+        f"SYNTHETIC TONE DATASET (not speech; espeak-ng not used): {len(WORDS)} two-note chords x "
+        f"{clips_per_word} clips, 0.3-1.6 s, +-1 semitone, vibrato, noise 10-40 dB SNR",
     )
 
 

@@ -257,10 +257,12 @@ def parse_args(argv=None):
     parser.add_argument("--heads", type=int, default=None)
     parser.add_argument("--max-tokens", type=int, default=None, help="token budget of one step (one pack)")
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--token-dropout", type=float, default=0.1, help="fraction of tokens dropped in training")
+    parser.add_argument("--token-dropout", type=float, default=None, help="fraction of tokens dropped in training")
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout in the MLPs")
-    parser.add_argument("--train-qualities", type=float, nargs="+", default=[1.0, 2.0, 3.0])
-    parser.add_argument("--eval-qualities", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0])
+    parser.add_argument("--train-qualities", type=float, nargs="+", default=None,
+                        help="time resolutions trained on, mixed in every epoch (default 1 2 3)")
+    parser.add_argument("--eval-qualities", type=float, nargs="+", default=None,
+                        help="time resolutions evaluated (default 1 2 3 4)")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--backend", default="auto", help="attention backend (see elasticast_kernels.backends)")
     parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
@@ -273,13 +275,12 @@ def parse_args(argv=None):
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     # full run: ~3-5 minutes on 2 CPU cores; quick: < 60 s including synthesis
-    defaults = dict(clips_per_word=(20, 120), epochs=(4, 8), dim=(64, 192), depth=(2, 4), heads=(2, 4),
-                    max_tokens=(256, 1024), lr=(3e-3, 1e-3))
+    defaults = dict(clips_per_word=(16, 120), epochs=(6, 20), dim=(64, 96), depth=(1, 3), heads=(2, 4),
+                    max_tokens=(512, 512), lr=(3e-3, 2e-3), token_dropout=(0.0, 0.1),
+                    train_qualities=([1.0, 2.0], [1.0, 2.0, 3.0]), eval_qualities=([1.0, 2.0], [1.0, 2.0, 3.0, 4.0]))
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    if args.quick and args.eval_qualities == [1.0, 2.0, 3.0, 4.0]:
-        args.eval_qualities = [1.0, 2.0]
     return args
 
 

@@ -395,11 +395,23 @@ Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens
     while (taken[static_cast<size_t>(oldest)]) ++oldest;  // the oldest pending sample opens the pack
     int64_t room = max_tokens - take(rank_of[static_cast<size_t>(oldest)], pack);
     while (room > 0) {
-      // Longest pending length <= room.
       const int64_t limit = std::upper_bound(value.begin(), value.end(), room) - value.begin() - 1;
-      const int64_t r = pending_ranks.prev_le(limit);
-      if (r < 0) break;
-      room -= take(r, pack);
+      const int64_t longest = pending_ranks.prev_le(limit);  // longest pending length <= room
+      if (longest < 0) break;
+      // Gap-aware best fit: take the longest length that fills the pack exactly or leaves a gap
+      // that some other pending sample can still use; a plain "longest that fits" strands gaps
+      // shorter than every pending sample (about 3% of the capacity on speech lengths).
+      const int64_t shortest = pending_ranks.next_ge(0);
+      int64_t chosen = longest;
+      for (int64_t r = longest; r >= 0; r = pending_ranks.prev_le(r - 1)) {
+        const int64_t gap = room - value[static_cast<size_t>(r)];
+        if (gap == 0) { chosen = r; break; }
+        // Shortest pending length once this sample is gone.
+        int64_t other = shortest;
+        if (other == r && entered[static_cast<size_t>(r)] - head[static_cast<size_t>(r)] == 1) other = pending_ranks.next_ge(r + 1);
+        if (other >= 0 && gap >= value[static_cast<size_t>(other)]) { chosen = r; break; }
+      }
+      room -= take(chosen, pack);
     }
   }
   return a;
@@ -414,7 +426,8 @@ void finalize_plan(const Assignment& a, const int64_t* lengths, int64_t max_toke
     ++offsets[p + 1];
   }
   for (int64_t p = 0; p < a.num_packs; ++p) offsets[p + 1] += offsets[p];
-  std::vector<int64_t> cursor(offsets, offsets + a.num_packs);
+  // int32 cursors (n < 2^31): half the cache footprint of this randomly accessed array.
+  std::vector<int32_t> cursor(offsets, offsets + a.num_packs);
   // Walking samples in index order makes the order inside each pack ascending (stable).
   if (!a.by_sorted_position) {
     for (size_t i = 0; i < n; ++i) order[cursor[static_cast<size_t>(a.pack_of[i])]++] = static_cast<int64_t>(i);

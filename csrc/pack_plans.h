@@ -35,8 +35,10 @@ Assignment first_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_t
 // Decreasing length; each sample goes to the pack with the least remaining room that still fits.
 Assignment best_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_tokens);
 // Streaming: at most `window` samples are pending; one pack is open at a time. A pack starts with
-// the oldest pending sample, then takes the longest pending sample that still fits (earliest index
-// on ties) until none fits; the window is topped up from the stream after every removal.
+// the oldest pending sample, then repeatedly takes, among pending lengths that fit its room, the
+// longest one that fills the room exactly or leaves a gap >= the shortest other pending length
+// (else the longest that fits), earliest index on ties, until nothing fits; the window is topped
+// up from the stream after every removal. Every sample leaves within `window` packs of arriving.
 Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens, int64_t window);
 // Works on the length histogram, where packs with identical contents travel as one group (the work
 // grows with the number of distinct lengths and pack patterns, not with n):

@@ -153,7 +153,7 @@ def test_large_capacity_uses_the_sparse_path_and_stays_valid(strategy):
 @pytest.mark.parametrize(
     "strategy, minimum",
     [("next_fit", 0.85), ("best_fit_decreasing", 0.97), ("first_fit_decreasing", 0.97),
-     ("histogram", 0.995), ("best_fit_window", 0.96)],
+     ("histogram", 0.995), ("best_fit_window", 0.99)],  # window: issue target 0.96, gap-aware fill gets 0.9958
 )
 def test_efficiency_targets_on_voxceleb_like_lengths(strategy, minimum):
     lengths = voxceleb_like_tokens(20000, seed=0)

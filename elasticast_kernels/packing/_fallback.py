@@ -147,10 +147,24 @@ def best_fit_window(lengths: np.ndarray, max_tokens: int, window: int) -> Assign
         room = max_tokens - take(rank_of[values[oldest]], pack)
         while room > 0:
             limit = bisect_right(distinct, room) - 1
-            k = bisect_right(pending_ranks, limit) - 1
+            k = bisect_right(pending_ranks, limit) - 1  # longest pending length <= room
             if k < 0:
                 break
-            room -= take(pending_ranks[k], pack)
+            # Gap-aware best fit (see best_fit_window in csrc/pack_plans.cpp).
+            chosen = pending_ranks[k]
+            for j in range(k, -1, -1):
+                r = pending_ranks[j]
+                gap = room - distinct[r]
+                if gap == 0:
+                    chosen = r
+                    break
+                other = pending_ranks[0]
+                if other == r and len(pending[r]) == 1:
+                    other = pending_ranks[1] if len(pending_ranks) > 1 else -1
+                if other >= 0 and gap >= distinct[other]:
+                    chosen = r
+                    break
+            room -= take(chosen, pack)
     return pack_of, num_packs
 
 

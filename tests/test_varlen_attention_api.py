@@ -123,24 +123,3 @@ def test_torch_compile_fullgraph_torch_cpu_path(torch_cpu_path):
     if DEVICE != "cpu":
         pytest.skip("the torch path runs on CPU tensors")
     _compiled_matches_eager(causal=False)
-
-
-def test_torch_compile_inductor_torch_cpu_path(torch_cpu_path):
-    """The default backend (Inductor) around the op, forward and backward, on the CPU path."""
-    if DEVICE != "cpu":
-        pytest.skip("the torch path runs on CPU tensors")
-    torch._dynamo.reset()
-    q, k, v, cu = inputs((4, 7), heads=1, head_dim=16)
-    proj = torch.nn.Linear(16, 16)
-
-    def block(x):
-        return proj(varlen_attention(x, x, x, cu).flatten(1)).view_as(x)
-
-    x = q.clone().requires_grad_()
-    out = torch.compile(block, fullgraph=True)(x)
-    out.sum().backward()
-    x_ref = q.clone().requires_grad_()
-    ref = block(x_ref)
-    ref.sum().backward()
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)

@@ -5,7 +5,7 @@ samples) without padding or a mask tensor; ``flash_attn_varlen_func`` is the sam
 flash-attn's signature. CUDA tensors run the Triton kernels (``varlen_attention_kernels.py``);
 CPU tensors run a plain torch implementation (``varlen_attention_torch.py``), except under
 ``TRITON_INTERPRET=1``, where they run the Triton kernels in the interpreter (how the kernels are
-tested without a GPU).
+tested without a GPU; bf16 CPU tensors take the torch path even then, see ``_run_kernels``).
 
 Both directions are ``torch.library.custom_op``s with fake implementations, so
 ``torch.compile(fullgraph=True)`` traces them as single opaque nodes.
@@ -36,6 +36,12 @@ MAX_HEAD_DIM = KERNEL_HEAD_DIMS[-1]
 __all__ = ["varlen_attention", "flash_attn_varlen_func", "KERNEL_HEAD_DIMS", "MAX_HEAD_DIM"]
 
 
+def _run_kernels(q: torch.Tensor) -> bool:
+    """Triton for CUDA (and CPU under TRITON_INTERPRET=1), except bf16 on CPU: the interpreter
+    computes bf16 through numpy, which has no bfloat16, and returns garbage."""
+    return use_triton(q) and not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
+
+
 # --- torch.library ops --------------------------------------------------------------------------
 
 
@@ -43,7 +49,7 @@ __all__ = ["varlen_attention", "flash_attn_varlen_func", "KERNEL_HEAD_DIMS", "MA
 def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                           seq_hint: int, softmax_scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (out [total, heads, head_dim] dtype of q, lse2 [heads, lse_columns(total)] fp32). Inputs validated."""
-    if use_triton(q):
+    if _run_kernels(q):
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_forward
 
         return varlen_attention_forward(q, k, v, cu_seqlens, seq_hint, softmax_scale, causal)
@@ -61,7 +67,7 @@ def _varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
                           out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, seq_hint: int,
                           softmax_scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (dq, dk, dv), shaped and typed like q, k, v."""
-    if use_triton(q):
+    if _run_kernels(q):
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_backward
 
         return varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens, seq_hint, softmax_scale, causal)

@@ -71,6 +71,20 @@ GPU_CONFIGS = {
 INTERPRETER_CONFIGS = {"fwd": _config(32, 16, 4, 1), "dkdv": _config(16, 32, 4, 1), "dq": _config(32, 16, 4, 1)}
 
 
+def _check_tiles() -> None:
+    """The loops split blocks into unmasked and masked ranges assuming the per-program block is a
+    multiple of the per-step block (fwd/dq: BLOCK_M % BLOCK_N, dkdv: BLOCK_N % BLOCK_M)."""
+    for kernel, tables in GPU_CONFIGS.items():
+        for config in [c for table in tables.values() for c in table] + [INTERPRETER_CONFIGS[kernel]]:
+            outer, inner = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+            if kernel == "dkdv":
+                outer, inner = inner, outer
+            assert outer % inner == 0, f"{kernel} config {config}: {outer} is not a multiple of {inner}"
+
+
+_check_tiles()
+
+
 def gpu_configs(kernel: str, head_dim: int) -> list[triton.Config]:
     """The autotuning candidates of ``kernel`` ("fwd", "dkdv", "dq") for ``head_dim``."""
     return GPU_CONFIGS[kernel][64 if head_dim <= 64 else 128]
@@ -245,7 +259,8 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_
             q_ok = offs_m < seq_end
             q = tl.load(q_block + q_tile, mask=q_ok[:, None], other=0.0)
             do = tl.load(do_block + do_tile, mask=q_ok[:, None], other=0.0)
-            lse = tl.load(LSE_head + offs_m, mask=q_ok, other=0.0)
+            # +inf for rows past the sample: their probabilities come out exactly 0
+            lse = tl.load(LSE_head + offs_m, mask=q_ok, other=float("inf"))
             delta = tl.load(DELTA_head + offs_m, mask=q_ok, other=0.0)
         else:
             q = tl.load(q_block + q_tile)
@@ -364,7 +379,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
                 mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + head * stride_doh + first_row * stride_dot + _tile_offsets(stride_dot, BLOCK_M, HEAD_DIM),
                  mask=row_ok[:, None], other=0.0)
-    lse = tl.load(LSE + head * stride_lse_h + offs_m, mask=row_ok, other=0.0)
+    lse = tl.load(LSE + head * stride_lse_h + offs_m, mask=row_ok, other=float("inf"))  # padding rows: p = 0
     delta = tl.load(DELTA + head * stride_lse_h + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     K_head = K + head * stride_kh

@@ -17,9 +17,13 @@ import torch
 from elasticast_kernels.bench.config import BenchConfig, make_config, tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _no_triton_interpreter(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+@pytest.fixture(autouse=True, scope="module")
+def _no_triton_interpreter():
+    # Module scope: autouse fixtures come first within their scope, so module-scoped fixtures
+    # that already run ops (reference logits) see the variable unset too; restored per module.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("TRITON_INTERPRET", raising=False)
+        yield
 
 
 def _benchmarks_disabled(config: pytest.Config) -> bool:

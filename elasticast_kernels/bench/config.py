@@ -62,13 +62,13 @@ class BenchConfig:
     attention_backends: tuple[str, ...] = tuple(b for b in ATTENTION_BACKENDS if b not in ("flex", "nested_sdpa"))
     seqlen_sweep: tuple[int, ...] = (64, 256, 1024, 2048)
     seqlen_sweep_tokens: int = 4096
-    memory_batches: tuple[int, ...] = (4, 12, 24)
+    memory_batches: tuple[int, ...] = (4, 12)
     # model
     model: ModelSize = field(default_factory=lambda: ModelSize(384, 4, 6))
     train_model: ModelSize = field(default_factory=lambda: ModelSize(384, 2, 6))
     model_backends: tuple[str, ...] = ("torch", "sdpa_masked")
     model_dtypes: tuple[str, ...] = ("fp32",)
-    model_repeats: int = 3  # model and end-to-end calls are long: fewer repeats than the kernels
+    model_repeats: int = 2  # model and end-to-end calls are long: fewer repeats than the kernels
     num_classes: int = 527
     max_frames: int = 3072
     # sweep
@@ -148,6 +148,8 @@ def make_config(suite: str = "quick", device: str | None = None, workload: str |
         cfg = replace(
             cfg,
             repeats=5,
+            model_repeats=3,
+            memory_batches=(4, 12, 24),
             packing_num_lengths=1_000_000,
             attention_passes=("fwd", "bwd", "fwd_bwd"),
             attention_backends=ATTENTION_BACKENDS,

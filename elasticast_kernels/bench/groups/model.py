@@ -104,9 +104,13 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                             model = build_model(cfg, size, backend, state_dict=weights)
                             weights = weights or {k: v.detach().clone() for k, v in model.state_dict().items()}
                             if mode == "eval_forward":
-                                fn = eval_fn(model, specs, cfg, dtype)
-                                logits[backend] = fn().float()
+                                forward, last = eval_fn(model, specs, cfg, dtype), {}
+
+                                def fn() -> torch.Tensor:  # keeps the logits of the last call
+                                    last["logits"] = forward()
+                                    return last["logits"]
                                 metrics = _metrics(fn, cfg, tokens, size, training=False)
+                                logits[backend] = last["logits"].float()
                                 first = logits[cfg.model_backends[0]]
                                 metrics["max_abs_logit_diff_vs_first"] = float((logits[backend] - first).abs().max())
                             else:

@@ -109,3 +109,17 @@ def test_gpu_suite_dry_run(tmp_path):
         assert f"] {step} (limit" in result.stdout
     assert "--device cuda --suite full" in result.stdout
     assert (tmp_path / "out" / "SUMMARY.txt").exists()
+
+
+def test_time_budget_cuts_the_run_short_but_writes_the_report(tmp_path):
+    saved = os.environ.get("TRITON_INTERPRET")
+    try:
+        rc = cli.main(["--tiny", "--device", "cpu", "--group", "packing", "--budget-s", "0", "--out", str(tmp_path),
+                       "--no-progress", "--no-plots"])
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
+    assert rc == 3
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report_mod.validate(report) == []
+    assert report["results"] and all("time budget" in r["reason"] for r in report["results"])

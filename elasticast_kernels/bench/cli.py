@@ -6,6 +6,9 @@ Examples::
     elasticast-bench --suite full --device cuda --out results/h100
     elasticast-bench --group attention --workload epic  # one group, one workload
     elasticast-bench --compare old/results.json new/results.json
+
+Exit status: 0 all cases ran (some may be skipped as unavailable), 1 a case failed,
+2 bad arguments or unreadable files, 3 the run was cut short (time budget or interrupt).
 """
 from __future__ import annotations
 
@@ -79,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     print(report_mod.format_table(report))
     errors = [r for r in report["results"] if r["status"] == "error"]
     print(f"\nReport written to {path.resolve()}" + (f" (+ {len(plots)} plots in {out.resolve()})" if plots else ""))
+    cut = [r for r in report["results"] if r["name"] == "task" and r["status"] == "skipped"]
     if errors:
         print(f"elasticast-bench: {len(errors)} case(s) failed; see 'status' above and in {path}", file=sys.stderr)
         return 1
+    if cut:
+        print(f"elasticast-bench: INCOMPLETE, {len(cut)} task(s) not run ({cut[0]['reason']})", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -56,15 +56,15 @@ def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> trit
 # reports on. head_dim 32 uses the 64 lists (smaller tiles only get cheaper).
 GPU_CONFIGS = {
     "fwd": {
-        64: [_config(128, 64, 8, 3), _config(64, 64, 4, 3), _config(128, 32, 4, 4)],
+        64: [_config(128, 64, 8, 3), _config(128, 128, 8, 3), _config(64, 64, 4, 3), _config(128, 32, 4, 4)],
         128: [_config(128, 64, 8, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2)],
     },
     "dkdv": {  # BLOCK_N keys per program, BLOCK_M queries per step
-        64: [_config(32, 64, 4, 3), _config(32, 128, 8, 3), _config(64, 64, 8, 3)],
+        64: [_config(32, 64, 4, 3), _config(32, 128, 8, 3), _config(64, 128, 8, 2), _config(64, 64, 8, 3)],
         128: [_config(32, 64, 8, 2), _config(64, 64, 8, 2), _config(32, 64, 8, 3)],
     },
     "dq": {  # BLOCK_M queries per program, BLOCK_N keys per step
-        64: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(64, 64, 4, 3)],
+        64: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2), _config(64, 64, 4, 3)],
         128: [_config(64, 32, 8, 2), _config(128, 32, 8, 2), _config(64, 64, 8, 2)],
     },
 }
@@ -102,6 +102,8 @@ def _autotune_args(kernel: str) -> dict:
 
 
 _TUNE_KEY = ["HEAD_DIM", "CAUSAL", "SEQ_BUCKET"]
+# integers that change from batch to batch: no value specialisation (it would only add compiles)
+_VARYING_INTS = ["batch", "n_search", "SEQ_BUCKET"]
 
 
 # --- shared device helpers ----------------------------------------------------------------------
@@ -184,7 +186,7 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, lo, hi, o
 
 
 @triton.autotune(key=_TUNE_KEY, **_autotune_args("fwd"))
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING_INTS)
 def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 stride_lse_h, batch, n_search, qk_scale, SEQ_BUCKET,
@@ -228,7 +230,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
 # --- backward -----------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total_tokens"])
 def _bwd_preprocess_kernel(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, stride_delta_h,
                            total_tokens, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
     """``delta[h, t] = sum_d dout[t, h, d] * out[t, h, d]`` in fp32 (the softmax-Jacobian term)."""
@@ -283,7 +285,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_
 
 
 @triton.autotune(key=_TUNE_KEY, **_autotune_args("dkdv"))
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING_INTS)
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                      stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
@@ -361,7 +363,7 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, l
 
 
 @triton.autotune(key=_TUNE_KEY, **_autotune_args("dq"))
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING_INTS)
 def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                    stride_dqt, stride_dqh, stride_lse_h,

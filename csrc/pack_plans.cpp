@@ -308,14 +308,20 @@ Assignment first_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_t
   if (n == 0) return Assignment{};
   // Max segment tree over the room of packs 0..leaves-1; unopened packs have full room, so the
   // leftmost leaf with enough room is the first pack the sample fits in (possibly a new one).
+  // First fit leaves at most one pack half empty or emptier, so it never needs more than
+  // 2 * ceil(sum / max_tokens) + 1 packs: a smaller tree than one leaf per sample.
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) total += lengths[i];
+  const int64_t max_packs = std::min(n, 2 * ((total + max_tokens - 1) / max_tokens) + 1);
   int64_t leaves = 1;
-  while (leaves < n) leaves <<= 1;
+  while (leaves < max_packs) leaves <<= 1;
   std::vector<int32_t> room(static_cast<size_t>(2 * leaves), static_cast<int32_t>(max_tokens));
   const SortedLengths sorted = sort_by_length_desc(lengths, n, max_tokens, false);
   std::vector<int32_t> pack_sorted(static_cast<size_t>(n));
   int64_t num_packs = 0;
   for (int64_t pos = 0; pos < n; ++pos) {
     const int32_t len = static_cast<int32_t>(sorted.length[static_cast<size_t>(pos)]);
+    if (room[1] < len) throw std::logic_error("first_fit_decreasing: pack bound exceeded");
     size_t node = 1;
     while (node < static_cast<size_t>(leaves)) node = room[2 * node] >= len ? 2 * node : 2 * node + 1;
     const int64_t pack = static_cast<int64_t>(node) - leaves;

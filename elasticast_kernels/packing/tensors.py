@@ -194,7 +194,9 @@ def pack_spectrograms(
         pin = False
     needs_grad = torch.is_grad_enabled() and any(s.requires_grad for s in specs)
 
-    ext = None if needs_grad else (native() if device.type == "cpu" else native_cuda() if device.type == "cuda" else None)
+    ext = None
+    if not needs_grad:  # the native gathers write raw buffers: no autograd through them
+        ext = native() if device.type == "cpu" else native_cuda() if device.type == "cuda" else None
     if ext is not None and device.type == "cpu":
         patches, freq_idx, time_idx = _gather_cpu_native(ext, specs, segments, cu, channels, freq, p, pin)
         cu_seqlens = torch.from_numpy(cu)
@@ -210,7 +212,8 @@ def pack_spectrograms(
         f_idx, t_idx = _positions(seqlens, time_patches, cu)
         freq_idx, time_idx, cu_seqlens = (torch.from_numpy(a) for a in (f_idx, t_idx, cu))
         if pin:
-            patches, freq_idx, time_idx, cu_seqlens = (t.pin_memory() for t in (patches, freq_idx, time_idx, cu_seqlens))
+            pinned = (t.pin_memory() for t in (patches, freq_idx, time_idx, cu_seqlens))
+            patches, freq_idx, time_idx, cu_seqlens = pinned
         elif device.type != "cpu":
             freq_idx, time_idx, cu_seqlens = (t.to(device, non_blocking=True) for t in (freq_idx, time_idx, cu_seqlens))
 
@@ -249,7 +252,9 @@ def unpack(packed_tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> list[torch.
         raise ValueError(f"cu_seqlens[0] must be 0, got {bounds[0]}")
     for i in range(1, len(bounds)):
         if bounds[i] < bounds[i - 1]:
-            raise ValueError(f"cu_seqlens must be non-decreasing: cu_seqlens[{i}]={bounds[i]} < cu_seqlens[{i - 1}]={bounds[i - 1]}")
+            raise ValueError(
+                f"cu_seqlens must be non-decreasing: cu_seqlens[{i}]={bounds[i]} < cu_seqlens[{i - 1}]={bounds[i - 1]}"
+            )
     if bounds[-1] != packed_tokens.shape[0]:
         raise ValueError(f"cu_seqlens[-1]={bounds[-1]} must equal packed_tokens.shape[0]={packed_tokens.shape[0]}")
     return [packed_tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -59,8 +59,10 @@ def skipped(group: str, name: str, variant: str, workload: str, reason: str, **p
 
 
 def git_commit(root: Path | None = None) -> str | None:
-    """The checkout's HEAD commit (with ``-dirty`` when there are local changes), or None."""
-    root = root or Path(__file__).resolve().parents[2]
+    """HEAD commit (``-dirty`` with local changes) of the checkout holding this package, else of
+    the working directory's checkout (a copied or installed package), else None."""
+    if root is None:
+        return git_commit(Path(__file__).resolve().parents[2]) or git_commit(Path.cwd())
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
@@ -110,6 +112,8 @@ def environment(device: str) -> dict[str, Any]:
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # Other processes on the machine skew CPU timings; the load says how much.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
         "triton": triton_version,
         "numpy": numpy_version,

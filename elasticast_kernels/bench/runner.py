@@ -47,6 +47,7 @@ def run(cfg: BenchConfig, progress: bool = True, budget_s: float | None = None) 
         # Benchmarks time the real CPU paths, not the Triton interpreter.
         warnings.warn("TRITON_INTERPRET=1 is set: CPU ops run in the Triton interpreter and times are not meaningful")
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     tasks = ordered(collect_tasks(cfg), cfg.workloads[0])
     results: list[CaseResult] = []
@@ -71,7 +72,7 @@ def run(cfg: BenchConfig, progress: bool = True, budget_s: float | None = None) 
             bar.update(1)
     if bar is not None:
         bar.close()
-    env = environment(cfg.device)
+    env = dict(environment(cfg.device), load_average_start_1m=load_at_start)
     dicts = [r.as_dict() for r in results]
     return report_mod.build_report(cfg.as_dict(), env, dicts, check_targets(dicts, cfg.device), created,
                                    time.perf_counter() - start)

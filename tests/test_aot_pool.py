@@ -23,16 +23,17 @@ TRITON36_PYTHON = os.environ.get("ELASTICAST_TRITON36_PYTHON", "/work/venv36/bin
 # Pointer arguments holding data in the op's dtype; every other pointer is int32 (CU) or fp32.
 DATA_POINTERS = {"Q", "K", "V", "OUT", "DOUT", "DK", "DV", "X", "DX"}
 FLOAT_SCALARS = {"qk_scale_log2", "softmax_scale"}
+CONSTEXPRS = {"MEAN", "INT64_INDEX", "HEAD_DIM"}
 
 
 def signature(kernel, dtype: str) -> dict[str, str]:
     params = inspect.signature(_raw(kernel)).parameters
     sig = {}
     for name in params:
-        if name.isupper() and not name.startswith(("BLOCK_", "MEAN")):
-            sig[name] = f"*{dtype}" if name in DATA_POINTERS else ("*i32" if name == "CU" else "*fp32")
-        elif name.startswith("BLOCK_") or name == "MEAN":
+        if name.startswith("BLOCK_") or name in CONSTEXPRS:
             sig[name] = "constexpr"
+        elif name.isupper():
+            sig[name] = f"*{dtype}" if name in DATA_POINTERS else ("*i32" if name == "CU" else "*fp32")
         else:
             sig[name] = "fp32" if name in FLOAT_SCALARS else "i32"
     return sig
@@ -48,23 +49,26 @@ def request(kernel, dtype, arch, constexprs, num_warps):
     sig = signature(kernel, dtype)
     # As Triton's runtime specialises them for torch tensors: aligned pointers, 16-multiple
     # strides and head_dim (head_dim 64/128, dim 768).
-    aligned = [n for n, t in sig.items() if t.startswith("*") or n.startswith("stride") or n in ("head_dim", "width")]
+    aligned = [n for n, t in sig.items() if t.startswith("*") or n.startswith("stride") or n == "width"]
     return AotRequest(kernel, sig, constexprs, arch, num_warps=num_warps, num_stages=1, divisible_by_16=aligned)
 
 
-def pool_requests(head_dim, dtype, arch):
+def pool_requests(head_dim, dtype, arch, int64_index=False):
     out = []
     for kernel, backward in ((kernels._pool_fwd_partial_kernel, False), (kernels._pool_bwd_kernel, True)):
         block_n, block_d, warps = pool._pool_config(head_dim, CUDA, backward=backward)
-        out.append(request(kernel, dtype, arch, dict(BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_B=pool._BLOCK_B), warps))
+        consts = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_B=pool._BLOCK_B,
+                      INT64_INDEX=int64_index)
+        out.append(request(kernel, dtype, arch, consts, warps))
     return out
 
 
 def aux_requests(dtype, arch):
     block_n, block_w, warps = pool._mean_config(768, CUDA)
-    mean_consts = dict(BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_B=pool._BLOCK_B)
+    mean_consts = dict(BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_B=pool._BLOCK_B, INT64_INDEX=False)
     return [
-        request(kernels._pool_combine_kernel, dtype, arch, dict(BLOCK_S=pool._merge_block(CUDA), BLOCK_D=64), 4),
+        request(kernels._pool_combine_kernel, dtype, arch,
+                dict(HEAD_DIM=64, BLOCK_S=pool._merge_block(CUDA), BLOCK_D=64), 4),
         request(kernels._slot_sum_kernel, dtype, arch,
                 dict(MEAN=True, BLOCK_S=pool._merge_block(CUDA), BLOCK_W=pool._slot_sum_block(768, CUDA)), 4),
         request(kernels._segment_sum_partial_kernel, dtype, arch, mean_consts, warps),
@@ -75,6 +79,7 @@ def aux_requests(dtype, arch):
 def current_requests():
     reqs = [r for arch in (80, 90) for dtype in ("fp16", "bf16") for r in pool_requests(64, dtype, arch)]
     reqs += [r for head_dim in (32, 128, 256) for r in pool_requests(head_dim, "bf16", 90)]
+    reqs += pool_requests(64, "bf16", 90, int64_index=True)  # tensors past 2^31 elements
     reqs += aux_requests("bf16", 90) + aux_requests("fp16", 80)
     return reqs
 

@@ -94,6 +94,20 @@ def test_many_chunks_per_sample():
     assert_close(x.grad[3:], torch.full((300, 4), 1 / 300, dtype=torch.float64), 1e-6, "dx")
 
 
+def test_int64_index_path(monkeypatch):
+    """The int64 row offsets used for tensors past 2^31 elements, forced on small inputs."""
+    from elasticast_kernels.ops import segment_pool
+
+    monkeypatch.setattr(segment_pool, "_needs_int64", lambda *tensors: True)
+    check_against_reference(*make_inputs([70, 5], 2, 32, torch.float32, False), 1.0)
+    cu = cu_from([70, 5])
+    x = torch.randn(75, 8, requires_grad=True)
+    out = segment_mean(x, cu)
+    out.backward(torch.ones_like(out))
+    assert_close(out, reference_mean(x.detach(), cu), 1e-6, "mean")
+    assert_close(x.grad[:70], torch.full((70, 8), 1 / 70, dtype=torch.float64), 1e-6, "dx")
+
+
 def test_pool_empty_samples_give_zeros():
     q, k, v, cu = make_inputs([0, 5, 0, 0, 40, 0], 2, 32, torch.float32, shared_query=False)
     check_against_reference(q, k, v, cu, 1.0)

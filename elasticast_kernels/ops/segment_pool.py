@@ -255,6 +255,17 @@ def _on_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
+def _needs_int64(*tensors: torch.Tensor) -> bool:
+    """Whether element offsets into any of ``tensors`` (plus a tile of overhang) can pass int32."""
+    for t in tensors:
+        if t.numel() == 0:
+            continue
+        span = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        if span + 256 * max(t.stride()) >= 2**31:
+            return True
+    return False
+
+
 def _merge_block(device: torch.device) -> int:
     """Chunk partials merged per step (small under the interpreter so tests cover several steps)."""
     return 16 if device.type == "cuda" else 4
@@ -316,14 +327,15 @@ def _pool_forward_triton(q, k, v, cu_seqlens, softmax_scale):
     qk_scale_log2 = softmax_scale * kernels.LOG2E
     kernels._pool_fwd_partial_kernel[(num_slots, heads)](
         q, k, v, cu_seqlens, m_part, l_part, acc_part,
-        batch, heads, head_dim, chunk, qk_scale_log2,
+        batch, heads, chunk, qk_scale_log2,
         stride_qb, q.stride(-2), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_B=_BLOCK_B, num_warps=num_warps,
+        HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_B=_BLOCK_B, INT64_INDEX=_needs_int64(k, v),
+        num_warps=num_warps,
     )
     kernels._pool_combine_kernel[(batch, heads)](
         m_part, l_part, acc_part, cu_seqlens, out, lse,
-        heads, head_dim, chunk, out.stride(0), out.stride(1),
-        BLOCK_S=_merge_block(k.device), BLOCK_D=block_d, num_warps=4,
+        heads, chunk, out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_S=_merge_block(k.device), BLOCK_D=block_d, num_warps=4,
     )
     return out, lse
 
@@ -346,11 +358,12 @@ def _pool_backward_triton(dout, q, k, v, out, lse, cu_seqlens, softmax_scale):
     shared_query = q.dim() == 2
     kernels._pool_bwd_kernel[(num_slots, heads)](
         q, k, v, out, dout, lse, cu_seqlens, dk, dv, dq_part,
-        batch, heads, head_dim, chunk, softmax_scale, softmax_scale * kernels.LOG2E,
+        batch, heads, chunk, softmax_scale, softmax_scale * kernels.LOG2E,
         0 if shared_query else q.stride(0), q.stride(-2), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), dout.stride(0), dout.stride(1),
         dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_B=_BLOCK_B, num_warps=num_warps,
+        HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_B=_BLOCK_B, INT64_INDEX=_needs_int64(k, v, dk, dv),
+        num_warps=num_warps,
     )
     if shared_query:
         # Gap slots hold zeros, so the shared query's gradient is the sum over all slots.
@@ -399,7 +412,7 @@ def _segment_mean_triton(x, cu_seqlens):
     part = torch.empty((num_slots, width), device=x.device, dtype=torch.float32)
     kernels._segment_sum_partial_kernel[(num_slots, _cdiv(width, block_w))](
         x, part, cu_seqlens, batch, width, chunk, x.stride(0),
-        BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_B=_BLOCK_B, num_warps=num_warps,
+        BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_B=_BLOCK_B, INT64_INDEX=_needs_int64(x), num_warps=num_warps,
     )
     _slot_sum(part, out, cu_seqlens, chunk, mean=True)
     return out
@@ -417,7 +430,7 @@ def _segment_mean_backward_triton(dout, cu_seqlens, total_tokens):
     num_slots = total_tokens // chunk + batch
     kernels._segment_mean_bwd_kernel[(num_slots, _cdiv(width, block_w))](
         dout, dx, cu_seqlens, batch, width, chunk, dout.stride(0), dx.stride(0),
-        BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_B=_BLOCK_B, num_warps=num_warps,
+        BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_B=_BLOCK_B, INT64_INDEX=_needs_int64(dx), num_warps=num_warps,
     )
     return dx
 

@@ -19,7 +19,7 @@ Programs over slots write fp32 partials ``[num_slots, ...]``; a second, small ke
 the slots of each sample (``_pool_combine_kernel``, ``_slot_sum_kernel``).
 
 Only plain pointers and masks are used (no block pointers): the kernels compile with Triton 3.6
-and 3.9 alike. Token indices are widened to int64 before they are multiplied by a stride.
+and 3.9 alike. Row offsets are int64 when a tensor needs it (see ``_row_offset``).
 """
 from __future__ import annotations
 
@@ -54,11 +54,34 @@ def _locate_chunk(slot, CU, batch, chunk, BLOCK_B: tl.constexpr):
 
 
 @triton.jit
+def _row_offset(row, stride, INT64_INDEX: tl.constexpr):
+    """``row * stride``: offset of a chunk's first row, in int64 only when the tensor needs it.
+
+    Why not always int64: Triton 3.9 loses the 16-divisibility of ``stride`` through an int64
+    product (and through a loop index times a stride) and then loads element by element instead
+    of 16 bytes at a time. So the kernels compute the first row's pointer once and advance it by
+    ``BLOCK_N * stride`` per tile; the launcher sets INT64_INDEX when a tensor spans 2^31 elements.
+    """
+    if INT64_INDEX:
+        offset = row.to(tl.int64) * stride
+    else:
+        offset = row * stride
+    return offset
+
+
+@triton.jit
+def _tile_offsets(stride, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """int32 offsets of a [ROWS, COLS] tile from its first row (small enough for int32)."""
+    return tl.arange(0, ROWS)[:, None] * stride + tl.arange(0, COLS)[None, :]
+
+
+@triton.jit
 def _pool_fwd_partial_kernel(
     Q, K, V, CU, M_PART, L_PART, ACC_PART,
-    batch, heads, head_dim, chunk, qk_scale_log2,
+    batch, heads, chunk, qk_scale_log2,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
+    INT64_INDEX: tl.constexpr,
 ):
     """One program per (chunk slot, head): online softmax over the chunk's tokens.
 
@@ -70,7 +93,9 @@ def _pool_fwd_partial_kernel(
     sample, lo, hi = _locate_chunk(slot, CU, batch, chunk, BLOCK_B)
 
     offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < head_dim
+    # A compile-time mask: all-true (folded away) when head_dim is a power of two, which Triton
+    # 3.9 needs to keep the 16-byte vector loads.
+    d_mask = offs_d < HEAD_DIM
     q = tl.load(Q + sample.to(tl.int64) * stride_qb + head * stride_qh + offs_d, mask=d_mask, other=0.0)
     # Fold scale and log2(e) into q once: scores come out ready for exp2.
     q = q.to(tl.float32) * qk_scale_log2
@@ -81,13 +106,15 @@ def _pool_fwd_partial_kernel(
     m_i = tl.full([], float("-inf"), tl.float32)
     l_i = tl.zeros([], dtype=tl.float32)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    k_tile = _tile_offsets(stride_kt, BLOCK_N, BLOCK_D)
+    v_tile = _tile_offsets(stride_vt, BLOCK_N, BLOCK_D)
+    k_ptr = K + (_row_offset(lo, stride_kt, INT64_INDEX) + head * stride_kh) + k_tile
+    v_ptr = V + (_row_offset(lo, stride_vt, INT64_INDEX) + head * stride_vh) + v_tile
     for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < hi
-        rows = offs_n.to(tl.int64)
+        n_mask = start + tl.arange(0, BLOCK_N) < hi
         tile_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + rows[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=tile_mask, other=0.0)
-        v = tl.load(V + rows[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=tile_mask, other=0.0)
+        k = tl.load(k_ptr, mask=tile_mask, other=0.0)
+        v = tl.load(v_ptr, mask=tile_mask, other=0.0)
         # One query per program: the score is a dot product per row (no tensor-core tile to fill).
         s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
         s = tl.where(n_mask, s, float("-inf"))
@@ -98,20 +125,22 @@ def _pool_fwd_partial_kernel(
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
+        k_ptr += BLOCK_N * stride_kt
+        v_ptr += BLOCK_N * stride_vt
 
     # A gap slot (no token) stores m = -inf, l = 0, acc = 0; the combine never reads it.
     part = slot.to(tl.int64) * heads + head
     tl.store(M_PART + part, m_i)
     tl.store(L_PART + part, l_i)
-    tl.store(ACC_PART + part * head_dim + offs_d, acc, mask=d_mask)
+    tl.store(ACC_PART + part * HEAD_DIM + offs_d, acc, mask=d_mask)
 
 
 @triton.jit
 def _pool_combine_kernel(
     M_PART, L_PART, ACC_PART, CU, OUT, LSE,
-    heads, head_dim, chunk,
+    heads, chunk,
     stride_ob, stride_oh,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (sample, head): merge the sample's chunk partials.
 
@@ -126,7 +155,7 @@ def _pool_combine_kernel(
     num_chunks = tl.cdiv(seq_end - seq_start, chunk)
 
     offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < head_dim
+    d_mask = offs_d < HEAD_DIM
     m_run = tl.full([], float("-inf"), tl.float32)
     l_run = tl.zeros([], dtype=tl.float32)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -136,7 +165,7 @@ def _pool_combine_kernel(
         part = (first_slot + offs_c).to(tl.int64) * heads + head
         m_p = tl.load(M_PART + part, mask=c_mask, other=float("-inf"))
         l_p = tl.load(L_PART + part, mask=c_mask, other=0.0)
-        a_p = tl.load(ACC_PART + part[:, None] * head_dim + offs_d[None, :],
+        a_p = tl.load(ACC_PART + part[:, None] * HEAD_DIM + offs_d[None, :],
                       mask=c_mask[:, None] & d_mask[None, :], other=0.0)
         # Every real chunk has >= 1 token, so m_new is finite and masked lanes weigh exp2(-inf) = 0.
         m_new = tl.maximum(m_run, tl.max(m_p, axis=0))
@@ -158,11 +187,12 @@ def _pool_combine_kernel(
 @triton.jit
 def _pool_bwd_kernel(
     Q, K, V, OUT, DOUT, LSE, CU, DK, DV, DQ_PART,
-    batch, heads, head_dim, chunk, softmax_scale, qk_scale_log2,
+    batch, heads, chunk, softmax_scale, qk_scale_log2,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_ob, stride_oh, stride_dob, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
+    INT64_INDEX: tl.constexpr,
 ):
     """One program per (chunk slot, head): gradients for the chunk's tokens.
 
@@ -177,7 +207,7 @@ def _pool_bwd_kernel(
     sample64 = sample.to(tl.int64)
 
     offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < head_dim
+    d_mask = offs_d < HEAD_DIM
     q = tl.load(Q + sample64 * stride_qb + head * stride_qh + offs_d, mask=d_mask, other=0.0).to(tl.float32)
     do = tl.load(DOUT + sample64 * stride_dob + head * stride_doh + offs_d, mask=d_mask, other=0.0).to(tl.float32)
     o = tl.load(OUT + sample64 * stride_ob + head * stride_oh + offs_d, mask=d_mask, other=0.0).to(tl.float32)
@@ -187,29 +217,36 @@ def _pool_bwd_kernel(
 
     # dq summed per row lane inside the loop, across lanes once after it (no per-tile barrier).
     dq_rows = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    k_tile = _tile_offsets(stride_kt, BLOCK_N, BLOCK_D)
+    v_tile = _tile_offsets(stride_vt, BLOCK_N, BLOCK_D)
+    dk_tile = _tile_offsets(stride_dkt, BLOCK_N, BLOCK_D)
+    dv_tile = _tile_offsets(stride_dvt, BLOCK_N, BLOCK_D)
+    k_ptr = K + (_row_offset(lo, stride_kt, INT64_INDEX) + head * stride_kh) + k_tile
+    v_ptr = V + (_row_offset(lo, stride_vt, INT64_INDEX) + head * stride_vh) + v_tile
+    dk_ptr = DK + (_row_offset(lo, stride_dkt, INT64_INDEX) + head * stride_dkh) + dk_tile
+    dv_ptr = DV + (_row_offset(lo, stride_dvt, INT64_INDEX) + head * stride_dvh) + dv_tile
     for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < hi
-        rows = offs_n.to(tl.int64)
+        n_mask = start + tl.arange(0, BLOCK_N) < hi
         tile_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + rows[:, None] * stride_kt + head * stride_kh + offs_d[None, :], mask=tile_mask, other=0.0)
-        v = tl.load(V + rows[:, None] * stride_vt + head * stride_vh + offs_d[None, :], mask=tile_mask, other=0.0)
-        k = k.to(tl.float32)
+        k = tl.load(k_ptr, mask=tile_mask, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr, mask=tile_mask, other=0.0)
         s2 = tl.sum(k * q2[None, :], axis=1)
         p = tl.where(n_mask, tl.math.exp2(s2 - lse2), 0.0)
         dp = tl.sum(v.to(tl.float32) * do[None, :], axis=1)
         ds = p * (dp - delta)
         dv = p[:, None] * do[None, :]
         dk = (ds * softmax_scale)[:, None] * q[None, :]
-        tl.store(DV + rows[:, None] * stride_dvt + head * stride_dvh + offs_d[None, :],
-                 dv.to(DV.dtype.element_ty), mask=tile_mask)
-        tl.store(DK + rows[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
-                 dk.to(DK.dtype.element_ty), mask=tile_mask)
+        tl.store(dv_ptr, dv.to(DV.dtype.element_ty), mask=tile_mask)
+        tl.store(dk_ptr, dk.to(DK.dtype.element_ty), mask=tile_mask)
         dq_rows += ds[:, None] * k
+        k_ptr += BLOCK_N * stride_kt
+        v_ptr += BLOCK_N * stride_vt
+        dk_ptr += BLOCK_N * stride_dkt
+        dv_ptr += BLOCK_N * stride_dvt
 
     dq = tl.sum(dq_rows, axis=0)
     part = slot.to(tl.int64) * heads + head
-    tl.store(DQ_PART + part * head_dim + offs_d, dq * softmax_scale, mask=d_mask)
+    tl.store(DQ_PART + part * HEAD_DIM + offs_d, dq * softmax_scale, mask=d_mask)
 
 
 @triton.jit
@@ -244,7 +281,7 @@ def _slot_sum_kernel(
 @triton.jit
 def _segment_sum_partial_kernel(
     X, PART, CU, batch, width, chunk, stride_xt,
-    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_B: tl.constexpr, INT64_INDEX: tl.constexpr,
 ):
     """One program per (chunk slot, block of columns): fp32 column sums of the chunk's tokens."""
     slot = tl.program_id(0)
@@ -253,19 +290,19 @@ def _segment_sum_partial_kernel(
     sample, lo, hi = _locate_chunk(slot, CU, batch, chunk, BLOCK_B)
 
     acc = tl.zeros([BLOCK_W], dtype=tl.float32)
+    x_ptr = X + (_row_offset(lo, stride_xt, INT64_INDEX) + tl.program_id(1) * BLOCK_W) + _tile_offsets(
+        stride_xt, BLOCK_N, BLOCK_W)
     for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        rows = offs_n.to(tl.int64)
-        mask = (offs_n < hi)[:, None] & w_mask[None, :]
-        x = tl.load(X + rows[:, None] * stride_xt + offs_w[None, :], mask=mask, other=0.0)
-        acc += tl.sum(x.to(tl.float32), axis=0)
+        mask = (start + tl.arange(0, BLOCK_N) < hi)[:, None] & w_mask[None, :]
+        acc += tl.sum(tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32), axis=0)
+        x_ptr += BLOCK_N * stride_xt
     tl.store(PART + slot.to(tl.int64) * width + offs_w, acc, mask=w_mask)
 
 
 @triton.jit
 def _segment_mean_bwd_kernel(
     DOUT, DX, CU, batch, width, chunk, stride_dob, stride_dxt,
-    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_B: tl.constexpr, INT64_INDEX: tl.constexpr,
 ):
     """One program per (chunk slot, block of columns): ``dx[t] = dout[sample(t)] / len(sample)``."""
     slot = tl.program_id(0)
@@ -275,9 +312,10 @@ def _segment_mean_bwd_kernel(
     count = tl.maximum(tl.load(CU + sample + 1) - tl.load(CU + sample), 1)
     g = tl.load(DOUT + sample.to(tl.int64) * stride_dob + offs_w, mask=w_mask, other=0.0).to(tl.float32)
     g = (g / count.to(tl.float32)).to(DX.dtype.element_ty)
+    dx_ptr = DX + (_row_offset(lo, stride_dxt, INT64_INDEX) + tl.program_id(1) * BLOCK_W) + _tile_offsets(
+        stride_dxt, BLOCK_N, BLOCK_W)
+    g_tile = tl.broadcast_to(g[None, :], (BLOCK_N, BLOCK_W))
     for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        rows = offs_n.to(tl.int64)
-        mask = (offs_n < hi)[:, None] & w_mask[None, :]
-        tl.store(DX + rows[:, None] * stride_dxt + offs_w[None, :], tl.broadcast_to(g[None, :], (BLOCK_N, BLOCK_W)),
-                 mask=mask)
+        mask = (start + tl.arange(0, BLOCK_N) < hi)[:, None] & w_mask[None, :]
+        tl.store(dx_ptr, g_tile, mask=mask)
+        dx_ptr += BLOCK_N * stride_dxt

@@ -295,9 +295,9 @@ def _pool_config(head_dim: int, device: torch.device, backward: bool) -> tuple[i
     """(BLOCK_N, BLOCK_D, num_warps) for the pooling kernels.
 
     Sized by elements of a [BLOCK_N, BLOCK_D] tile per thread: 16 in the forward with 4 warps
-    (~96 registers; with 8 warps ptxas caps sm_80 at 80 registers and spills), 8 in the backward,
-    which keeps four tiles live (~120 registers with 8 warps). Spill-free for head_dim 32..256 on
-    sm_80/sm_90 under Triton 3.6 and 3.9 (tests/test_aot_pool.py). Under the interpreter, small tiles.
+    (48-72 registers; an 8-warp variant spilled on sm_80), 8 in the backward, which keeps four
+    tiles live (64-80 registers with 8 warps). Spill-free for head_dim 32..256 on sm_80/sm_90 under
+    Triton 3.6 and 3.9 (tests/test_aot_pool.py). Under the interpreter, small tiles.
     """
     block_d = max(16, _next_pow2(head_dim))
     if device.type != "cuda":

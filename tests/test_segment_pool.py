@@ -108,6 +108,19 @@ def test_int64_index_path(monkeypatch):
     assert_close(x.grad[:70], torch.full((70, 8), 1 / 70, dtype=torch.float64), 1e-6, "dx")
 
 
+def test_very_wide_rows_take_torch_path(monkeypatch):
+    """Rows too wide for int32 tile offsets fall back to the torch path (threshold lowered here)."""
+    from elasticast_kernels.ops import segment_pool
+
+    monkeypatch.setattr(segment_pool, "_MAX_ROW_STRIDE", 16)
+    monkeypatch.setattr(segment_pool, "_pool_forward_triton", None)  # would fail if called
+    monkeypatch.setattr(segment_pool, "_segment_mean_triton", None)
+    check_against_reference(*make_inputs([9, 4], 2, 16, torch.float32, True), 1.0)
+    cu = cu_from([9, 4])
+    x = torch.randn(13, 32)
+    assert_close(segment_mean(x, cu), reference_mean(x, cu), 1e-6, "mean")
+
+
 def test_pool_empty_samples_give_zeros():
     q, k, v, cu = make_inputs([0, 5, 0, 0, 40, 0], 2, 32, torch.float32, shared_query=False)
     check_against_reference(q, k, v, cu, 1.0)

@@ -125,9 +125,16 @@ def segment_mean(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | No
     return _segment_mean_op(flat, cu_seqlens).reshape(cu_seqlens.shape[0] - 1, *features)
 
 
-def _use_triton(tensor: torch.Tensor) -> bool:
-    """``use_triton``, except bf16 CPU tensors: the interpreter computes bf16 through numpy, which
-    has no bfloat16, and returns garbage, so they take the torch path even under the interpreter."""
+_MAX_ROW_STRIDE = 2**23  # tile offsets are int32: BLOCK_N (<= 128) rows of this stride must fit
+
+
+def _use_triton(tensor: torch.Tensor, *row_tensors: torch.Tensor) -> bool:
+    """``use_triton``, except (1) bf16 CPU tensors: the interpreter computes bf16 through numpy,
+    which has no bfloat16, and returns garbage, so they take the torch path even under the
+    interpreter; (2) rows wider than 2^23 elements (``row_tensors``), whose tile offsets would
+    overflow int32 (far beyond any attention layout; possible for a huge ``segment_mean`` row)."""
+    if any(t.dim() > 0 and t.stride(0) >= _MAX_ROW_STRIDE for t in row_tensors):
+        return False
     return use_triton(tensor) and not (tensor.device.type == "cpu" and tensor.dtype == torch.bfloat16)
 
 
@@ -142,7 +149,7 @@ def _pool_forward_op(
 
     ``lse`` is the natural log-sum-exp of the scaled scores (-inf for an empty sample).
     """
-    if _use_triton(k):
+    if _use_triton(k, k, v):
         with _on_device(k):
             return _pool_forward_triton(q, k, v, cu_seqlens, softmax_scale)
     return _pool_forward_torch(q, k, v, cu_seqlens, softmax_scale)
@@ -167,7 +174,7 @@ def _pool_backward_op(
     softmax_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(dq, dk, dv)`` shaped and typed like ``q``, ``k``, ``v`` (contiguous)."""
-    if _use_triton(k):
+    if _use_triton(k, k, v):  # dk and dv are dense: their rows are no wider than k's
         with _on_device(k):
             return _pool_backward_triton(dout, q, k, v, out, lse, cu_seqlens, softmax_scale)
     return _pool_backward_torch(dout, q, k, v, lse, cu_seqlens, softmax_scale)
@@ -204,7 +211,7 @@ torch.library.register_autograd(
 @torch.library.custom_op("elasticast_kernels::segment_mean_fwd", mutates_args=())
 def _segment_mean_op(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """``x`` ``(total_tokens, width)`` -> ``(batch, width)`` in x's dtype."""
-    if _use_triton(x):
+    if _use_triton(x, x):
         with _on_device(x):
             return _segment_mean_triton(x, cu_seqlens)
     return _segment_mean_torch(x, cu_seqlens)
@@ -218,7 +225,7 @@ def _(x, cu_seqlens):
 @torch.library.custom_op("elasticast_kernels::segment_mean_bwd", mutates_args=())
 def _segment_mean_backward_op(dout: torch.Tensor, cu_seqlens: torch.Tensor, total_tokens: int) -> torch.Tensor:
     """``dout`` ``(batch, width)`` -> ``dx`` ``(total_tokens, width)``: each token gets dout / len."""
-    if _use_triton(dout):
+    if _use_triton(dout, dout):  # dx rows are as wide as dout's (both dense)
         with _on_device(dout):
             return _segment_mean_backward_triton(dout, cu_seqlens, total_tokens)
     return _segment_mean_backward_torch(dout, cu_seqlens, total_tokens)

@@ -93,9 +93,7 @@ def _pool_fwd_partial_kernel(
     sample, lo, hi = _locate_chunk(slot, CU, batch, chunk, BLOCK_B)
 
     offs_d = tl.arange(0, BLOCK_D)
-    # A compile-time mask: all-true (folded away) when head_dim is a power of two, which Triton
-    # 3.9 needs to keep the 16-byte vector loads.
-    d_mask = offs_d < HEAD_DIM
+    d_mask = offs_d < HEAD_DIM  # compile-time: folded away when head_dim is a power of two
     q = tl.load(Q + sample.to(tl.int64) * stride_qb + head * stride_qh + offs_d, mask=d_mask, other=0.0)
     # Fold scale and log2(e) into q once: scores come out ready for exp2.
     q = q.to(tl.float32) * qk_scale_log2

@@ -49,6 +49,8 @@ __all__ = [
     "resolve_backend",
     "BACKENDS",
     "BACKEND_NAMES",
+    "ROW_PADDED_BACKENDS",
+    "row_padded",
 ]
 
 
@@ -174,18 +176,27 @@ def _from_rows(out: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 # Backends: each one is fn(q, k, v, layout, softmax_scale) -> [total_tokens, heads, head_dim]
 # ------------------------------------------------------------------------------------------------
 def _torch_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
-    # One SDPA per sample on [heads, n, head_dim] views: exact, no padding, no mask. On the CPU
-    # this picks the fused flash kernel, and the loop is short (one call per sample).
+    # One SDPA per sample on [1, heads, n, head_dim] views: exact, no padding, no mask. The
+    # batch axis matters: the CPU flash kernel only takes 4-D inputs (3-D falls back to the
+    # unfused math path, about 6x slower). The loop is short: one call per sample.
     outs = []
     for q_s, k_s, v_s in zip(q.split(layout.seqlens), k.split(layout.seqlens), v.split(layout.seqlens)):
         if q_s.shape[0] == 0:
             outs.append(q_s)
             continue
         out = F.scaled_dot_product_attention(
-            q_s.transpose(0, 1), k_s.transpose(0, 1), v_s.transpose(0, 1), scale=softmax_scale
+            q_s.transpose(0, 1).unsqueeze(0),
+            k_s.transpose(0, 1).unsqueeze(0),
+            v_s.transpose(0, 1).unsqueeze(0),
+            scale=softmax_scale,
         )
-        outs.append(out.transpose(0, 1))
+        outs.append(out.squeeze(0).transpose(0, 1))
     return torch.cat(outs) if outs else torch.empty_like(q)
+
+
+def _pack_token_counts(layout: SeqLayout) -> list[int]:
+    offsets = layout.pack_offsets
+    return [sum(layout.seqlens[offsets[p] : offsets[p + 1]]) for p in range(len(offsets) - 1)]
 
 
 def _sdpa_masked_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
@@ -193,12 +204,13 @@ def _sdpa_masked_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> to
     # [rows, row_len, row_len] mask that lets a token see only its own sample. Padding tokens form
     # a block of their own so that no row of the mask is empty (an empty row gives NaN).
     device = q.device
-    offsets = layout.pack_offsets
-    pack_lengths = [sum(layout.seqlens[offsets[p] : offsets[p + 1]]) for p in range(len(offsets) - 1)]
+    pack_lengths = _pack_token_counts(layout)
     rows, row_len = len(pack_lengths), max(pack_lengths, default=0)
+    already_rows = all(n == row_len for n in pack_lengths)  # the model padded the rows itself
 
-    def build() -> tuple[torch.Tensor, torch.Tensor]:
+    def build() -> tuple[torch.Tensor | None, torch.Tensor]:
         ids = torch.full((rows, row_len), -1, dtype=torch.int32)
+        offsets = layout.pack_offsets
         for p in range(rows):
             start = 0
             for segment in range(offsets[p], offsets[p + 1]):
@@ -206,17 +218,50 @@ def _sdpa_masked_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> to
                 ids[p, start : start + n] = segment
                 start += n
         mask = (ids[:, :, None] == ids[:, None, :]).unsqueeze(1)  # [rows, 1, row_len, row_len]
-        return _pad_index(pack_lengths, row_len, device), mask.to(device)
+        index = None if already_rows else _pad_index(pack_lengths, row_len, device)
+        return index, mask.to(device)
 
     index, mask = layout.cached(("sdpa_masked", device), build)
-    out = F.scaled_dot_product_attention(
-        _to_rows(q, index, rows, row_len),
-        _to_rows(k, index, rows, row_len),
-        _to_rows(v, index, rows, row_len),
-        attn_mask=mask,
-        scale=softmax_scale,
-    )
+    if index is None:
+        to_rows = lambda x: x.view(rows, row_len, *x.shape[1:]).transpose(1, 2)  # noqa: E731
+    else:
+        to_rows = lambda x: _to_rows(x, index, rows, row_len)  # noqa: E731
+    out = F.scaled_dot_product_attention(to_rows(q), to_rows(k), to_rows(v), attn_mask=mask, scale=softmax_scale)
+    if index is None:
+        return out.transpose(1, 2).reshape(q.shape)
     return _from_rows(out, index)
+
+
+# Backends that stand for a whole model running on padded rows (the published ElasticAST): the
+# model pads its encoder input with `row_padded` before the blocks, so every layer pays for the
+# padding as the published model does, not only the attention.
+ROW_PADDED_BACKENDS = frozenset({"sdpa_masked"})
+
+
+def row_padded(layout: SeqLayout, device: torch.device | str) -> tuple[SeqLayout, torch.Tensor]:
+    """The published model's layout of a packed batch: each pack one row, padded to the longest.
+
+    Returns:
+        ``(rows_layout, index)``: ``rows_layout`` covers ``num_packs * row_len`` tokens, with each
+        row's padding as one extra segment (padding attends only to padding, so its values never
+        reach a real token); ``index`` (int64 ``[total_tokens]``, on ``device``) is where every
+        packed token sits in the padded buffer (``padded[index] = packed``).
+    """
+    device = torch.device(device)
+
+    def build() -> tuple[SeqLayout, torch.Tensor]:
+        pack_lengths = _pack_token_counts(layout)
+        row_len = max(pack_lengths, default=0)
+        seqlens, offsets = [], [0]
+        for p, used in enumerate(pack_lengths):
+            seqlens.extend(layout.seqlens[layout.pack_offsets[p] : layout.pack_offsets[p + 1]])
+            if used < row_len:
+                seqlens.append(row_len - used)
+            offsets.append(len(seqlens))
+        rows_layout = SeqLayout.from_seqlens(seqlens, device, offsets)
+        return rows_layout, _pad_index(pack_lengths, row_len, device)
+
+    return layout.cached(("row_padded", device), build)
 
 
 def _padded_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:

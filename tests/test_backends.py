@@ -15,6 +15,7 @@ from elasticast_kernels.backends import (
     attention,
     available_backends,
     resolve_backend,
+    row_padded,
 )
 
 CPU_BACKENDS = [name for name in BACKEND_NAMES if name != "auto"]
@@ -154,3 +155,17 @@ def test_layout_caches_masks_once():
     cached = dict(layout._cache)
     attention(q, q, q, layout, 1.0, backend="sdpa_masked")
     assert all(layout._cache[key] is value for key, value in cached.items())
+
+
+def test_row_padded_layout_reproduces_packed_attention(torch_cpu_path):
+    """The published model's layout (packs padded to the longest pack) gives the same real outputs."""
+    seqlens, pack_offsets = (5, 12, 1, 9, 4), (0, 2, 4, 5)  # packs of 17, 10 and 4 tokens
+    layout = SeqLayout.from_seqlens(seqlens, "cpu", pack_offsets)
+    rows_layout, index = row_padded(layout, "cpu")
+    assert rows_layout.seqlens == (5, 12, 1, 9, 7, 4, 13)  # each row's padding is one extra segment
+    assert rows_layout.pack_offsets == (0, 2, 5, 7) and rows_layout.total_tokens == 3 * 17
+    assert index.tolist() == list(range(17)) + list(range(17, 27)) + list(range(34, 38))
+    q, k, v = (torch.randn(sum(seqlens), 2, 8) for _ in range(3))
+    padded = [torch.zeros(51, 2, 8).index_copy(0, index, t) for t in (q, k, v)]
+    out = attention(*padded, rows_layout, 1.0, backend="sdpa_masked").index_select(0, index)
+    torch.testing.assert_close(out.double(), reference_attention(q, k, v, seqlens, 1.0), atol=2e-5, rtol=2e-5)

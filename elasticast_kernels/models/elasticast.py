@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticast_kernels.backends import BACKEND_NAMES, SeqLayout, resolve_backend
+from elasticast_kernels.backends import (
+    BACKEND_NAMES,
+    ROW_PADDED_BACKENDS,
+    SeqLayout,
+    resolve_backend,
+    row_padded,
+)
 from elasticast_kernels.models.inputs import (
     check_group_limit,
     flatten_samples,
@@ -200,7 +206,7 @@ class ElasticAST(nn.Module):
             + time_table.index_select(0, batch.time_idx)
         )
         x = self.dropout(x)
-        x = self.blocks(x, layout, self.attention_backend)
+        x = self._encode(x, layout)
         x = self.norm(x)
         if self.avg_pool_tk:
             from elasticast_kernels.ops import segment_mean
@@ -209,6 +215,20 @@ class ElasticAST(nn.Module):
         else:
             pooled = self.attn_pool(x, layout.cu_seqlens, layout.max_seqlen, query=self.attn_pool_queries)
         return self.head(self.mlp_norm(pooled))
+
+    def _encode(self, x: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+        """The blocks on the packed tokens ``x [total_tokens, dim]``.
+
+        With a row-padded backend (``sdpa_masked``, the benchmark baseline) the blocks run the
+        published model's way instead: on the packs padded to the longest pack, so every layer,
+        not only the attention, pays for the padding. The logits are the same either way.
+        """
+        backend = self.attention_backend
+        if backend not in ROW_PADDED_BACKENDS:
+            return self.blocks(x, layout, backend)
+        rows_layout, index = row_padded(layout, x.device)
+        padded = x.new_zeros(rows_layout.total_tokens, x.shape[1]).index_copy(0, index, x)
+        return self.blocks(padded, rows_layout, backend).index_select(0, index)
 
     def resolved_backend(self, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
         """The concrete attention backend this model uses for tensors on ``device``/``dtype``."""

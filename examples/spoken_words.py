@@ -95,7 +95,7 @@ def _espeak_dataset(binary: str, clips_per_word: int, seed: int, progress) -> Sp
     for label, word in enumerate(WORDS):
         for _ in range(clips_per_word):
             voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{VARIANTS[rng.integers(len(VARIANTS))]}"
-            jobs.append((word, label, voice, int(rng.integers(90, 330)), int(rng.integers(10, 90))))
+            jobs.append((word, label, voice, int(rng.integers(110, 290)), int(rng.integers(20, 80))))
     waveforms: list[np.ndarray] = [None] * len(jobs)  # type: ignore[list-item]
     with tempfile.TemporaryDirectory() as workdir, ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(_speak, binary, word, voice, speed, pitch, workdir, i)
@@ -106,7 +106,7 @@ def _espeak_dataset(binary: str, clips_per_word: int, seed: int, progress) -> Sp
     return SpokenWords(
         waveforms, labels, WORDS, SAMPLE_RATE, "espeak-ng",
         f"espeak-ng spoken words: {len(WORDS)} words x {clips_per_word} clips, {len(ACCENTS)} accents x "
-        f"{len(VARIANTS)} voice variants, 90-330 words/min, pitch 10-90, noise 10-40 dB SNR",
+        f"{len(VARIANTS)} voice variants, 110-290 words/min, pitch 20-80, noise 10-40 dB SNR",
     )
 
 

@@ -35,6 +35,7 @@ def test_one_pack_matches_pack_spectrograms():
 def test_token_budget_splits_in_order_and_keeps_labels_with_segments(max_tokens):
     items = make_items(12, seed=max_tokens)
     batch = collate_packed(items, max_tokens=max_tokens)
+    assert batch.sample_index.tolist() == list(range(12))  # in-order next fit keeps the input order
     seqlens = np.array(batch.seqlens)
     for first, last in zip(batch.pack_offsets[:-1], batch.pack_offsets[1:]):
         assert seqlens[first:last].sum() <= max_tokens

@@ -82,7 +82,10 @@ def collate_packed(
     Returns:
         ``PackedBatch``; ``labels``: int64 ``[N]`` for int labels, float32 ``[N]`` for float
         labels, stacked ``[N, ...]`` for tensor labels, ``None`` without labels; ``labels[j]``
-        belongs to segment ``j`` (sample ``sample_index[j]`` of ``batch``).
+        belongs to segment ``j`` (sample ``sample_index[j]`` of ``batch``). Both plans used here
+        (one pack, or in-order next-fit) keep the input order, so ``sample_index`` is
+        ``arange(N)`` and ``labels`` also lines up with the model's logits, which come back in
+        input order: ``F.cross_entropy(model(batch), batch.labels)``.
 
     Raises:
         ValueError / TypeError: empty batch, malformed items or labels; a sample longer than

@@ -51,7 +51,21 @@ __all__ = [
     "BACKEND_NAMES",
     "ROW_PADDED_BACKENDS",
     "row_padded",
+    "host_to_device",
 ]
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Copy a small CPU tensor of host facts to ``device`` without a host-device sync.
+
+    A plain ``.to("cuda")`` from pageable memory waits for the stream (every queued kernel);
+    a copy from pinned memory with ``non_blocking=True`` just queues (the caching host allocator
+    keeps the pinned block alive until the copy is done).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -113,7 +127,7 @@ class SeqLayout:
             cu.append(cu[-1] + n)
         offsets = (0, len(lengths)) if pack_offsets is None else tuple(int(o) for o in pack_offsets)
         return cls(
-            cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=device),
+            cu_seqlens=host_to_device(torch.tensor(cu, dtype=torch.int32), device),
             max_seqlen=max(lengths, default=0),
             seqlens=lengths,
             pack_offsets=offsets,
@@ -144,7 +158,7 @@ def _segment_ids(layout: SeqLayout, device: torch.device) -> torch.Tensor:
         ids = torch.repeat_interleave(
             torch.arange(layout.num_samples, dtype=torch.int32), torch.tensor(layout.seqlens, dtype=torch.int64)
         )
-        return ids.to(device)
+        return host_to_device(ids, device)
 
     return layout.cached(("segment_ids", device), build)
 
@@ -156,7 +170,7 @@ def _pad_index(row_lengths: Sequence[int], row_len: int, device: torch.device) -
     row = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
     row_start = torch.cumsum(lengths, 0) - lengths  # first packed token of each row
     index = torch.arange(int(lengths.sum())) - row_start[row] + row * row_len
-    return index.to(device)
+    return host_to_device(index, device)
 
 
 def _to_rows(x: torch.Tensor, index: torch.Tensor, rows: int, row_len: int) -> torch.Tensor:
@@ -219,7 +233,7 @@ def _sdpa_masked_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> to
                 start += n
         mask = (ids[:, :, None] == ids[:, None, :]).unsqueeze(1)  # [rows, 1, row_len, row_len]
         index = None if already_rows else _pad_index(pack_lengths, row_len, device)
-        return index, mask.to(device)
+        return index, host_to_device(mask, device)
 
     index, mask = layout.cached(("sdpa_masked", device), build)
     if index is None:
@@ -272,7 +286,8 @@ def _padded_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.T
     def build() -> tuple[torch.Tensor, torch.Tensor]:
         lengths = torch.tensor(layout.seqlens, dtype=torch.int64)
         key_valid = torch.arange(row_len)[None, :] < lengths[:, None]  # [rows, row_len]
-        return _pad_index(layout.seqlens, row_len, device), key_valid[:, None, None, :].to(device)
+        key_mask = host_to_device(key_valid[:, None, None, :].contiguous(), device)
+        return _pad_index(layout.seqlens, row_len, device), key_mask
 
     index, key_mask = layout.cached(("padded", device), build)
     out = F.scaled_dot_product_attention(

@@ -188,3 +188,37 @@ def test_gradients_reach_every_parameter(options, torch_cpu_path):
         assert param.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(param.grad).all(), name
         assert param.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@requires_cuda
+@pytest.mark.parametrize("options", [dict(), dict(packing="best_fit_decreasing"), dict(eval_token_dropout=0.5)])
+def test_cuda_forward_never_syncs(options):
+    """Host facts come from the inputs' shapes: no device-to-host sync on the forward."""
+    model = ElasticAST(**CONFIG, attention_backend="auto", **options).cuda().eval()
+    specs = [s.float().cuda() for s in make_specs(mixed_lengths(), freq_bins=32)]
+    with torch.no_grad():
+        model(specs, group_max_seq_len=96)  # warm-up: kernel compilation may sync
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(specs, group_max_seq_len=96)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", [b for b in BACKEND_NAMES if b != "auto"])
+def test_cuda_backends_agree_under_autocast(backend):
+    reason = available_backends("cuda")[backend]
+    if reason is not None:
+        pytest.skip(f"{backend} unavailable: {reason}")
+    model = ElasticAST(**CONFIG, attention_backend="torch").cuda().eval()
+    specs = [s.float().cuda() for s in make_specs(mixed_lengths(), freq_bins=32)]
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        want = model(specs, group_max_seq_len=96).float()
+        model.attention_backend = backend
+        got = model(specs, group_max_seq_len=96).float()
+    assert_logits_close(got, want, rel=2e-2)

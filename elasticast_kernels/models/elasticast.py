@@ -29,6 +29,7 @@ from elasticast_kernels.backends import (
     BACKEND_NAMES,
     ROW_PADDED_BACKENDS,
     SeqLayout,
+    host_to_device,
     resolve_backend,
     row_padded,
 )
@@ -281,16 +282,17 @@ class ElasticAST(nn.Module):
     def _drop_tokens(self, batch, order: np.ndarray, lengths: Sequence[int], keep: Sequence[int]):
         """Keep ``keep[i]`` random tokens of sample ``i`` (with their positions).
 
-        Draws ``torch.randperm(lengths[i])[:keep[i]]`` for every sample in input order (on the
-        samples' device), so a seeded run is reproducible; the kept tokens come in random order,
-        which attention and pooling do not see.
+        Draws ``torch.randperm(lengths[i])[:keep[i]]`` for every sample in input order with
+        torch's CPU generator, so a seeded run picks the same tokens on any device, and the
+        gather index reaches the GPU in one copy that does not sync. The kept tokens come in
+        random order, which attention and pooling do not see.
         """
         device = batch.patches.device
-        picks = [torch.randperm(n, device=device)[:k] for n, k in zip(lengths, keep)]
+        picks = [torch.randperm(n)[:k] for n, k in zip(lengths, keep)]
         starts = np.cumsum([0] + [lengths[i] for i in order])[:-1]
-        index = torch.cat([picks[i] + int(start) for i, start in zip(order, starts)])
+        index = host_to_device(torch.cat([picks[i] + int(start) for i, start in zip(order, starts)]), device)
         kept = [int(keep[i]) for i in order]
-        cu_seqlens = torch.tensor(np.cumsum([0] + kept), dtype=torch.int32).to(device)
+        cu_seqlens = host_to_device(torch.tensor(np.cumsum([0] + kept), dtype=torch.int32), device)
         return dataclasses.replace(
             batch,
             patches=batch.patches.index_select(0, index),
@@ -352,7 +354,7 @@ class ElasticAST(nn.Module):
             offset += length
         segment_shift = torch.tensor([start.get(t, 0) for t in segment_time_patches], dtype=torch.int32)
         token_shift = torch.repeat_interleave(segment_shift, torch.tensor(batch.seqlens, dtype=torch.int64))
-        time_idx = batch.time_idx + token_shift.to(batch.time_idx.device)
+        time_idx = batch.time_idx + host_to_device(token_shift.to(torch.int32), batch.time_idx.device)
         return dataclasses.replace(batch, time_idx=time_idx), torch.cat(tables)
 
     @staticmethod
@@ -363,4 +365,4 @@ class ElasticAST(nn.Module):
             return logits
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
-        return logits.index_select(0, torch.from_numpy(inverse).to(logits.device))
+        return logits.index_select(0, host_to_device(torch.from_numpy(inverse), logits.device))

@@ -24,7 +24,8 @@ Kernels (FlashAttention-2 structure):
 Two backward kernels instead of atomics: deterministic, and no fp32 scratch for dq.
 
 Every loop over blocks runs in two parts: blocks entirely inside the sample (and, for causal,
-entirely below the diagonal) without any masking, then the few boundary blocks with masks. All
+entirely below the diagonal) without any masking, then the few boundary blocks with masks. Causal
+skips the blocks above the diagonal and hands query blocks out heaviest first. All
 softmax statistics are fp32. Token indices are cast to int64 before multiplying by strides.
 Only plain pointers with masks are used (no block pointers): they compile on Triton 3.6 and 3.9.
 """
@@ -141,6 +142,14 @@ def _tile_offsets(stride_t, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
     return tl.arange(0, ROWS)[:, None] * stride_t + tl.arange(0, HEAD_DIM)[None, :]
 
 
+@triton.jit
+def _heaviest_first(block_start, seq_start, seq_end, BLOCK: tl.constexpr):
+    """Causal: hand a sample's query blocks out last-first. The last queries see the most keys, so
+    the longest programs start first and the grid ends on short ones (a shorter tail)."""
+    n_blocks = tl.cdiv(seq_end - seq_start, BLOCK)
+    return seq_start + (n_blocks - 1 - (block_start - seq_start) // BLOCK) * BLOCK
+
+
 # --- forward ------------------------------------------------------------------------------------
 
 
@@ -196,6 +205,8 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
     q_start, seq_start, seq_end = _locate_block(CU_SEQLENS, tl.program_id(0), batch, n_search, BLOCK_M)
     if q_start >= seq_end:
         return
+    if CAUSAL:
+        q_start = _heaviest_first(q_start, seq_start, seq_end, BLOCK_M)
     offs_m = q_start + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_end
     first_row = q_start.to(tl.int64)
@@ -374,6 +385,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
     q_start, seq_start, seq_end = _locate_block(CU_SEQLENS, tl.program_id(0), batch, n_search, BLOCK_M)
     if q_start >= seq_end:
         return
+    if CAUSAL:
+        q_start = _heaviest_first(q_start, seq_start, seq_end, BLOCK_M)
     offs_m = q_start + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_end
     first_row = q_start.to(tl.int64)

@@ -102,12 +102,12 @@ def nested_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: Sequ
     offsets = offsets.to(q.device)
 
     def jag(x: torch.Tensor) -> torch.Tensor:
-        with warnings.catch_warnings():  # "nested tensors are a prototype": known, and the point
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.nested.nested_tensor_from_jagged(x, offsets).transpose(1, 2)  # [B, heads, j, d]
+        return torch.nested.nested_tensor_from_jagged(x, offsets).transpose(1, 2)  # [B, heads, j, d]
 
-    out = F.scaled_dot_product_attention(jag(q), jag(k), jag(v), scale=softmax_scale)
-    return out.transpose(1, 2).values()
+    with warnings.catch_warnings():  # "nested tensors are a prototype": known, and the point
+        warnings.simplefilter("ignore", UserWarning)
+        out = F.scaled_dot_product_attention(jag(q), jag(k), jag(v), scale=softmax_scale)
+        return out.transpose(1, 2).values()
 
 
 def unfold_pack(specs: Sequence[torch.Tensor], patch_size: int = 16) -> torch.Tensor:

@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                       seed=args.seed)
     if args.group:
         cfg = replace(cfg, groups=tuple(dict.fromkeys(args.group)))
+    if not cfg.is_cuda and not args.tiny:
+        # Process-wide and permanent, so only for a real run, not the in-process tiny smoke tests.
+        from elasticast_kernels.bench.timing import precise_cpu_memory
+
+        precise_cpu_memory()
     label = "GPU" if cfg.is_cuda else "CPU (reference torch paths; no GPU kernels are timed)"
     print(f"elasticast-bench: {cfg.suite} suite on {label}, workloads {', '.join(cfg.workloads)}", file=sys.stderr)
     report = runner.run(cfg, progress=not args.no_progress, budget_s=args.budget_s)

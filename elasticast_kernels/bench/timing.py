@@ -8,8 +8,8 @@ reported is the median over repeats.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above what was allocated before the call.
 On CPU, the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) above the
-resident size before the call, with glibc told to return large blocks to the system on free (so
-a freed buffer does not hide the next one); where ``/proc`` is missing, ``tracemalloc`` (which
+resident size before the call (the CLI first tells glibc to return large blocks to the system on
+free, ``precise_cpu_memory``, so a freed buffer does not hide the next one); where ``/proc`` is missing, ``tracemalloc`` (which
 sees only Python-level allocations, and says so in the result).
 """
 from __future__ import annotations
@@ -139,11 +139,13 @@ def _read_status_kib(field: str) -> int | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _glibc_return_large_blocks() -> bool:
+def precise_cpu_memory() -> bool:
     """Make glibc serve blocks >= 128 KiB with mmap and unmap them on free (fixed threshold).
 
-    By default glibc raises its mmap threshold after frees, so freed tensors stay resident and
-    the next case's RSS growth under-reports its peak. Returns False where this is not glibc.
+    By default glibc raises its mmap threshold (up to 32 MiB) after frees, so freed tensors stay
+    resident and the next case's RSS growth under-reports its peak. This lasts for the whole
+    process (glibc cannot switch back), so the benchmark CLI calls it once for a run, and
+    library/test code does not. Returns False where this is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -185,7 +187,6 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
         fn()
         torch.cuda.synchronize()
         return Memory(max(0, torch.cuda.max_memory_allocated() - before), "cuda_max_memory_allocated")
-    _glibc_return_large_blocks()
     if _can_reset_hwm():
         before = _read_status_kib("VmRSS") or 0
         _can_reset_hwm()  # reset the high-water mark to the current RSS

@@ -21,7 +21,7 @@ def inputs(bench_cfg):
 
 
 @pytest.mark.parametrize("pass_", ["fwd", "fwd_bwd"])
-@pytest.mark.parametrize("variant", ["segment_attention_pool", "padded_masked"])
+@pytest.mark.parametrize("variant", ["segment_attention_pool", "padded_masked"], ids=["fused", "padded_masked"])
 def test_pooling(variant, pass_, inputs, bench_cfg, run_bench):
     layout, q, k, v = inputs
     baseline = lambda q, k, v: padded_masked_pool(q, k, v, layout.seqlens, layout.pack_offsets, 1.0)  # noqa: E731

@@ -304,7 +304,7 @@ def _padded_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.T
 def _compiled_flex() -> Callable:
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)
 
 
 def _flex_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
@@ -484,7 +484,8 @@ def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype | 
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
             backend = _REGISTRY[candidate]
-            if backend.check(device) is None and not (backend.half_only and dtype not in (torch.float16, torch.bfloat16)):
+            needs_half = backend.half_only and dtype not in (torch.float16, torch.bfloat16)
+            if backend.check(device) is None and not needs_half:
                 return candidate
         return "torch"
     if name not in _REGISTRY:

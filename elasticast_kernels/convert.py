@@ -230,7 +230,9 @@ def _prefix_tokens(state: Mapping[str, torch.Tensor]) -> int:
     return sum(root + name in state for name in ("cls_token", "dist_token"))
 
 
-def timm_vit_to_elasticast(state: Mapping[str, torch.Tensor], model: nn.Module, *, attn_pool_init: str = "published") -> StateDict:
+def timm_vit_to_elasticast(
+    state: Mapping[str, torch.Tensor], model: nn.Module, *, attn_pool_init: str = "published"
+) -> StateDict:
     """Map a timm-layout ViT state dict onto ``model``'s keys (see the module docstring).
 
     Returns the transferred tensors (float32, shaped like the model's); ``head``,
@@ -282,7 +284,8 @@ def from_timm_vit(model: nn.Module, checkpoint: Checkpoint, *, attn_pool_init: s
     Returns the model keys left at their initial values (``attn_pool_queries``, ``mlp_norm.*``,
     ``head.*``). Raises ValueError naming the key or shape that does not fit.
     """
-    return _load_partial(model, timm_vit_to_elasticast(load_checkpoint(checkpoint), model, attn_pool_init=attn_pool_init))
+    mapped = timm_vit_to_elasticast(load_checkpoint(checkpoint), model, attn_pool_init=attn_pool_init)
+    return _load_partial(model, mapped)
 
 
 def from_ssast(

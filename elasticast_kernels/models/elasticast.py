@@ -40,6 +40,9 @@ from elasticast_kernels.models.inputs import (
     token_keep_counts,
 )
 from elasticast_kernels.models.layers import LAYER_NORM_EPS, Encoder
+from elasticast_kernels.modules import AttentionPool
+from elasticast_kernels.ops import segment_mean
+from elasticast_kernels.packing import STRATEGIES, PackedBatch, pack_lengths, pack_spectrograms
 
 # Keywords of the published constructor that download weights; here the transfer is explicit.
 _PRETRAIN_KEYWORDS = {
@@ -137,8 +140,6 @@ class ElasticAST(nn.Module):
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
         if attention_backend not in BACKEND_NAMES:
             raise ValueError(f"attention_backend must be one of {list(BACKEND_NAMES)}, got {attention_backend!r}")
-        from elasticast_kernels.packing import STRATEGIES
-
         if packing not in STRATEGIES:
             raise ValueError(f"packing must be one of the pack_lengths strategies {list(STRATEGIES)}, got {packing!r}")
 
@@ -162,8 +163,6 @@ class ElasticAST(nn.Module):
         self.blocks = Encoder(dim, depth, heads, 4 * dim, dropout, self.softmax_scale)
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
 
-        from elasticast_kernels.modules import AttentionPool
-
         self.attn_pool_queries = nn.Parameter(torch.randn(dim))
         self.attn_pool = AttentionPool(dim, heads, softmax_scale=self.softmax_scale, learnable_query=False)
         self.mlp_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
@@ -185,8 +184,6 @@ class ElasticAST(nn.Module):
                 more than ``group_max_seq_len`` tokens, a sample longer than the time positional
                 table without ``pos_embed_interpolation``.
         """
-        from elasticast_kernels.packing import PackedBatch
-
         if isinstance(batched_samples, PackedBatch):
             batch, time_table = self._prepare_packed(batched_samples), self.pos_embed_time
         else:
@@ -210,8 +207,6 @@ class ElasticAST(nn.Module):
         x = self._encode(x, layout)
         x = self.norm(x)
         if self.avg_pool_tk:
-            from elasticast_kernels.ops import segment_mean
-
             pooled = segment_mean(x, layout.cu_seqlens, layout.max_seqlen)
         else:
             pooled = self.attn_pool(x, layout.cu_seqlens, layout.max_seqlen, query=self.attn_pool_queries)
@@ -248,8 +243,6 @@ class ElasticAST(nn.Module):
     @torch.compiler.disable  # host-side planning and packing: never traced
     def _pack(self, batched_samples, group_samples: bool, group_max_seq_len: int):
         """Validate, drop tokens, pack. Returns ``(PackedBatch, time positional table)``."""
-        from elasticast_kernels.packing import pack_lengths, pack_spectrograms
-
         specs, rows = flatten_samples(batched_samples, group_samples)
         grid = patch_grid(specs, self.channels, self.patch_size, self.pos_embed_freq.shape[0])
         self._check_time_lengths([time for _, time in grid])

@@ -39,7 +39,9 @@ def flatten_samples(batched_samples: object, group_samples: bool) -> tuple[list[
     return specs, rows
 
 
-def patch_grid(specs: Sequence[torch.Tensor], channels: int, patch_size: int, max_freq_patches: int) -> list[tuple[int, int]]:
+def patch_grid(
+    specs: Sequence[torch.Tensor], channels: int, patch_size: int, max_freq_patches: int
+) -> list[tuple[int, int]]:
     """``(F/p, T/p)`` of every sample.
 
     Raises:
@@ -99,7 +101,8 @@ def token_keep_counts(
 
 def check_group_limit(lengths: Sequence[int], group_max_seq_len: int) -> None:
     """Raises ValueError naming the first sample with more tokens than ``group_max_seq_len``."""
-    if isinstance(group_max_seq_len, bool) or not isinstance(group_max_seq_len, (int, np.integer)) or group_max_seq_len < 1:
+    is_int = isinstance(group_max_seq_len, (int, np.integer)) and not isinstance(group_max_seq_len, bool)
+    if not is_int or group_max_seq_len < 1:
         raise ValueError(f"group_max_seq_len must be a positive int, got {group_max_seq_len!r}")
     for i, n in enumerate(lengths):
         if n > group_max_seq_len:

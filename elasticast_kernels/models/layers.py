@@ -75,7 +75,9 @@ class Block(nn.Module):
 class Encoder(nn.Module):
     """``depth`` blocks, kept in ``modules_list`` (the published state-dict prefix)."""
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, dropout: float = 0.0, softmax_scale: float = 1.0) -> None:
+    def __init__(
+        self, dim: int, depth: int, heads: int, mlp_dim: int, dropout: float = 0.0, softmax_scale: float = 1.0
+    ) -> None:
         super().__init__()
         self.modules_list = nn.ModuleList(
             Block(dim, heads, mlp_dim, dropout, softmax_scale) for _ in range(depth)

@@ -31,6 +31,8 @@ Only plain pointers with masks are used (no block pointers): they compile on Tri
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -41,10 +43,13 @@ from elasticast_kernels.ops.varlen_attention_torch import lse_columns
 LOG2_E = 1.4426950408889634
 
 # --- autotune configs -------------------------------------------------------------------------
-# Tiles come from ahead-of-time compiles for sm_80/sm_90 (tests/test_aot_varlen.py checks that
-# none of them spills): forward 128x64 with 8 warps at head_dim 64 (FlashAttention-2's choice),
-# backward 32x64/64x64 tiles with 4-8 warps. Every config keeps the bigger block a multiple of the
-# smaller one, which the causal split into full and diagonal blocks relies on.
+# Tiles come from ahead-of-time compiles for sm_80/sm_90 with Triton 3.6 and 3.9
+# (tests/test_aot_varlen.py): every candidate below compiles without spilling registers for its
+# arch family, causal or not, at head_dim 64 and 128 in bf16. Forward 128x64 with 8 warps at
+# head_dim 64 is FlashAttention-2's choice; the backward uses 32x64 .. 64x128 tiles. sm_80-class
+# GPUs get a subset: several bigger tiles spill there (mostly with Triton 3.6). Every config keeps
+# the per-program block a multiple of the per-step block, which the split into unmasked and masked
+# ranges relies on (checked below).
 # Under the interpreter several configs fail ("0 active drivers") and small blocks keep the tests
 # exercising multi-block samples at tiny sizes: one fixed config each.
 
@@ -53,20 +58,38 @@ def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> trit
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
 
 
-# kernel -> head_dim -> configs; the first config of each list is the default that the AOT test
-# reports on. head_dim 32 uses the 64 lists (smaller tiles only get cheaper).
+# arch family (90: sm_90 and newer, 80: sm_8x) -> kernel -> head_dim -> configs. The first config
+# of each list is the default that the AOT test reports on. head_dim 32 uses the 64 lists.
+# fwd/dq: BLOCK_M queries per program, BLOCK_N keys per step; dkdv: BLOCK_N keys per program,
+# BLOCK_M queries per step.
 GPU_CONFIGS = {
-    "fwd": {
-        64: [_config(128, 64, 8, 3), _config(128, 128, 8, 3), _config(64, 64, 4, 3), _config(128, 32, 4, 4)],
-        128: [_config(128, 64, 8, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2)],
+    90: {
+        "fwd": {
+            64: [_config(128, 64, 8, 3), _config(128, 128, 8, 3), _config(64, 64, 4, 3), _config(128, 32, 4, 4)],
+            128: [_config(128, 64, 8, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2)],
+        },
+        "dkdv": {
+            64: [_config(32, 64, 4, 3), _config(32, 128, 8, 3), _config(64, 128, 8, 2), _config(64, 64, 8, 3)],
+            128: [_config(32, 64, 8, 2), _config(64, 64, 8, 2), _config(32, 64, 8, 3)],
+        },
+        "dq": {
+            64: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2), _config(64, 64, 4, 3)],
+            128: [_config(64, 32, 8, 2), _config(128, 32, 8, 2), _config(64, 64, 8, 2)],
+        },
     },
-    "dkdv": {  # BLOCK_N keys per program, BLOCK_M queries per step
-        64: [_config(32, 64, 4, 3), _config(32, 128, 8, 3), _config(64, 128, 8, 2), _config(64, 64, 8, 3)],
-        128: [_config(32, 64, 8, 2), _config(64, 64, 8, 2), _config(32, 64, 8, 3)],
-    },
-    "dq": {  # BLOCK_M queries per program, BLOCK_N keys per step
-        64: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2), _config(64, 64, 4, 3)],
-        128: [_config(64, 32, 8, 2), _config(128, 32, 8, 2), _config(64, 64, 8, 2)],
+    80: {
+        "fwd": {
+            64: [_config(128, 64, 8, 3), _config(64, 64, 8, 3), _config(128, 32, 4, 4)],
+            128: [_config(128, 32, 8, 3), _config(128, 32, 8, 2)],
+        },
+        "dkdv": {
+            64: [_config(32, 64, 4, 3), _config(32, 128, 8, 3)],
+            128: [_config(32, 64, 8, 2), _config(32, 64, 8, 3)],
+        },
+        "dq": {
+            64: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2), _config(64, 64, 4, 3)],
+            128: [_config(64, 32, 8, 2), _config(128, 32, 8, 2), _config(64, 64, 8, 2)],
+        },
     },
 }
 INTERPRETER_CONFIGS = {"fwd": _config(32, 16, 4, 1), "dkdv": _config(16, 32, 4, 1), "dq": _config(32, 16, 4, 1)}
@@ -75,20 +98,37 @@ INTERPRETER_CONFIGS = {"fwd": _config(32, 16, 4, 1), "dkdv": _config(16, 32, 4, 
 def _check_tiles() -> None:
     """The loops split blocks into unmasked and masked ranges assuming the per-program block is a
     multiple of the per-step block (fwd/dq: BLOCK_M % BLOCK_N, dkdv: BLOCK_N % BLOCK_M)."""
-    for kernel, tables in GPU_CONFIGS.items():
-        for config in [c for table in tables.values() for c in table] + [INTERPRETER_CONFIGS[kernel]]:
-            outer, inner = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
-            if kernel == "dkdv":
-                outer, inner = inner, outer
-            assert outer % inner == 0, f"{kernel} config {config}: {outer} is not a multiple of {inner}"
+    for kernel, config in INTERPRETER_CONFIGS.items():
+        _check_tile(kernel, config)
+    for family in GPU_CONFIGS.values():
+        for kernel, tables in family.items():
+            for config in (c for table in tables.values() for c in table):
+                _check_tile(kernel, config)
+
+
+def _check_tile(kernel: str, config: triton.Config) -> None:
+    outer, inner = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    if kernel == "dkdv":
+        outer, inner = inner, outer
+    assert outer % inner == 0, f"{kernel} config {config}: {outer} is not a multiple of {inner}"
 
 
 _check_tiles()
 
 
-def gpu_configs(kernel: str, head_dim: int) -> list[triton.Config]:
-    """The autotuning candidates of ``kernel`` ("fwd", "dkdv", "dq") for ``head_dim``."""
-    return GPU_CONFIGS[kernel][64 if head_dim <= 64 else 128]
+def arch_family(capability: tuple[int, int]) -> int:
+    """90 for sm_90 and newer (Hopper, Blackwell), 80 for older GPUs."""
+    return 90 if capability[0] >= 9 else 80
+
+
+def gpu_configs(kernel: str, head_dim: int, family: int = 90) -> list[triton.Config]:
+    """The autotuning candidates of ``kernel`` ("fwd", "dkdv", "dq") for ``head_dim`` on an arch family."""
+    return GPU_CONFIGS[family][kernel][64 if head_dim <= 64 else 128]
+
+
+@functools.lru_cache(maxsize=None)
+def _device_family(device_index: int) -> int:
+    return arch_family(torch.cuda.get_device_capability(device_index))
 
 
 def _autotune_args(kernel: str) -> dict:
@@ -96,9 +136,10 @@ def _autotune_args(kernel: str) -> dict:
         return {"configs": [INTERPRETER_CONFIGS[kernel]]}
 
     def prune(configs, named_args, **kwargs):
-        return gpu_configs(kernel, kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM")))
+        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+        return gpu_configs(kernel, head_dim, _device_family(named_args["Q"].device.index or 0))
 
-    configs = [config for table in GPU_CONFIGS[kernel].values() for config in table]
+    configs = [c for family in GPU_CONFIGS.values() for table in family[kernel].values() for c in table]
     return {"configs": configs, "prune_configs_by": {"early_config_prune": prune}}
 
 

@@ -14,6 +14,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
+# Triton reads TRITON_INTERPRET into its settings when it is first imported; import it now, while
+# the variable is set, so a test that unsets it (torch_cpu_path) cannot be the first importer.
+try:
+    import triton  # noqa: F401
+except ImportError:
+    pass
+
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 

@@ -9,12 +9,22 @@ the real CPU paths, so it is unset here for every benchmark test.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import pytest
 import torch
 
 from elasticast_kernels.bench.config import BenchConfig, make_config, tiny_config
+
+# Triton picks interpreted vs compiled kernels when a kernel module is imported. Import the
+# package's kernel modules now, under the environment the tests' conftest set, so unsetting
+# TRITON_INTERPRET for the benchmarks below never changes the kernels later tests see.
+for _module in ("elasticast_kernels.ops", "elasticast_kernels.modules", "elasticast_kernels.models"):
+    try:
+        importlib.import_module(_module)
+    except ImportError:  # reported by the tests that need it
+        pass
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import elasticast_kernels.models  # noqa: F401 - kernels imported under the tests' TRITON_INTERPRET (see below)
+import elasticast_kernels.ops  # noqa: F401
 from elasticast_kernels.bench import cli
 from elasticast_kernels.bench import report as report_mod
 

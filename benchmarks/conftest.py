@@ -10,6 +10,7 @@ the real CPU paths, so it is unset here for every benchmark test.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Callable
 
 import pytest
@@ -17,9 +18,13 @@ import torch
 
 from elasticast_kernels.bench.config import BenchConfig, make_config, tiny_config
 
-# Triton picks interpreted vs compiled kernels when a kernel module is imported. Import the
-# package's kernel modules now, under the environment the tests' conftest set, so unsetting
-# TRITON_INTERPRET for the benchmarks below never changes the kernels later tests see.
+# Triton picks interpreted vs compiled kernels when a kernel module is imported. Set up the same
+# environment as the tests' conftest (whichever directory pytest collects first) and import the
+# package's kernel modules now, so unsetting TRITON_INTERPRET for the benchmark tests below never
+# changes the kernels that the kernel tests see. Ops read the variable again at call time.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 for _module in ("elasticast_kernels.ops", "elasticast_kernels.modules", "elasticast_kernels.models"):
     try:
         importlib.import_module(_module)

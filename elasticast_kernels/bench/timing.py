@@ -49,11 +49,6 @@ def _is_cuda(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def synchronize(device: torch.device | str) -> None:
-    if _is_cuda(device):
-        torch.cuda.synchronize(torch.device(device))
-
-
 def measure(
     fn: Callable[[], object],
     device: torch.device | str = "cpu",

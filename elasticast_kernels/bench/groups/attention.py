@@ -16,7 +16,7 @@ from elasticast_kernels.bench import flops
 from elasticast_kernels.bench.baselines import nested_sdpa
 from elasticast_kernels.bench.config import ATTENTION_BACKENDS, BASELINE, BenchConfig
 from elasticast_kernels.bench.groups._common import (
-    StepLayout, Task, Unavailable, add_speedups, guarded, seq_layout, step_layout, timed_metrics,
+    StepLayout, Task, Unavailable, add_speedups, cu_seqlens, guarded, seq_layout, step_layout, timed_metrics,
 )
 from elasticast_kernels.bench.results import CaseResult, skipped
 from elasticast_kernels.bench.workloads import make_workload
@@ -47,7 +47,7 @@ def attention_fn(name: str, layout: StepLayout, cfg: BenchConfig, scale: float) 
             raise
         from elasticast_kernels.ops import varlen_attention
 
-        cu = _cu(layout, cfg.device)
+        cu = cu_seqlens(layout.seqlens, cfg.device)
         return lambda q, k, v: varlen_attention(q, k, v, cu, max(layout.seqlens), scale)
     backend = "sdpa_masked" if name == "sdpa_masked_math" else name
     reason = backends.available_backends(torch.device(cfg.device)).get(backend, f"unknown backend {backend!r}")
@@ -60,12 +60,6 @@ def attention_fn(name: str, layout: StepLayout, cfg: BenchConfig, scale: float) 
                 return backends.attention(q, k, v, seq, scale, backend="sdpa_masked")
         return run
     return lambda q, k, v: backends.attention(q, k, v, seq, scale, backend=backend)
-
-
-def _cu(layout: StepLayout, device: str) -> torch.Tensor:
-    from elasticast_kernels.bench.groups._common import cu_seqlens
-
-    return cu_seqlens(layout.seqlens, device)
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens, scale: float) -> torch.Tensor:

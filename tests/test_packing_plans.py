@@ -205,6 +205,44 @@ def test_cu_seqlens_and_helpers():
     assert empty.num_packs == 0 and empty.efficiency == 0.0
 
 
+def test_plan_is_flat_with_lazy_read_only_bins():
+    import dataclasses
+
+    plan = pack_lengths([3, 4, 5, 2, 6], 8, "best_fit_decreasing")
+    assert "bins" not in vars(plan)  # not built by pack_lengths
+    assert plan.num_packs == 3 and sorted(plan.pack_tokens().tolist()) == [4, 8, 8]
+    assert plan.cu_seqlens(0)[-1] == plan.pack_tokens()[0]
+    assert "bins" not in vars(plan)  # counts, tokens and cu_seqlens read the flat arrays
+    np.testing.assert_array_equal(np.concatenate(plan.bins), plan.order)
+    assert plan.bins is plan.bins  # cached
+    for arr in (plan.order, plan.pack_offsets, plan.bins[0]):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.bins = []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.max_tokens = 9
+
+
+def test_plan_from_bins_equals_plan_from_order():
+    lengths = np.array([3, 4, 5, 2])
+    a = PackPlan([[0, 1], np.array([2, 3])], lengths, 8, "manual")
+    b = PackPlan.from_order(np.array([0, 1, 2, 3]), [0, 2, 4], lengths, 8, "manual")
+    for plan in (a, b):
+        plan.validate()
+        assert [x.tolist() for x in plan.bins] == [[0, 1], [2, 3]] and plan.bins[0].dtype == np.int64
+        assert plan.cu_seqlens(1).tolist() == [0, 5, 7] and plan.efficiency == pytest.approx(14 / 16)
+    assert a != b and a == a  # compared by identity
+    with pytest.raises(ValueError, match="bins\\[1\\] is empty"):
+        PackPlan([[0, 1, 2, 3], []], lengths, 16, "manual").validate()
+    with pytest.raises(ValueError, match="bins\\[0\\] holds 9 tokens"):
+        PackPlan([[0, 1, 3], [2]], lengths, 8, "manual").validate()
+    with pytest.raises(ValueError, match="not a partition"):
+        PackPlan.from_order([0, 1, 2, 3], [0, 3, 2, 4], lengths, 8, "manual").validate()
+    with pytest.raises(ValueError, match="offsets"):
+        PackPlan.from_order([0, 1], [], lengths, 8, "manual")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "lengths, max_tokens, kwargs, match",

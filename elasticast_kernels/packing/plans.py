@@ -6,9 +6,10 @@ Python otherwise; both give identical plans. Rules (ties included) are documente
 """
 from __future__ import annotations
 
+import functools
 import operator
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,27 +21,84 @@ STRATEGIES = ("next_fit", "first_fit_decreasing", "best_fit_decreasing", "best_f
 MAX_TOKENS_LIMIT = 2**31 - 1  # cu_seqlens are int32
 
 
-@dataclass(frozen=True, repr=False, eq=False)
+@dataclass(frozen=True, repr=False, eq=False, init=False)
 class PackPlan:
     """A partition of samples into packs.
 
+    A plan is stored flat, as the packers produce it: ``order`` (the sample indices pack by pack)
+    and ``pack_offsets`` (where each pack starts in ``order``). The per-pack ``bins`` list is built
+    on first access and cached, so planning millions of lengths costs no Python object per pack
+    unless a caller asks for one.
+
+    Build one with ``PackPlan(bins, lengths, max_tokens, strategy)`` or, without per-pack arrays,
+    ``PackPlan.from_order(order, offsets, lengths, max_tokens, strategy)``. Nothing is validated
+    on construction; call :meth:`validate`.
+
     Attributes:
-        bins: one int64 array of sample indices per pack, in pack order; ascending inside a pack.
+        bins: one int64 array of sample indices per pack, in pack order; ascending inside a pack
+            for plans of :func:`pack_lengths`. Read-only views into ``order`` (built lazily).
         lengths: int64 ``[num_samples]``, the input lengths (tokens per sample).
         max_tokens: capacity of every pack.
         strategy: the strategy that made the plan.
 
-    Compared by identity (``==`` on lists of arrays has no single truth value).
+    The plan is immutable: attributes cannot be reassigned and ``order``/``pack_offsets`` (hence
+    ``bins``) are read-only arrays. Compared by identity (``==`` on lists of arrays has no single
+    truth value).
     """
 
-    bins: list[np.ndarray]
     lengths: np.ndarray
     max_tokens: int
     strategy: str
+    _order: np.ndarray = field(repr=False)
+    _offsets: np.ndarray = field(repr=False)
+
+    def __init__(self, bins: Sequence[Any], lengths: Any, max_tokens: int, strategy: str) -> None:
+        """Plan from per-pack index arrays (any 1-D integer sequences; converted to int64)."""
+        arrays = [np.asarray(b, dtype=np.int64).reshape(-1) for b in bins]
+        order = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in arrays], out=offsets[1:])
+        self._set(order, offsets, lengths, max_tokens, strategy)
+
+    @classmethod
+    def from_order(cls, order: Any, offsets: Any, lengths: Any, max_tokens: int, strategy: str) -> "PackPlan":
+        """Plan from its flat form (what :func:`pack_order` returns), without copying int64 input.
+
+        Args:
+            order: 1-D ints ``[sum of pack sizes]``, sample indices pack by pack.
+            offsets: 1-D ints ``[num_packs + 1]``; pack p is ``order[offsets[p]:offsets[p + 1]]``.
+        Raises:
+            ValueError: ``order`` or ``offsets`` not 1-D, or ``offsets`` empty.
+        """
+        order = np.asarray(order, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if order.ndim != 1:
+            raise ValueError(f"order must be 1-D, got shape {order.shape}")
+        if offsets.ndim != 1 or len(offsets) == 0:
+            raise ValueError(f"offsets must be 1-D with num_packs + 1 >= 1 entries, got shape {offsets.shape}")
+        plan = cls.__new__(cls)
+        plan._set(order, offsets, lengths, max_tokens, strategy)
+        return plan
+
+    def _set(self, order: np.ndarray, offsets: np.ndarray, lengths: Any, max_tokens: int, strategy: str) -> None:
+        # Read-only views: the plan owns no copy, and nobody can change it behind the cached bins.
+        order, offsets = order.view(), offsets.view()
+        order.flags.writeable = False
+        offsets.flags.writeable = False
+        for name, value in (("lengths", np.asarray(lengths, dtype=np.int64)), ("max_tokens", max_tokens),
+                            ("strategy", strategy), ("_order", order), ("_offsets", offsets)):
+            object.__setattr__(self, name, value)  # the frozen dataclass way of initialising
+
+    @functools.cached_property
+    def bins(self) -> list[np.ndarray]:
+        """One read-only int64 array per pack (views into ``order``); built once, on first use."""
+        bounds = self._offsets.tolist()
+        # Plain slicing is ~10x faster than np.split for 10^5+ packs.
+        return [self._order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     @property
     def num_packs(self) -> int:
-        return len(self.bins)
+        return len(self._offsets) - 1
 
     @property
     def num_samples(self) -> int:
@@ -49,45 +107,55 @@ class PackPlan:
     @property
     def efficiency(self) -> float:
         """sum(lengths) / (num_packs * max_tokens); 0.0 for an empty plan."""
-        if not self.bins:
+        if self.num_packs == 0:
             return 0.0
         return float(self.lengths.sum()) / (self.num_packs * self.max_tokens)
 
     @property
     def order(self) -> np.ndarray:
-        """int64 ``[sum of bin sizes]``: the bins concatenated (segment order of a packed batch)."""
-        return np.concatenate(self.bins) if self.bins else np.zeros(0, dtype=np.int64)
+        """int64 ``[sum of bin sizes]`` (read-only): the bins concatenated (segment order of a
+        packed batch)."""
+        return self._order
 
     @property
     def pack_offsets(self) -> np.ndarray:
-        """int64 ``[num_packs + 1]``: pack p is ``order[pack_offsets[p]:pack_offsets[p + 1]]``."""
-        offsets = np.zeros(self.num_packs + 1, dtype=np.int64)
-        np.cumsum([len(b) for b in self.bins], out=offsets[1:])
-        return offsets
+        """int64 ``[num_packs + 1]`` (read-only): pack p is ``order[pack_offsets[p]:pack_offsets[p + 1]]``."""
+        return self._offsets
 
     def pack_tokens(self) -> np.ndarray:
         """int64 ``[num_packs]``: tokens in each pack."""
-        return np.array([int(self.lengths[b].sum()) for b in self.bins], dtype=np.int64)
+        cum = np.zeros(len(self._order) + 1, dtype=np.int64)
+        np.cumsum(self.lengths[self._order], out=cum[1:])
+        return cum[self._offsets[1:]] - cum[self._offsets[:-1]]
 
     def cu_seqlens(self, i: int) -> torch.Tensor:
-        """int32 CPU ``[len(bins[i]) + 1]``: cumulative token counts of pack ``i``'s samples."""
+        """int32 CPU ``[len(bins[i]) + 1]``: cumulative token counts of pack ``i``'s samples.
+
+        Raises IndexError for ``i`` outside ``[-num_packs, num_packs)``.
+        """
+        i = operator.index(i)
         if not -self.num_packs <= i < self.num_packs:
             raise IndexError(f"pack index {i} out of range for {self.num_packs} packs")
-        cu = np.zeros(len(self.bins[i]) + 1, dtype=np.int32)
-        np.cumsum(self.lengths[self.bins[i]], out=cu[1:])
+        if i < 0:
+            i += self.num_packs
+        members = self._order[self._offsets[i]:self._offsets[i + 1]]
+        cu = np.zeros(len(members) + 1, dtype=np.int32)
+        np.cumsum(self.lengths[members], out=cu[1:])
         return torch.from_numpy(cu)
 
     def validate(self) -> None:
         """Raise ValueError unless every sample is in exactly one pack and no pack overflows."""
-        order = self.order
-        if len(order) != len(self.lengths) or not np.array_equal(np.sort(order), np.arange(len(self.lengths))):
+        order, offsets, n = self._order, self._offsets, len(self.lengths)
+        if (len(order) != n or offsets[0] != 0 or offsets[-1] != len(order) or (np.diff(offsets) < 0).any()
+                or not np.array_equal(np.sort(order), np.arange(n))):
             raise ValueError("plan bins are not a partition of the samples")
-        for p, b in enumerate(self.bins):
-            if len(b) == 0:
+        tokens = self.pack_tokens()
+        bad = (offsets[1:] == offsets[:-1]) | (tokens > self.max_tokens)
+        if bad.any():
+            p = int(np.argmax(bad))  # the first bad pack, as a loop over the bins would find it
+            if offsets[p + 1] == offsets[p]:
                 raise ValueError(f"bins[{p}] is empty")
-            tokens = int(self.lengths[b].sum())
-            if tokens > self.max_tokens:
-                raise ValueError(f"bins[{p}] holds {tokens} tokens > max_tokens={self.max_tokens}")
+            raise ValueError(f"bins[{p}] holds {int(tokens[p])} tokens > max_tokens={self.max_tokens}")
 
     def __repr__(self) -> str:
         return (
@@ -207,7 +275,9 @@ def pack_lengths(
         backend: "auto" (C++ when built), "native" or "python".
 
     Returns:
-        A :class:`PackPlan`. The same inputs always give the same plan, on either backend.
+        A :class:`PackPlan` holding the flat ``order``/``pack_offsets`` arrays; its per-pack
+        ``bins`` list is built on first access. The same inputs always give the same plan, on
+        either backend.
 
     Raises:
         ValueError: a length < 1, > max_tokens or not an integer (naming its index), max_tokens < 1,
@@ -218,7 +288,5 @@ def pack_lengths(
     max_tokens, window = _check_options(max_tokens, strategy, window, backend)
     arr = as_lengths(lengths, max_tokens)
     order, offsets = _plan_arrays(arr, max_tokens, strategy, window, backend)
-    bounds = offsets.tolist()
-    # Views into one array; plain slicing is ~10x faster than np.split for 10^5+ packs.
-    bins = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    return PackPlan(bins=bins, lengths=arr, max_tokens=max_tokens, strategy=strategy)
+    # Kept flat: PackPlan.bins (one array per pack) is built only if someone asks for it.
+    return PackPlan.from_order(order, offsets, arr, max_tokens, strategy)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from elasticast_kernels.bench.baselines import python_best_fit_decreasing, unfold_pack
+from elasticast_kernels.bench.baselines import textbook_best_fit_decreasing, unfold_pack
 from elasticast_kernels.bench.config import STRATEGIES
 from elasticast_kernels.bench.groups.sweep import padding_stats
 from elasticast_kernels.bench.workloads import lengths_for, make_workload
@@ -29,7 +29,8 @@ def test_packing_plan(strategy, bench_cfg, run_bench):
 
 def test_packing_python_best_fit(bench_cfg, run_bench):
     lengths = lengths_for("voxceleb", bench_cfg.python_num_lengths, bench_cfg.seed)
-    bins = run_bench(lambda: python_best_fit_decreasing(lengths.tolist(), bench_cfg.pack_tokens), "packing-plan",
+    as_list = lengths.tolist()
+    bins = run_bench(lambda: textbook_best_fit_decreasing(as_list, bench_cfg.pack_tokens), "packing-plan",
                      strategy="python_best_fit_decreasing", num_lengths=len(lengths))
     _check_partition(bins, lengths, bench_cfg.pack_tokens)
     packing = pytest.importorskip("elasticast_kernels.packing")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from elasticast_kernels.bench import flops
-from elasticast_kernels.bench.baselines import nested_sdpa, padded_masked_pool, python_best_fit_decreasing, unfold_pack
+from elasticast_kernels.bench.baselines import nested_sdpa, padded_masked_pool, textbook_best_fit_decreasing, unfold_pack
 from elasticast_kernels.bench.groups.sweep import min_padded_tokens
 from elasticast_kernels.bench.timing import measure, peak_memory
 
@@ -85,12 +85,14 @@ def test_unfold_pack_is_frequency_major():
 def test_python_best_fit_is_a_valid_tight_partition(seed):
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, 101, size=300)
-    packs = python_best_fit_decreasing(lengths.tolist(), 100)
+    packs = textbook_best_fit_decreasing(lengths.tolist(), 100)
     assert sorted(i for p in packs for i in p) == list(range(300))
-    assert all(lengths[p].sum() <= 100 for p in packs)
+    assert all(p.dtype == np.int64 and lengths[p].sum() <= 100 for p in packs)
     assert len(packs) <= 11 / 9 * (-(-lengths.sum() // 100)) + 1  # best-fit-decreasing's bound
-    with pytest.raises(ValueError, match="lengths"):
-        python_best_fit_decreasing([3, 101], 100)
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 101"):
+        textbook_best_fit_decreasing([3, 101], 100)
+    with pytest.raises(ValueError, match=r"lengths\[0\] = 0"):
+        textbook_best_fit_decreasing([0, 3], 100)
 
 
 def test_min_padded_tokens_is_a_lower_bound():

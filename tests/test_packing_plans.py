@@ -298,7 +298,7 @@ def test_native_backend_request_without_extension(monkeypatch):
 
 
 def test_textbook_baseline_is_a_valid_best_fit():
-    from elasticast_kernels.packing.baselines import textbook_best_fit_decreasing
+    from elasticast_kernels.bench.baselines import textbook_best_fit_decreasing
 
     lengths = voxceleb_like_tokens(2000, seed=8)
     bins = textbook_best_fit_decreasing(lengths, 2048)

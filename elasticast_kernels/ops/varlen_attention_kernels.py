@@ -476,6 +476,7 @@ def _schedule(cu_seqlens: torch.Tensor) -> tuple[int, int]:
 
 
 def _stride2(t: torch.Tensor) -> tuple[int, int]:
+    """(token stride, head stride) of a [total, heads, head_dim] tensor."""
     return t.stride(0), t.stride(1)
 
 

@@ -7,12 +7,20 @@ Environment variables:
   CMAKE_BUILD_TYPE       Release by default
   ELASTICAST_BUILD_DIR   CMake build folder (default: build/cmake-<hash of the toolchain> in the
                          source tree, kept between builds so a rebuild only recompiles what changed)
+
+Rebuilds are safe while the package is in use: CMake links the module inside its build folder,
+and the result reaches the place setuptools expects (``get_ext_fullpath``: build/lib..., or the
+source tree for editable/in-place builds) by a copy to a temporary name in the destination folder
+plus ``os.replace``. A running process keeps its mapped (old) file; a new one sees either the
+old or the new file, never a half-written one. An unchanged module is left alone.
 """
+import filecmp
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -41,6 +49,29 @@ def _cuda_setting() -> tuple[bool, str | None]:
     return nvcc is not None, nvcc
 
 
+def _install_atomically(src: Path, dest: Path) -> bool:
+    """Copy ``src`` to ``dest`` via a temporary file in ``dest``'s folder and an atomic rename.
+
+    Writing into a loaded shared library in place makes the processes that mapped it crash;
+    renaming a new file over it does not (they keep the old inode). Returns False, touching
+    nothing, when ``dest`` already has the same bytes.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file() and filecmp.cmp(src, dest, shallow=False):
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out)
+        shutil.copymode(src, tmp)  # mkstemp makes 0600; the module needs the linker's 0755
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
+
+
 class CMakeExtension(Extension):
     def __init__(self, name: str):
         super().__init__(name, sources=[])
@@ -63,15 +94,16 @@ def _build_dir(fallback: Path, with_cuda: bool, nvcc: str | None, pybind11_dir: 
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext: CMakeExtension) -> None:
-        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        dest = Path(self.get_ext_fullpath(ext.name)).resolve()
         with_cuda, nvcc = _cuda_setting()
         import pybind11
 
         build_dir = _build_dir(Path(self.build_temp).resolve() / ext.name, with_cuda, nvcc, pybind11.get_cmake_dir())
         build_dir.mkdir(parents=True, exist_ok=True)
+        lib_dir = build_dir / "lib"  # the linker writes here, never over a module in use
 
         args = [
-            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}{os.sep}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={lib_dir}{os.sep}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('CMAKE_BUILD_TYPE', 'Release')}",
@@ -85,6 +117,31 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", str(ROOT), *args], cwd=build_dir, check=True)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir, check=True)
+        built = self._built_module(lib_dir, ext.name.rpartition(".")[2], dest.name)
+        changed = _install_atomically(built, dest)
+        print(f"elasticast-kernels: {'installed' if changed else 'unchanged'} {dest}")
+
+    @staticmethod
+    def _built_module(lib_dir: Path, stem: str, expected: str) -> Path:
+        """The module CMake linked: ``expected`` (setuptools' file name) or, if pybind11 chose
+        another suffix, the newest ``<stem>.*`` shared library in ``lib_dir``."""
+        if (lib_dir / expected).is_file():
+            return lib_dir / expected
+        found = [p for p in lib_dir.glob(f"{stem}.*") if p.suffix in (".so", ".pyd", ".dylib")]
+        if not found:
+            raise RuntimeError(f"CMake built no {stem} module in {lib_dir}")
+        return max(found, key=lambda p: p.stat().st_mtime)
+
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        """Atomic replacement for the in-place copy of editable/--inplace builds
+        (``copy_extensions_to_source``), which would otherwise rewrite the source tree's module."""
+        src, dest = Path(infile), Path(outfile)
+        if dest.is_dir():
+            dest = dest / src.name
+        if not src.is_file() or dest.suffix not in (".so", ".pyd", ".dylib"):
+            return super().copy_file(infile, outfile, *args, **kwargs)
+        _install_atomically(src, dest)
+        return str(dest), True
 
 
 setup(ext_modules=[CMakeExtension("elasticast_kernels._C")], cmdclass={"build_ext": CMakeBuild})

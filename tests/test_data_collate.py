@@ -128,7 +128,7 @@ def test_dataloader_with_packed_sampler(num_workers):
     assert seen[0] == seen[1] == list(range(60))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for pinned memory")
+@pytest.mark.gpu
 def test_pinned_labels_and_patches():
     batch = collate_packed(make_items(4), pin_memory=True)
     assert batch.patches.is_pinned() and batch.labels.is_pinned()

@@ -226,7 +226,7 @@ def test_silence_hits_the_log_floor():
     torch.testing.assert_close(out, torch.full_like(out, math.log(FLOAT32_EPS)))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_fbank_on_gpu_matches_cpu():
     wave = torch.stack([torch.tensor(make_waveform(i, 16000, 16000), dtype=torch.float32) for i in range(4)])
     cpu = _ours().fbank(wave, 16000, quality=2.0)

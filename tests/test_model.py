@@ -190,10 +190,7 @@ def test_gradients_reach_every_parameter(options, torch_cpu_path):
         assert param.grad.abs().sum() > 0, f"{name} got a zero gradient"
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@requires_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("options", [dict(), dict(packing="best_fit_decreasing"), dict(eval_token_dropout=0.5)])
 def test_cuda_forward_never_syncs(options):
     """Host facts come from the inputs' shapes: no device-to-host sync on the forward."""
@@ -209,7 +206,7 @@ def test_cuda_forward_never_syncs(options):
             torch.cuda.set_sync_debug_mode("default")
 
 
-@requires_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", [b for b in BACKEND_NAMES if b != "auto"])
 def test_cuda_backends_agree_under_autocast(backend):
     reason = available_backends("cuda")[backend]

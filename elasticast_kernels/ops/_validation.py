@@ -2,8 +2,9 @@
 
 Structural checks (dtype, device, shape) are free and always run. Value checks on ``cu_seqlens``
 (starts at 0, non-decreasing, ends at ``total_tokens``) need its values: they run when it lives on
-the CPU, and on CUDA only when the caller already accepted a host sync (``max_seqlen=None``); they
-never run while ``torch.compile`` traces.
+the CPU, where reading it is free, and never on CUDA, where reading it would be a host-device sync
+on the hot path (the ops stay sync-free, so CUDA graphs and ``torch.compile`` work). They never run
+while ``torch.compile`` traces.
 """
 from __future__ import annotations
 
@@ -31,12 +32,13 @@ def check_same(name: str, tensor: torch.Tensor, ref_name: str, ref: torch.Tensor
 
 
 def check_cu_seqlens(
-    cu_seqlens: object, total_tokens: int, device: torch.device, max_seqlen: int | None = None
+    cu_seqlens: object, total_tokens: int, device: torch.device
 ) -> torch.Tensor:
-    """Validate ``cu_seqlens``: int32, 1-D, >= 1 entry, on ``device``.
+    """Validate ``cu_seqlens``: int32, 1-D, >= 1 entry, on ``device``; its values too when on the CPU.
 
-    Its values are checked too when that costs no device sync: on the CPU, or when
-    ``max_seqlen`` is None (the caller syncs to derive it anyway). Skipped under torch.compile.
+    Raises:
+        TypeError: not a tensor. ValueError: wrong dtype/shape/device, or (CPU) values that do not
+        start at 0, decrease, or do not end at ``total_tokens``.
     """
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
@@ -46,8 +48,7 @@ def check_cu_seqlens(
         raise ValueError(f"cu_seqlens must be 1-D with batch + 1 >= 1 entries, got shape {tuple(cu_seqlens.shape)}")
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but the data is on {device}")
-    values_are_cheap = cu_seqlens.device.type == "cpu" or max_seqlen is None
-    if values_are_cheap and not torch.compiler.is_compiling():
+    if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
         values = cu_seqlens.tolist()
         if values[0] != 0:
             raise ValueError(f"cu_seqlens[0] must be 0, got {values[0]}")

@@ -54,8 +54,8 @@ def segment_attention_pool(
         cu_seqlens: int32 ``(batch + 1,)`` on the device of ``k``: sample ``b`` owns tokens
             ``cu_seqlens[b]:cu_seqlens[b + 1]``. A sample may be empty: its output is zeros.
         max_seqlen: the longest sample, or None. The kernels do not need it (their grid comes from
-            shapes); passing it on CUDA skips the value checks of ``cu_seqlens``, which would
-            otherwise cost a device->host sync.
+            shapes), so leaving it out costs no device->host sync. The values of ``cu_seqlens``
+            are checked on the CPU only (reading them on CUDA would be a sync).
         softmax_scale: multiplies the scores; None means ``1 / sqrt(head_dim)``. ElasticAST uses
             1.0 (unscaled scores); the softmax is computed in fp32 either way.
 
@@ -81,7 +81,7 @@ def segment_attention_pool(
     q = check_float_tensor("q", q, 2 if q.dim() == 2 else 3)
     check_same("q", q, "k", k)
     max_seqlen = check_max_seqlen(max_seqlen)
-    cu_seqlens = check_cu_seqlens(cu_seqlens, total_tokens, k.device, max_seqlen).contiguous()
+    cu_seqlens = check_cu_seqlens(cu_seqlens, total_tokens, k.device).contiguous()
     batch = cu_seqlens.shape[0] - 1
     expected = (heads, head_dim) if q.dim() == 2 else (batch, heads, head_dim)
     if tuple(q.shape) != expected:
@@ -102,8 +102,7 @@ def segment_mean(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | No
     Args:
         x: ``(total_tokens, *features)``, float16, bfloat16 or float32.
         cu_seqlens: int32 ``(batch + 1,)`` on the device of ``x``. An empty sample's mean is zeros.
-        max_seqlen: the longest sample, or None; only used to skip the value checks of
-            ``cu_seqlens`` on CUDA (see ``segment_attention_pool``).
+        max_seqlen: the longest sample, or None; accepted for API symmetry (not needed, no sync).
 
     Returns:
         ``(batch, *features)``, dtype of ``x`` (accumulated in fp32). Differentiable in ``x``.
@@ -117,7 +116,7 @@ def segment_mean(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | No
         raise ValueError("x must have at least 1 dimension (tokens), got a 0-d tensor")
     x = check_float_tensor("x", x, x.dim())
     max_seqlen = check_max_seqlen(max_seqlen)
-    cu_seqlens = check_cu_seqlens(cu_seqlens, x.shape[0], x.device, max_seqlen).contiguous()
+    cu_seqlens = check_cu_seqlens(cu_seqlens, x.shape[0], x.device).contiguous()
     features = x.shape[1:]
     flat = x.reshape(x.shape[0], math.prod(features))
     if flat.stride(-1) != 1:

@@ -118,8 +118,8 @@ def _validate_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         raise ValueError(f"head_dim (q.shape[-1]) must be between 1 and {MAX_HEAD_DIM}, got {head_dim}")
     max_seqlen = check_max_seqlen(max_seqlen)
     # The kernels never need max_seqlen (the grid comes from tensor shapes), so a missing one costs
-    # no sync: cu_seqlens values are checked where that is free (CPU) and never on CUDA.
-    check_cu_seqlens(cu_seqlens, q.shape[0], q.device, max_seqlen=0 if max_seqlen is None else max_seqlen)
+    # no sync; cu_seqlens values are checked where that is free (CPU) and never on CUDA.
+    check_cu_seqlens(cu_seqlens, q.shape[0], q.device)
     return max_seqlen
 
 

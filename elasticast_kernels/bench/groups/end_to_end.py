@@ -1,8 +1,10 @@
 """End-to-end group: a list of spectrograms (host memory) to logits, packing included.
 
 Each call moves the clips to the device, packs them with the chosen strategy and runs the
-eval forward at the model group's size. Compared: our backend and the masked baseline, each with
-the paper's next-fit grouping and with best-fit-decreasing packing.
+eval forward at the model group's size. Compared: our backend and the masked baseline (fused
+SDPA; plus, where the model group runs it, ``sdpa_masked_math``: the same under the MATH SDPA
+kernel, the published model's explicit softmax), each with the paper's next-fit grouping and with
+best-fit-decreasing packing.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 
 from elasticast_kernels.bench.config import BASELINE, BenchConfig
 from elasticast_kernels.bench.groups._common import Task, add_speedups, guarded, timed_metrics
-from elasticast_kernels.bench.groups.model import build_model
+from elasticast_kernels.bench.groups.model import PUBLISHED, add_speedups_vs, build_model, sdpa_context
 from elasticast_kernels.bench.results import CaseResult
 from elasticast_kernels.bench.workloads import make_workload
 
@@ -29,7 +31,8 @@ def tasks(cfg: BenchConfig) -> list[Task]:
             if cfg.is_cuda:
                 host_specs = [s.pin_memory() for s in host_specs]
             results = []
-            for backend in (cfg.fast_backend, BASELINE):
+            variants = (cfg.fast_backend, BASELINE) + ((PUBLISHED,) if PUBLISHED in cfg.model_backends else ())
+            for backend in variants:
                 for packing in PACKINGS:
                     def body(backend: str = backend, packing: str = packing) -> dict:
                         model = build_model(cfg, cfg.model, backend, packing).eval()
@@ -38,7 +41,7 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                         def fn() -> torch.Tensor:
                             specs = [s.to(cfg.device, non_blocking=True) for s in host_specs]
                             with torch.inference_mode(), torch.autocast(torch.device(cfg.device).type, dtype=dtype,
-                                                                        enabled=dtype is not None):
+                                                                        enabled=dtype is not None), sdpa_context(backend):
                                 return model(specs)
                         metrics = timed_metrics(fn, cfg, warmup=min(cfg.warmup, 2), repeats=cfg.model_repeats if cfg.is_cuda else min(cfg.model_repeats, 2))
                         seconds = metrics["median_ms"] / 1e3
@@ -47,6 +50,7 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                     params = dict(cfg.model.as_dict(), packing=packing, samples=len(idx))
                     results.append(guarded(GROUP, "specs_to_logits", backend, workload, params, body))
             add_speedups(results, BASELINE, ("packing",))
+            add_speedups_vs(results, PUBLISHED, ("packing",))
             return results
         out.append(Task(GROUP, f"end-to-end [{workload}]", run, workload))
     return out

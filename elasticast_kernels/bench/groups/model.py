@@ -1,8 +1,14 @@
 """Model group: the drop-in ElasticAST with our packed backend vs the paper's masked SDPA backend.
 
 Eval forward and a training step (AdamW; autocast bf16/fp16 on GPU, fp32 on CPU) on one step of
-``samples_per_step`` clips. Both models hold the same weights. Throughput in samples/s and
+``samples_per_step`` clips. All models hold the same weights. Throughput in samples/s and
 tokens/s, peak memory, and the real FLOP rate (matmuls of real tokens, own-sample attention only).
+
+Two padded baselines (both the whole encoder on padded rows with a block-diagonal bool mask):
+``sdpa_masked`` runs the mask through fused SDPA (faster than the published code);
+``sdpa_masked_math`` is the same model under ``sdpa_kernel([SDPBackend.MATH])``, i.e. explicit
+scores, mask, softmax, as the published model computes attention. ``speedup_vs_baseline`` is
+against the fused one, ``speedup_vs_sdpa_masked_math`` against the published-faithful one.
 """
 from __future__ import annotations
 
@@ -20,14 +26,48 @@ from elasticast_kernels.bench.workloads import make_workload
 
 GROUP = "model"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PUBLISHED = "sdpa_masked_math"  # the published model's attention: masked scores + explicit softmax
+
+
+def model_backend(variant: str) -> str:
+    """The ``attention_backend`` of the ElasticAST a benchmark variant runs."""
+    return BASELINE if variant == PUBLISHED else variant
+
+
+def sdpa_context(variant: str) -> contextlib.AbstractContextManager:
+    """The SDPA kernel choice a variant's calls run under (math for the published-faithful one)."""
+    if variant != PUBLISHED:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def add_speedups_vs(results: list[CaseResult], variant: str, match: tuple[str, ...] = ()) -> None:
+    """Set ``speedup_vs_<variant>`` (its median / case median) on ok cases of the same group, name,
+    workload and ``match`` params as an ok ``variant`` case (other than that case itself)."""
+    def key(r: CaseResult) -> tuple:
+        return (r.group, r.name, r.workload) + tuple(r.params.get(m) for m in match)
+
+    base = {key(r): r for r in results if r.variant == variant and r.status == "ok"}
+    for r in results:
+        b = base.get(key(r))
+        if r.status == "ok" and b is not None and r is not b and r.metrics.get("median_ms") and b.metrics.get("median_ms"):
+            r.metrics[f"speedup_vs_{variant}"] = b.metrics["median_ms"] / r.metrics["median_ms"]
 
 
 def build_model(cfg: BenchConfig, size: ModelSize, backend: str, packing: str = "next_fit",
                 state_dict: dict | None = None) -> torch.nn.Module:
-    """An ElasticAST at ``size`` on the config's device (seeded weights, or ``state_dict``)."""
+    """An ElasticAST at ``size`` on the config's device (seeded weights, or ``state_dict``).
+
+    ``backend``: an attention backend or a benchmark variant (``"sdpa_masked_math"`` builds the
+    ``"sdpa_masked"`` model; run it under :func:`sdpa_context`, as ``eval_fn``/``train_fn`` do
+    when given the variant).
+    """
     from elasticast_kernels import backends
     from elasticast_kernels.models import ElasticAST
 
+    backend = model_backend(backend)
     reason = backends.available_backends(torch.device(cfg.device)).get(backend, f"unknown backend {backend!r}")
     if reason is not None:
         raise Unavailable(reason)
@@ -48,26 +88,31 @@ def _autocast(cfg: BenchConfig, dtype: str) -> contextlib.AbstractContextManager
     return torch.autocast(device_type=torch.device(cfg.device).type, dtype=DTYPES[dtype])
 
 
-def eval_fn(model: torch.nn.Module, specs: list[torch.Tensor], cfg: BenchConfig, dtype: str) -> Callable[[], torch.Tensor]:
+def eval_fn(model: torch.nn.Module, specs: list[torch.Tensor], cfg: BenchConfig, dtype: str,
+            variant: str = "") -> Callable[[], torch.Tensor]:
+    """The eval forward as a call; ``variant`` picks the SDPA kernel context (see sdpa_context)."""
     model.eval()
 
     def run() -> torch.Tensor:
-        with torch.inference_mode(), _autocast(cfg, dtype):
+        with torch.inference_mode(), _autocast(cfg, dtype), sdpa_context(variant):
             return model(specs)
     return run
 
 
-def train_fn(model: torch.nn.Module, specs: list[torch.Tensor], cfg: BenchConfig, dtype: str) -> Callable[[], None]:
+def train_fn(model: torch.nn.Module, specs: list[torch.Tensor], cfg: BenchConfig, dtype: str,
+             variant: str = "") -> Callable[[], None]:
+    """One AdamW training step as a call; ``variant`` picks the SDPA kernel context."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     labels = torch.randint(cfg.num_classes, (len(specs),), generator=torch.Generator().manual_seed(cfg.seed)).to(cfg.device)
     scaler = torch.amp.GradScaler(torch.device(cfg.device).type, enabled=dtype == "fp16")
 
     def step() -> None:
-        with _autocast(cfg, dtype):
-            logits = model(specs)
-        loss = F.cross_entropy(logits.float(), labels)
-        scaler.scale(loss).backward()
+        with sdpa_context(variant):  # the backward of the math path is math too
+            with _autocast(cfg, dtype):
+                logits = model(specs)
+            loss = F.cross_entropy(logits.float(), labels)
+            scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -104,7 +149,7 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                             model = build_model(cfg, size, backend, state_dict=weights)
                             weights = weights or {k: v.detach().clone() for k, v in model.state_dict().items()}
                             if mode == "eval_forward":
-                                forward, last = eval_fn(model, specs, cfg, dtype), {}
+                                forward, last = eval_fn(model, specs, cfg, dtype, backend), {}
 
                                 def fn() -> torch.Tensor:  # keeps the logits of the last call
                                     last["logits"] = forward()
@@ -114,11 +159,13 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                                 first = logits[cfg.model_backends[0]]
                                 metrics["max_abs_logit_diff_vs_first"] = float((logits[backend] - first).abs().max())
                             else:
-                                metrics = _metrics(train_fn(model, specs, cfg, dtype), cfg, tokens, size, training=True)
+                                metrics = _metrics(train_fn(model, specs, cfg, dtype, backend), cfg, tokens, size,
+                                                   training=True)
                             return metrics
                         params = dict(size.as_dict(), dtype=dtype, samples=len(tokens))
                         results.append(guarded(GROUP, mode, backend, workload, params, body))
-                    add_speedups(results, BASELINE, ("dtype",))
+                    add_speedups(results, BASELINE, ("dtype",))  # vs fused masked SDPA
+                    add_speedups_vs(results, PUBLISHED, ("dtype",))  # vs the published explicit softmax
                     return results
                 out.append(Task(GROUP, f"model {mode} {dtype}{label} [{workload}]", run, workload))
     return out

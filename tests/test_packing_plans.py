@@ -207,6 +207,7 @@ def test_cu_seqlens_and_helpers():
 
 def test_plan_is_flat_with_lazy_read_only_bins():
     import dataclasses
+    import pickle
 
     plan = pack_lengths([3, 4, 5, 2, 6], 8, "best_fit_decreasing")
     assert "bins" not in vars(plan)  # not built by pack_lengths
@@ -222,6 +223,9 @@ def test_plan_is_flat_with_lazy_read_only_bins():
         plan.bins = []
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.max_tokens = 9
+    copy = pickle.loads(pickle.dumps(plan))  # data-loader workers get plans this way
+    assert [b.tolist() for b in copy.bins] == [b.tolist() for b in plan.bins]
+    assert not copy.order.flags.writeable and copy.bins[0].base is not None
 
 
 def test_plan_from_bins_equals_plan_from_order():

@@ -89,6 +89,13 @@ class PackPlan:
                             ("strategy", strategy), ("_order", order), ("_offsets", offsets)):
             object.__setattr__(self, name, value)  # the frozen dataclass way of initialising
 
+    def __getstate__(self) -> dict:
+        # The flat arrays only: the cached bins would come back as copies, not views of ``order``.
+        return {name: getattr(self, name) for name in ("lengths", "max_tokens", "strategy", "_order", "_offsets")}
+
+    def __setstate__(self, state: dict) -> None:
+        self._set(state["_order"], state["_offsets"], state["lengths"], state["max_tokens"], state["strategy"])
+
     @functools.cached_property
     def bins(self) -> list[np.ndarray]:
         """One read-only int64 array per pack (views into ``order``); built once, on first use."""

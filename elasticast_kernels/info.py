@@ -101,6 +101,7 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m elasticast_kernels.info", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--version", action="version", version=f"elasticast-kernels {elasticast_kernels.__version__}")
     args = parser.parse_args(argv)
     report = collect()
     print(json.dumps(report, indent=2) if args.json else format_report(report))

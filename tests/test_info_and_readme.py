@@ -40,3 +40,16 @@ def test_info_command_runs_and_reports_backends():
     assert report["auto_backend"] in report["backends"]
     text = subprocess.run([sys.executable, "-m", "elasticast_kernels.info"], capture_output=True, text=True, check=True).stdout
     assert "attention backends" in text and "auto picks" in text
+
+
+def test_version_lives_in_one_place_and_the_clis_show_it():
+    import elasticast_kernels
+    version = elasticast_kernels.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    citation = (README.parent / "CITATION.cff").read_text()
+    assert re.search(rf"^version: {re.escape(version)}$", citation, re.M), "CITATION.cff must cite the package version"
+    assert f"## [{version}]" in (README.parent / "CHANGELOG.md").read_text()
+    for argv in ([sys.executable, "-m", "elasticast_kernels.info", "--version"],
+                 [sys.executable, "-m", "elasticast_kernels.bench", "--version"]):
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        assert out.strip() == f"elasticast-kernels {version}"

@@ -26,8 +26,11 @@ DEFAULT_OUT = "bench-report"
 def _parser() -> argparse.ArgumentParser:
     from elasticast_kernels.bench.config import GROUPS
 
+    from elasticast_kernels import __version__
+
     p = argparse.ArgumentParser(prog="elasticast-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"elasticast-kernels {__version__}")
     p.add_argument("--suite", choices=("quick", "full"), default="quick", help="quick (minutes) or full")
     p.add_argument("--workload", choices=WORKLOADS, default=None,
                    help="run only this workload (default: voxceleb for quick, all for full)")

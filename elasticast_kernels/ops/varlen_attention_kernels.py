@@ -184,6 +184,26 @@ def _tile_offsets(stride_t, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def _row_tile(BASE, head, stride_h, first_row, stride_t, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Pointers to ``head``'s ``[ROWS, HEAD_DIM]`` tile whose first token is ``first_row`` (int64)."""
+    return BASE + head * stride_h + first_row * stride_t + _tile_offsets(stride_t, ROWS, HEAD_DIM)
+
+
+@triton.jit
+def _key_ranges(q_start, seq_start, seq_end, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Split a query block's keys into ``[seq_start, full_end)``, which needs no mask, and
+    ``[full_end, masked_end)``, which crosses the sample end or (causal) the diagonal."""
+    if CAUSAL:
+        # keys before the block's first query are visible to all its rows: no mask there
+        full_end = q_start
+        masked_end = tl.minimum(q_start + BLOCK_M, seq_end)
+    else:
+        full_end = seq_start + ((seq_end - seq_start) // BLOCK_N) * BLOCK_N
+        masked_end = seq_end
+    return full_end, masked_end
+
+
+@triton.jit
 def _heaviest_first(block_start, seq_start, seq_end, BLOCK: tl.constexpr):
     """Causal: hand a sample's query blocks out last-first. The last queries see the most keys, so
     the longest programs start first and the grid ends on short ones (a shorter tail)."""
@@ -251,7 +271,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
     offs_m = q_start + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_end
     first_row = q_start.to(tl.int64)
-    q = tl.load(Q + head * stride_qh + first_row * stride_qt + _tile_offsets(stride_qt, BLOCK_M, HEAD_DIM),
+    q = tl.load(_row_tile(Q, head, stride_qh, first_row, stride_qt, BLOCK_M, HEAD_DIM),
                 mask=row_ok[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -259,13 +279,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     K_head = K + head * stride_kh
     V_head = V + head * stride_vh
-    if CAUSAL:
-        # keys before the block's first query are visible to all its rows: no mask there
-        full_end = q_start
-        masked_end = tl.minimum(q_start + BLOCK_M, seq_end)
-    else:
-        full_end = seq_start + ((seq_end - seq_start) // BLOCK_N) * BLOCK_N
-        masked_end = seq_end
+    full_end, masked_end = _key_ranges(q_start, seq_start, seq_end, CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, seq_start, full_end,
                                offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, full_end, masked_end,
@@ -274,7 +288,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
     # every real row saw at least one key (itself when causal); the guard only covers padding rows
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
-    tl.store(O + head * stride_oh + first_row * stride_ot + _tile_offsets(stride_ot, BLOCK_M, HEAD_DIM),
+    tl.store(_row_tile(O, head, stride_oh, first_row, stride_ot, BLOCK_M, HEAD_DIM),
              out.to(O.dtype.element_ty), mask=row_ok[:, None])
     tl.store(LSE + head * stride_lse_h + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)
 
@@ -351,9 +365,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS,
     offs_n = k_start + tl.arange(0, BLOCK_N)
     key_ok = offs_n < seq_end
     first_row = k_start.to(tl.int64)
-    k = tl.load(K + head * stride_kh + first_row * stride_kt + _tile_offsets(stride_kt, BLOCK_N, HEAD_DIM),
+    k = tl.load(_row_tile(K, head, stride_kh, first_row, stride_kt, BLOCK_N, HEAD_DIM),
                 mask=key_ok[:, None], other=0.0)
-    v = tl.load(V + head * stride_vh + first_row * stride_vt + _tile_offsets(stride_vt, BLOCK_N, HEAD_DIM),
+    v = tl.load(_row_tile(V, head, stride_vh, first_row, stride_vt, BLOCK_N, HEAD_DIM),
                 mask=key_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -377,9 +391,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS,
     dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot,
                              full_end, seq_end, offs_n, seq_end, qk_scale,
                              HEAD_DIM, BLOCK_M, CAUSAL, True, DOT_PRECISION)
-    tl.store(DK + head * stride_dkh + first_row * stride_dkt + _tile_offsets(stride_dkt, BLOCK_N, HEAD_DIM),
+    tl.store(_row_tile(DK, head, stride_dkh, first_row, stride_dkt, BLOCK_N, HEAD_DIM),
              (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok[:, None])
-    tl.store(DV + head * stride_dvh + first_row * stride_dvt + _tile_offsets(stride_dvt, BLOCK_N, HEAD_DIM),
+    tl.store(_row_tile(DV, head, stride_dvh, first_row, stride_dvt, BLOCK_N, HEAD_DIM),
              dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
 
 
@@ -431,26 +445,21 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
     offs_m = q_start + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_end
     first_row = q_start.to(tl.int64)
-    q = tl.load(Q + head * stride_qh + first_row * stride_qt + _tile_offsets(stride_qt, BLOCK_M, HEAD_DIM),
+    q = tl.load(_row_tile(Q, head, stride_qh, first_row, stride_qt, BLOCK_M, HEAD_DIM),
                 mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + head * stride_doh + first_row * stride_dot + _tile_offsets(stride_dot, BLOCK_M, HEAD_DIM),
+    do = tl.load(_row_tile(DO, head, stride_doh, first_row, stride_dot, BLOCK_M, HEAD_DIM),
                  mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + head * stride_lse_h + offs_m, mask=row_ok, other=float("inf"))  # padding rows: p = 0
     delta = tl.load(DELTA + head * stride_lse_h + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     K_head = K + head * stride_kh
     V_head = V + head * stride_vh
-    if CAUSAL:
-        full_end = q_start
-        masked_end = tl.minimum(q_start + BLOCK_M, seq_end)
-    else:
-        full_end = seq_start + ((seq_end - seq_start) // BLOCK_N) * BLOCK_N
-        masked_end = seq_end
+    full_end, masked_end = _key_ranges(q_start, seq_start, seq_end, CAUSAL, BLOCK_M, BLOCK_N)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, seq_start, full_end,
                        offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, full_end, masked_end,
                        offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PRECISION)
-    tl.store(DQ + head * stride_dqh + first_row * stride_dqt + _tile_offsets(stride_dqt, BLOCK_M, HEAD_DIM),
+    tl.store(_row_tile(DQ, head, stride_dqh, first_row, stride_dqt, BLOCK_M, HEAD_DIM),
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 

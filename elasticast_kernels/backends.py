@@ -316,8 +316,11 @@ def _flex_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Ten
     def document_mask(batch, head, q_idx, kv_idx):
         return segment_ids[q_idx] == segment_ids[kv_idx]
 
+    # _compile on CUDA builds the block mask block by block; uncompiled it materialises a
+    # total x total boolean mask first (gigabytes at ElasticAST's step sizes)
     block_mask = layout.cached(
-        ("flex", device), lambda: create_block_mask(document_mask, None, None, total, total, device=device)
+        ("flex", device),
+        lambda: create_block_mask(document_mask, None, None, total, total, device=device, _compile=q.is_cuda),
     )
     if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError(
@@ -356,7 +359,11 @@ def _flash_attn_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> tor
 def _xformers_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
     from xformers.ops import fmha
 
-    bias = layout.cached("xformers", lambda: fmha.attn_bias.BlockDiagonalMask.from_seqlens(list(layout.seqlens)))
+    # device=: xformers would otherwise build the mask on the current CUDA device
+    bias = layout.cached(
+        ("xformers", q.device),
+        lambda: fmha.attn_bias.BlockDiagonalMask.from_seqlens(list(layout.seqlens), device=q.device),
+    )
     out = fmha.memory_efficient_attention(
         q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_bias=bias, scale=softmax_scale
     )

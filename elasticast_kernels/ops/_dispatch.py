@@ -6,6 +6,7 @@ when a kernel module is imported, so the variable must be set before importing t
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -34,3 +35,8 @@ def use_triton(tensor: torch.Tensor) -> bool:
     if tensor.is_cuda:
         return True
     return tensor.device.type == "cpu" and triton_interpret()
+
+
+def on_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it ``tensor``'s (multi-GPU safety)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()

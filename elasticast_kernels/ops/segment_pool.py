@@ -13,13 +13,12 @@ CPU tensors run a vectorised torch path here (it reads ``cu_seqlens``, which is 
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
 import torch
 
-from elasticast_kernels.ops._dispatch import use_triton
+from elasticast_kernels.ops._dispatch import on_device, use_triton
 from elasticast_kernels.ops._validation import (
     check_cu_seqlens,
     check_float_tensor,
@@ -149,7 +148,7 @@ def _pool_forward_op(
     ``lse`` is the natural log-sum-exp of the scaled scores (-inf for an empty sample).
     """
     if _use_triton(k, k, v):
-        with _on_device(k):
+        with on_device(k):
             return _pool_forward_triton(q, k, v, cu_seqlens, softmax_scale)
     return _pool_forward_torch(q, k, v, cu_seqlens, softmax_scale)
 
@@ -174,7 +173,7 @@ def _pool_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(dq, dk, dv)`` shaped and typed like ``q``, ``k``, ``v`` (contiguous)."""
     if _use_triton(k, k, v):  # dk and dv are dense: their rows are no wider than k's
-        with _on_device(k):
+        with on_device(k):
             return _pool_backward_triton(dout, q, k, v, out, lse, cu_seqlens, softmax_scale)
     return _pool_backward_torch(dout, q, k, v, lse, cu_seqlens, softmax_scale)
 
@@ -211,7 +210,7 @@ torch.library.register_autograd(
 def _segment_mean_op(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """``x`` ``(total_tokens, width)`` -> ``(batch, width)`` in x's dtype."""
     if _use_triton(x, x):
-        with _on_device(x):
+        with on_device(x):
             return _segment_mean_triton(x, cu_seqlens)
     return _segment_mean_torch(x, cu_seqlens)
 
@@ -225,7 +224,7 @@ def _(x, cu_seqlens):
 def _segment_mean_backward_op(dout: torch.Tensor, cu_seqlens: torch.Tensor, total_tokens: int) -> torch.Tensor:
     """``dout`` ``(batch, width)`` -> ``dx`` ``(total_tokens, width)``: each token gets dout / len."""
     if _use_triton(dout, dout):  # dx rows are as wide as dout's (both dense)
-        with _on_device(dout):
+        with on_device(dout):
             return _segment_mean_backward_triton(dout, cu_seqlens, total_tokens)
     return _segment_mean_backward_torch(dout, cu_seqlens, total_tokens)
 
@@ -254,11 +253,6 @@ torch.library.register_autograd(
 # --- Triton launchers ---------------------------------------------------------------------------
 
 _BLOCK_B = 64  # samples scanned per step when a program looks up its chunk
-
-
-def _on_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Triton launches on the current CUDA device: make it the tensor's (multi-GPU safety)."""
-    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def _needs_int64(*tensors: torch.Tensor) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from elasticast_kernels.ops._dispatch import use_triton
+from elasticast_kernels.ops._dispatch import on_device, use_triton
 from elasticast_kernels.ops._validation import (
     check_cu_seqlens,
     check_float_tensor,
@@ -52,7 +52,8 @@ def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
     if _run_kernels(q):
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_forward
 
-        return varlen_attention_forward(q, k, v, cu_seqlens, seq_hint, softmax_scale, causal)
+        with on_device(q):
+            return varlen_attention_forward(q, k, v, cu_seqlens, seq_hint, softmax_scale, causal)
     return varlen_attention_forward_torch(q, k, v, cu_seqlens, softmax_scale, causal)
 
 
@@ -70,7 +71,8 @@ def _varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
     if _run_kernels(q):
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_backward
 
-        return varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens, seq_hint, softmax_scale, causal)
+        with on_device(q):
+            return varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens, seq_hint, softmax_scale, causal)
     return varlen_attention_backward_torch(dout, q, k, v, out, lse, cu_seqlens, softmax_scale, causal)
 
 

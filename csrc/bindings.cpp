@@ -64,13 +64,28 @@ py::tuple run_plan(const py::buffer& lengths, int64_t max_tokens,
   return py::make_tuple(order, offsets);
 }
 
+// a * b, or invalid_argument naming `what` when it does not fit int64 (sizes come from Python ints).
+int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t product = 0;
+  if (__builtin_mul_overflow(a, b, &product))
+    throw std::invalid_argument(std::string(what) + " overflows int64 (" + std::to_string(a) + " * " +
+                                std::to_string(b) + ")");
+  return product;
+}
+
 ek::PatchGeometry geometry(int64_t channels, int64_t freq, int64_t patch, int64_t elem_size) {
+  constexpr int64_t kMaxDim = (int64_t{1} << 31) - 1;  // token counts and indices are int32
+  if (channels > kMaxDim || freq > kMaxDim || patch > kMaxDim || elem_size > 16)
+    throw std::invalid_argument("channels, freq and patch_size must be < 2^31 and elem_size <= 16");
   if (channels < 1) throw std::invalid_argument("channels must be >= 1, got " + std::to_string(channels));
   if (patch < 1) throw std::invalid_argument("patch_size must be >= 1, got " + std::to_string(patch));
   if (freq < patch || freq % patch != 0)
     throw std::invalid_argument("freq (" + std::to_string(freq) + ") must be a positive multiple of patch_size (" +
                                 std::to_string(patch) + ")");
   if (elem_size < 1) throw std::invalid_argument("elem_size must be >= 1, got " + std::to_string(elem_size));
+  // the row and token byte sizes every later size check multiplies by must fit int64
+  checked_mul(checked_mul(channels, freq, "C * F"), elem_size, "C * F * elem_size");
+  checked_mul(checked_mul(checked_mul(channels, patch, "C * p"), patch, "C * p * p"), elem_size, "token bytes");
   return {channels, freq, patch, elem_size};
 }
 
@@ -121,7 +136,7 @@ CpuGather prepare_cpu_gather(const py::list& sources, const py::buffer& cu_seqle
   const int64_t total_tokens = g.cu_seqlens[num_segments];
   const int64_t token_bytes = channels * patch * patch * elem_size;
   g.infos.push_back(contiguous_buffer(out, "out", 1, true));
-  if (g.infos.back().size != total_tokens * token_bytes)
+  if (g.infos.back().size != checked_mul(total_tokens, token_bytes, "total_tokens * token bytes"))
     throw std::invalid_argument("out must hold total_tokens * C * p * p elements = " +
                                 std::to_string(total_tokens * token_bytes) + " bytes, got " +
                                 std::to_string(g.infos.back().size));

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstring>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 
 #include "pack_patches.h"
@@ -75,7 +76,12 @@ void pack_patches_cpu(const std::vector<const uint8_t*>& sources, const std::vec
     for (int64_t row = next_row.fetch_add(1); row < rows; row = next_row.fetch_add(1)) do_row(row);
   };
   std::vector<std::thread> pool;
-  for (int64_t k = 1; k < threads; ++k) pool.emplace_back(worker);
+  try {
+    for (int64_t k = 1; k < threads; ++k) pool.emplace_back(worker);
+  } catch (const std::system_error&) {
+    // out of threads (container limits): the rows are shared through next_row, so the threads
+    // that did start, and this one, still cover all of them
+  }
   worker();
   for (auto& th : pool) th.join();
 }

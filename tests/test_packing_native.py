@@ -69,6 +69,9 @@ def test_cpu_gather_with_many_threads_matches_single_thread(ext):
         (lambda a: a.update(freq=12), "freq"),
         (lambda a: a.update(patch=0), "patch_size"),
         (lambda a: a.update(channels=0), "channels"),
+        # sizes whose products wrap int64 (a wrapped size check would let the gather write out of bounds)
+        (lambda a: a.update(channels=2**62 + 1), "must be < 2\\^31"),
+        (lambda a: a.update(channels=2**31 - 1, freq=2**31 - 8, elem_size=16), "C \\* F \\* elem_size overflows int64"),
     ],
 )
 def test_cpu_gather_checks_every_size_before_writing(ext, change, match):

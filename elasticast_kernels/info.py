@@ -33,9 +33,10 @@ def _native_extension() -> dict[str, Any]:
     try:
         from elasticast_kernels import _C
     except ImportError as exc:
-        return {"loaded": False, "cuda": False, "reason": str(exc)}
-    has_cuda = getattr(_C, "has_cuda", None)
-    return {"loaded": True, "cuda": bool(has_cuda()) if callable(has_cuda) else False, "reason": None}
+        return {"loaded": False, "cuda": False, "cuda_usable": False, "reason": str(exc)}
+    # compiled in is not enough: the static CUDA runtime also needs a recent enough driver
+    unusable = _C.cuda_unavailable_reason() if _C.has_cuda() else "not compiled (no nvcc at build time)"
+    return {"loaded": True, "cuda": _C.has_cuda(), "cuda_usable": not unusable, "reason": unusable or None}
 
 
 def _triton_version() -> str | None:
@@ -89,7 +90,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"  CUDA driver   {report['cuda_driver'] or 'none'}",
         f"  GPU           {gpu['name'] + ' (' + gpu['capability'] + ')' if gpu else 'none: CPU only'}",
         f"  native ext    {'loaded' if native['loaded'] else 'NOT loaded: ' + native['reason']}"
-        + (f", CUDA packer {'compiled in' if native['cuda'] else 'not compiled'}" if native["loaded"] else ""),
+        + (f", CUDA packer {'usable' if native['cuda_usable'] else 'unusable: ' + native['reason']}" if native["loaded"] else ""),
         "  attention backends:",
     ]
     width = max(len(name) for name in report["backends"])

@@ -123,3 +123,12 @@ def test_torch_compile_fullgraph_torch_cpu_path(torch_cpu_path):
     if DEVICE != "cpu":
         pytest.skip("the torch path runs on CPU tensors")
     _compiled_matches_eager(causal=False)
+
+
+def test_strided_cu_seqlens_gives_the_same_result():
+    """The kernels read cu_seqlens with unit stride: a strided view must be made contiguous first."""
+    cu_full = torch.tensor([0, 99, 5, 99, 14, 99, 17], dtype=torch.int32, device=DEVICE)
+    q, k, v = (torch.randn(17, 2, 32, device=DEVICE) for _ in range(3))
+    strided = varlen_attention(q, k, v, cu_full[::2], softmax_scale=1.0)
+    compact = varlen_attention(q, k, v, cu_full[::2].contiguous(), softmax_scale=1.0)
+    assert torch.equal(strided, compact)

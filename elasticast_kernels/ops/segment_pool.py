@@ -188,6 +188,7 @@ def _pool_setup_context(ctx, inputs, output):
     q, k, v, cu_seqlens, softmax_scale = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+    ctx.mark_non_differentiable(lse)  # internal output: no zero gradient is allocated for it
     ctx.softmax_scale = softmax_scale
 
 

@@ -106,8 +106,8 @@ def _pool_fwd_partial_kernel(
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     k_tile = _tile_offsets(stride_kt, BLOCK_N, BLOCK_D)
     v_tile = _tile_offsets(stride_vt, BLOCK_N, BLOCK_D)
-    k_ptr = K + (_row_offset(lo, stride_kt, INT64_INDEX) + head * stride_kh) + k_tile
-    v_ptr = V + (_row_offset(lo, stride_vt, INT64_INDEX) + head * stride_vh) + v_tile
+    k_ptr = K + (_row_offset(lo, stride_kt, INT64_INDEX) + _row_offset(head, stride_kh, INT64_INDEX)) + k_tile
+    v_ptr = V + (_row_offset(lo, stride_vt, INT64_INDEX) + _row_offset(head, stride_vh, INT64_INDEX)) + v_tile
     for start in range(lo, hi, BLOCK_N):
         n_mask = start + tl.arange(0, BLOCK_N) < hi
         tile_mask = n_mask[:, None] & d_mask[None, :]
@@ -219,10 +219,10 @@ def _pool_bwd_kernel(
     v_tile = _tile_offsets(stride_vt, BLOCK_N, BLOCK_D)
     dk_tile = _tile_offsets(stride_dkt, BLOCK_N, BLOCK_D)
     dv_tile = _tile_offsets(stride_dvt, BLOCK_N, BLOCK_D)
-    k_ptr = K + (_row_offset(lo, stride_kt, INT64_INDEX) + head * stride_kh) + k_tile
-    v_ptr = V + (_row_offset(lo, stride_vt, INT64_INDEX) + head * stride_vh) + v_tile
-    dk_ptr = DK + (_row_offset(lo, stride_dkt, INT64_INDEX) + head * stride_dkh) + dk_tile
-    dv_ptr = DV + (_row_offset(lo, stride_dvt, INT64_INDEX) + head * stride_dvh) + dv_tile
+    k_ptr = K + (_row_offset(lo, stride_kt, INT64_INDEX) + _row_offset(head, stride_kh, INT64_INDEX)) + k_tile
+    v_ptr = V + (_row_offset(lo, stride_vt, INT64_INDEX) + _row_offset(head, stride_vh, INT64_INDEX)) + v_tile
+    dk_ptr = DK + (_row_offset(lo, stride_dkt, INT64_INDEX) + _row_offset(head, stride_dkh, INT64_INDEX)) + dk_tile
+    dv_ptr = DV + (_row_offset(lo, stride_dvt, INT64_INDEX) + _row_offset(head, stride_dvh, INT64_INDEX)) + dv_tile
     for start in range(lo, hi, BLOCK_N):
         n_mask = start + tl.arange(0, BLOCK_N) < hi
         tile_mask = n_mask[:, None] & d_mask[None, :]

@@ -85,6 +85,7 @@ def _setup_context(ctx, inputs, output):
     q, k, v, cu_seqlens, seq_hint, softmax_scale, causal = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+    ctx.mark_non_differentiable(lse)  # internal output: no zero gradient is allocated for it
     ctx.seq_hint, ctx.softmax_scale, ctx.causal = seq_hint, softmax_scale, causal
 
 
@@ -103,8 +104,8 @@ _varlen_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _validate_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                     max_seqlen: object) -> int | None:
-    """Check the inputs once, at the public boundary; returns ``max_seqlen`` (an int or None)."""
+                     max_seqlen: object) -> tuple[int | None, torch.Tensor]:
+    """Check the inputs once, at the public boundary; returns ``(max_seqlen, cu_seqlens)``, the latter contiguous."""
     check_float_tensor("q", q, 3)
     check_float_tensor("k", k, 3)
     check_float_tensor("v", v, 3)
@@ -121,8 +122,8 @@ def _validate_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     max_seqlen = check_max_seqlen(max_seqlen)
     # The kernels never need max_seqlen (the grid comes from tensor shapes), so a missing one costs
     # no sync; cu_seqlens values are checked where that is free (CPU) and never on CUDA.
-    check_cu_seqlens(cu_seqlens, q.shape[0], q.device)
-    return max_seqlen
+    # the kernels read cu_seqlens with unit stride
+    return max_seqlen, check_cu_seqlens(cu_seqlens, q.shape[0], q.device).contiguous()
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -154,7 +155,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
             values are not a valid partition of ``total_tokens``. On CUDA the values are not
             checked (that needs a device sync): invalid values give undefined results.
     """
-    max_seqlen = _validate_varlen(q, k, v, cu_seqlens, max_seqlen)
+    max_seqlen, cu_seqlens = _validate_varlen(q, k, v, cu_seqlens, max_seqlen)
     scale = resolve_softmax_scale(softmax_scale, q.shape[-1])
     total_tokens, batch = q.shape[0], cu_seqlens.shape[0] - 1
     seq_hint = max_seqlen if max_seqlen is not None else total_tokens // max(batch, 1)
@@ -162,7 +163,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     # the kernels read rows with unit stride on head_dim (any token/head strides are fine) and
     # exist for a few head_dims; both adjustments are no-ops in the common case and also harmless
     # on the torch path, which keeps device checks out of the traced part of the op
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    # (tile offsets are int32: a token stride past 2^24 elements is copied to a compact layout)
+    q, k, v = (x if x.stride(-1) == 1 and x.stride(0) < 2**24 else x.contiguous() for x in (q, k, v))
     head_dim = q.shape[-1]
     kernel_head_dim = next(d for d in KERNEL_HEAD_DIMS if d >= head_dim)
     if kernel_head_dim != head_dim:

@@ -502,7 +502,7 @@ def varlen_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     lse = torch.empty((heads, lse_columns(total)), dtype=torch.float32, device=q.device)
     batch, n_search = _schedule(cu_seqlens)
     if total == 0 or batch == 0 or heads == 0:
-        return out, lse
+        return out.zero_(), lse  # no sample owns a token (invalid unless total == 0): never garbage
     grid = lambda meta: (total // meta["BLOCK_M"] + batch, heads)  # noqa: E731
     _fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens,

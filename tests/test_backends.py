@@ -4,11 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-try:  # import triton now, while conftest's TRITON_INTERPRET=1 is set: triton fixes its
-    import triton  # noqa: F401  # interpreter mode at import, and later tests unset the variable
-except ImportError:
-    pass
-
 from elasticast_kernels.backends import (
     BACKEND_NAMES,
     SeqLayout,

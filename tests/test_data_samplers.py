@@ -8,7 +8,6 @@ ranks, balanced tokens. The gloo test runs the sampler in real local processes.
 from __future__ import annotations
 
 import datetime
-import os
 import pickle
 import warnings
 

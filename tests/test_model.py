@@ -10,11 +10,6 @@ import io
 import pytest
 import torch
 
-try:  # fix triton's interpreter mode now, while conftest's TRITON_INTERPRET=1 is set
-    import triton  # noqa: F401
-except ImportError:
-    pass
-
 from elasticast_kernels.backends import BACKEND_NAMES, available_backends
 from elasticast_kernels.models import ElasticAST
 from elasticast_kernels.packing import STRATEGIES, PackedBatch, pack_lengths, pack_spectrograms

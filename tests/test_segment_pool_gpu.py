@@ -3,7 +3,6 @@
 Accuracy bar: in bf16/fp16, the error against a float64 reference may be at most twice that of
 torch's own SDPA-based pooling in the same dtype, plus a small slack.
 """
-import math
 
 import pytest
 import torch

@@ -15,9 +15,12 @@ Typical use::
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from elasticast_kernels.packing import PackedBatch
 
 __all__ = ["collate_packed", "PackedCollator"]
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from elasticast_kernels.ops._dispatch import triton_available, triton_interpret
+from elasticast_kernels.ops._common import triton_available, triton_interpret
 
 if TYPE_CHECKING:  # pragma: no cover
     from elasticast_kernels.packing import PackedBatch

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from elasticast_kernels.ops._dispatch import on_device, use_triton
+from elasticast_kernels.ops._common import on_device, use_triton
 from elasticast_kernels.ops._validation import (
     check_cu_seqlens,
     check_float_tensor,

@@ -5,7 +5,7 @@ samples) without padding or a mask tensor; ``flash_attn_varlen_func`` is the sam
 flash-attn's signature. CUDA tensors run the Triton kernels (``varlen_attention_kernels.py``);
 CPU tensors run a plain torch implementation (``varlen_attention_torch.py``), except under
 ``TRITON_INTERPRET=1``, where they run the Triton kernels in the interpreter (how the kernels are
-tested without a GPU; bf16 CPU tensors take the torch path even then, see ``_run_kernels``).
+tested without a GPU; bf16 CPU tensors take the torch path even then, see ``ops._common``).
 
 Both directions are ``torch.library.custom_op``s with fake implementations, so
 ``torch.compile(fullgraph=True)`` traces them as single opaque nodes.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from elasticast_kernels.ops._dispatch import on_device, use_triton
+from elasticast_kernels.ops._common import lse_columns, on_device, use_triton
 from elasticast_kernels.ops._validation import (
     check_cu_seqlens,
     check_float_tensor,
@@ -24,7 +24,6 @@ from elasticast_kernels.ops._validation import (
     resolve_softmax_scale,
 )
 from elasticast_kernels.ops.varlen_attention_torch import (
-    lse_columns,
     varlen_attention_backward_torch,
     varlen_attention_forward_torch,
 )
@@ -36,12 +35,6 @@ MAX_HEAD_DIM = KERNEL_HEAD_DIMS[-1]
 __all__ = ["varlen_attention", "flash_attn_varlen_func", "KERNEL_HEAD_DIMS", "MAX_HEAD_DIM"]
 
 
-def _run_kernels(q: torch.Tensor) -> bool:
-    """Triton for CUDA (and CPU under TRITON_INTERPRET=1), except bf16 on CPU: the interpreter
-    computes bf16 through numpy, which has no bfloat16, and returns garbage."""
-    return use_triton(q) and not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
-
-
 # --- torch.library ops --------------------------------------------------------------------------
 
 
@@ -49,7 +42,7 @@ def _run_kernels(q: torch.Tensor) -> bool:
 def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                           seq_hint: int, softmax_scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (out [total, heads, head_dim] dtype of q, lse2 [heads, lse_columns(total)] fp32). Inputs validated."""
-    if _run_kernels(q):
+    if use_triton(q):
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_forward
 
         with on_device(q):
@@ -68,7 +61,7 @@ def _varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
                           out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, seq_hint: int,
                           softmax_scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (dq, dk, dv), shaped and typed like q, k, v."""
-    if _run_kernels(q):
+    if use_triton(q):
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_backward
 
         with on_device(q):

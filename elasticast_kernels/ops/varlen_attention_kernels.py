@@ -37,10 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
-from elasticast_kernels.ops._dispatch import triton_interpret
-from elasticast_kernels.ops.varlen_attention_torch import lse_columns
-
-LOG2_E = 1.4426950408889634
+from elasticast_kernels.ops._common import LOG2E, lse_columns, triton_interpret
+from elasticast_kernels.ops._triton_common import tile_offsets
 
 # --- autotune configs -------------------------------------------------------------------------
 # Tiles come from ahead-of-time compiles for sm_80/sm_90 with Triton 3.6 and 3.9
@@ -174,19 +172,9 @@ def _locate_block(CU_SEQLENS, pid, batch, n_search, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _tile_offsets(stride_t, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Element offsets of a [ROWS, HEAD_DIM] tile from its first row.
-
-    int32 is enough inside a tile; the tile's first row is added to the base pointer as an int64
-    scalar, so a tensor past 2^31 elements still addresses correctly.
-    """
-    return tl.arange(0, ROWS)[:, None] * stride_t + tl.arange(0, HEAD_DIM)[None, :]
-
-
-@triton.jit
 def _row_tile(BASE, head, stride_h, first_row, stride_t, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
     """Pointers to ``head``'s ``[ROWS, HEAD_DIM]`` tile whose first token is ``first_row`` (int64)."""
-    return BASE + head * stride_h + first_row * stride_t + _tile_offsets(stride_t, ROWS, HEAD_DIM)
+    return BASE + head * stride_h + first_row * stride_t + tile_offsets(stride_t, ROWS, HEAD_DIM)
 
 
 @triton.jit
@@ -219,8 +207,8 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, lo, hi, o
                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
                DOT_PRECISION: tl.constexpr):
     """Online softmax over key blocks ``[lo, hi)``; MASKED blocks may cross the sample end or the diagonal."""
-    k_tile = _tile_offsets(stride_kt, BLOCK_N, HEAD_DIM)
-    v_tile = _tile_offsets(stride_vt, BLOCK_N, HEAD_DIM)
+    k_tile = tile_offsets(stride_kt, BLOCK_N, HEAD_DIM)
+    v_tile = tile_offsets(stride_vt, BLOCK_N, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k_block = K_head + tl.cast(start_n, tl.int64) * stride_kt
@@ -317,8 +305,8 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_
                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
     """Accumulate dK, dV of one key block over query blocks ``[lo, hi)`` (transposed scores [N, M])."""
-    q_tile = _tile_offsets(stride_qt, BLOCK_M, HEAD_DIM)
-    do_tile = _tile_offsets(stride_dot, BLOCK_M, HEAD_DIM)
+    q_tile = tile_offsets(stride_qt, BLOCK_M, HEAD_DIM)
+    do_tile = tile_offsets(stride_dot, BLOCK_M, HEAD_DIM)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q_block = Q_head + tl.cast(start_m, tl.int64) * stride_qt
@@ -402,8 +390,8 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, l
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
                   DOT_PRECISION: tl.constexpr):
     """Accumulate dQ of one query block over key blocks ``[lo, hi)``."""
-    k_tile = _tile_offsets(stride_kt, BLOCK_N, HEAD_DIM)
-    v_tile = _tile_offsets(stride_vt, BLOCK_N, HEAD_DIM)
+    k_tile = tile_offsets(stride_kt, BLOCK_N, HEAD_DIM)
+    v_tile = tile_offsets(stride_vt, BLOCK_N, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k_block = K_head + tl.cast(start_n, tl.int64) * stride_kt
@@ -507,7 +495,7 @@ def varlen_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     _fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens,
         *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(out), lse.stride(0),
-        batch, n_search, softmax_scale * LOG2_E, seqlen_bucket(seq_hint),
+        batch, n_search, softmax_scale * LOG2E, seqlen_bucket(seq_hint),
         HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype),
     )
     return out, lse
@@ -534,7 +522,7 @@ def varlen_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tens
         out, dout, delta, *_stride2(out), *_stride2(dout), delta.stride(0), total,
         HEAD_DIM=head_dim, BLOCK=_PREPROCESS_BLOCK,
     )
-    qk_scale = softmax_scale * LOG2_E
+    qk_scale = softmax_scale * LOG2E
     bucket = seqlen_bucket(seq_hint)
     precision = _dot_precision(q.dtype)
     dkdv_grid = lambda meta: (total // meta["BLOCK_N"] + batch, heads)  # noqa: E731
@@ -554,4 +542,4 @@ def varlen_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tens
     return dq, dk, dv
 
 
-__all__ = ["varlen_attention_forward", "varlen_attention_backward", "seqlen_bucket", "LOG2_E"]
+__all__ = ["varlen_attention_forward", "varlen_attention_backward", "seqlen_bucket"]

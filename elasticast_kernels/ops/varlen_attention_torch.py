@@ -10,21 +10,11 @@ CPU, so reading it is free) in fp32, in chunks of query rows so memory stays
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-LOG2_E = 1.0 / math.log(2.0)
+from elasticast_kernels.ops._common import LOG2E, lse_columns
+
 _QUERY_CHUNK = 512
-
-
-def lse_columns(total_tokens):
-    """Row length of the saved log-sum-exp: ``total_tokens`` rounded up to a multiple of 16.
-
-    An aligned row stride lets Triton specialise it as 16-divisible (vector loads). Works on
-    SymInts too (called from the fake implementation under torch.compile).
-    """
-    return (total_tokens + 15) // 16 * 16
 
 
 def _samples(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
@@ -61,7 +51,7 @@ def varlen_attention_forward_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Te
             lse = torch.logsumexp(scores, dim=-1)
             probs = torch.exp(scores - lse[..., None])
             out[start + row0:start + row1] = torch.matmul(probs, v_seq).transpose(0, 1).to(q.dtype)
-            lse2[:, start + row0:start + row1] = lse * LOG2_E
+            lse2[:, start + row0:start + row1] = lse * LOG2E
     return out, lse2
 
 
@@ -75,7 +65,7 @@ def varlen_attention_backward_torch(dout: torch.Tensor, q: torch.Tensor, k: torc
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
     # delta = rowsum(dout * out): the term the softmax Jacobian subtracts, [heads, total]
     delta = (dout.float() * out.float()).sum(-1).transpose(0, 1)
-    lse = lse2 / LOG2_E
+    lse = lse2 / LOG2E
     for start, end in _samples(cu_seqlens):
         q_seq, k_seq, v_seq, do_seq = (_heads_first(x, start, end) for x in (q, k, v, dout))
         dk_seq = torch.zeros_like(k_seq)

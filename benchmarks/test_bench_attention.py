@@ -16,7 +16,7 @@ TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 @pytest.fixture(scope="module")
 def layout(bench_cfg):
     wl = make_workload("voxceleb", 48, bench_cfg.seed)
-    return step_layout(wl.step_tokens(0, bench_cfg.samples_per_step), bench_cfg.pack_tokens, "next_fit")
+    return step_layout(wl.step_tokens(0, bench_cfg.samples_per_step), bench_cfg.pack_tokens, "next_fit", bench_cfg.device)
 
 
 @pytest.mark.parametrize("pass_", ["fwd", "bwd", "fwd_bwd"])

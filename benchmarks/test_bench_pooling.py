@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from elasticast_kernels.bench.groups._common import cu_seqlens, step_layout
+from elasticast_kernels.bench.groups._common import step_layout
 from elasticast_kernels.bench.baselines import padded_masked_pool
 from elasticast_kernels.bench.workloads import make_workload
 
@@ -12,7 +12,7 @@ from elasticast_kernels.bench.workloads import make_workload
 @pytest.fixture(scope="module")
 def inputs(bench_cfg):
     wl = make_workload("voxceleb", 48, bench_cfg.seed)
-    layout = step_layout(wl.step_tokens(0, bench_cfg.samples_per_step), bench_cfg.pack_tokens, "next_fit")
+    layout = step_layout(wl.step_tokens(0, bench_cfg.samples_per_step), bench_cfg.pack_tokens, "next_fit", bench_cfg.device)
     gen = torch.Generator().manual_seed(bench_cfg.seed)
     shape = (layout.total_tokens, bench_cfg.heads, bench_cfg.head_dim)
     q = torch.randn(bench_cfg.heads, bench_cfg.head_dim, generator=gen) * bench_cfg.head_dim ** -0.5
@@ -27,8 +27,7 @@ def test_pooling(variant, pass_, inputs, bench_cfg, run_bench):
     baseline = lambda q, k, v: padded_masked_pool(q, k, v, layout.seqlens, layout.pack_offsets, 1.0)  # noqa: E731
     if variant == "segment_attention_pool":
         ops = pytest.importorskip("elasticast_kernels.ops")
-        cu = cu_seqlens(layout.seqlens, bench_cfg.device)
-        fn = lambda q, k, v: ops.segment_attention_pool(q, k, v, cu, max(layout.seqlens), 1.0)  # noqa: E731
+        fn = lambda q, k, v: ops.segment_attention_pool(q, k, v, layout.cu_seqlens, layout.max_seqlen, 1.0)  # noqa: E731
         with torch.no_grad():
             expected = baseline(q.float(), k.float(), v.float())
             got = fn(q, k, v).float()

@@ -1,303 +1,120 @@
-"""Self-attention on the packed varlen layout, with one registry of interchangeable backends.
+"""Attention backends: one table of interchangeable implementations of per-sample self-attention.
 
-Every backend computes the same thing: for each sample (segment of ``cu_seqlens``), softmax
+Every backend computes the same thing: for each sample (segment of the `SeqLayout`), softmax
 attention among that sample's tokens only, on packed ``[total_tokens, heads, head_dim]`` tensors.
 They differ in how they get there, which is what the benchmarks compare:
 
-==============  ==================================================================================
-``triton``      our varlen kernel (``elasticast_kernels.ops.varlen_attention``); CUDA, or CPU
-                under ``TRITON_INTERPRET=1`` (slow, for testing only)
-``torch``       one ``scaled_dot_product_attention`` call per sample; exact, no padding, any device
-``sdpa_masked`` the published ElasticAST way: pad every pack to the longest pack, dense
-                block-diagonal bool mask, one SDPA call (the benchmark baseline)
-``padded``      AST style: pad every sample to the longest sample, key-padding mask
-``flex``        ``torch.nn.attention.flex_attention`` with a document mask (compiled on CUDA; on
-                CPU it runs eagerly, unfused, materialising ``[heads, total, total]`` scores,
-                and has no backward there: inference only on CPU)
-``varlen_attn`` ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention; CUDA, fp16/bf16 only)
-``flash_attn``  ``flash_attn.flash_attn_varlen_func`` when the package is importable (CUDA)
-``xformers``    ``xformers.ops.memory_efficient_attention`` with a ``BlockDiagonalMask`` (CUDA)
-``auto``        the fastest available correct one for the tensors' device and dtype
-==============  ==================================================================================
+===============  =================================================================================
+``triton``       our varlen kernel (``elasticast_kernels.ops.varlen_attention``); CUDA, or CPU
+                 under ``TRITON_INTERPRET=1`` (slow, for testing only)
+``torch``        ``scaled_dot_product_attention`` without padding: one batched call per group of
+                 equal-length samples (one call in all when every sample has the same length)
+``flex``         ``torch.nn.attention.flex_attention`` with a document mask (compiled on CUDA; on
+                 CPU it runs eagerly, unfused, materialising ``[heads, total, total]`` scores,
+                 and has no backward there: inference only on CPU). **Does not isolate
+                 non-finite values:** masked-out keys get probability 0, but 0 x NaN = NaN, so a
+                 NaN/inf in one sample reaches the other samples of the batch
+``varlen_attn``  ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention; CUDA, fp16/bf16 only)
+``flash_attn``   ``flash_attn.flash_attn_varlen_func`` when the package is importable (CUDA)
+``xformers``     ``xformers.ops.memory_efficient_attention`` with a ``BlockDiagonalMask`` (CUDA)
+``auto``         the fastest available correct one for the tensors' device and dtype
+===============  =================================================================================
 
-Layout facts that live on the host (segment lengths, pack boundaries) travel in a `SeqLayout`, so
-no backend needs a device-to-host sync. Masks and index tensors a backend derives from the layout
-are cached on the layout object, so the encoder builds them once per forward, not once per layer.
+Every backend except ``flex`` keeps samples independent, non-finite values included: a sample's
+output depends on its own tokens only. The padded baselines of the published model
+(``sdpa_masked``, ``padded``) live with the benchmarks (`elasticast_kernels.bench.padded`); their
+old names here are deprecated aliases of ``torch`` (same results, no padding).
+
+Use `attention` for one call, or resolve once with `resolve_backend` and call
+``BACKENDS[name].fn`` per layer (what the model does: ``auto`` is resolved once per forward).
 """
 from __future__ import annotations
 
 import functools
 import importlib
+import types
 import warnings
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
+from elasticast_kernels.layout import SeqLayout, host_to_device
 from elasticast_kernels.ops._common import triton_available, triton_interpret
+from elasticast_kernels.ops._validation import resolve_softmax_scale
 
-if TYPE_CHECKING:  # pragma: no cover
-    from elasticast_kernels.packing import PackedBatch
-
-BackendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "SeqLayout", float], torch.Tensor]
+BackendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, SeqLayout, float], torch.Tensor]
 
 __all__ = [
-    "SeqLayout",
-    "attention",
-    "available_backends",
+    "Backend", "BACKENDS", "BACKEND_NAMES", "SeqLayout", "attention", "available_backends", "backend_name",
     "resolve_backend",
-    "BACKENDS",
-    "BACKEND_NAMES",
-    "ROW_PADDED_BACKENDS",
-    "row_padded",
-    "host_to_device",
 ]
-
-
-def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Copy a small CPU tensor of host facts to ``device`` without a host-device sync.
-
-    A plain ``.to("cuda")`` from pageable memory waits for the stream (every queued kernel);
-    a copy from pinned memory with ``non_blocking=True`` just queues (the caching host allocator
-    keeps the pinned block alive until the copy is done).
-    """
-    device = torch.device(device)
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
-@dataclass(frozen=True)
-class SeqLayout:
-    """The packed varlen layout a backend needs, with the host-side facts kept on the host.
-
-    Attributes:
-        cu_seqlens: int32 ``[num_samples + 1]`` segment offsets, on the data's device.
-        max_seqlen: longest segment, a Python int.
-        seqlens: per-segment token counts (host copy of ``diff(cu_seqlens)``).
-        pack_offsets: segment offsets of the packs, ``num_packs + 1`` entries: segments
-            ``pack_offsets[p]:pack_offsets[p + 1]`` share pack ``p`` (only ``sdpa_masked`` cares).
-    """
-
-    cu_seqlens: torch.Tensor
-    max_seqlen: int
-    seqlens: tuple[int, ...]
-    pack_offsets: tuple[int, ...]
-    _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
-
-    def __post_init__(self) -> None:
-        if len(self.seqlens) + 1 != self.cu_seqlens.shape[0]:
-            raise ValueError(
-                f"seqlens has {len(self.seqlens)} entries but cu_seqlens has {self.cu_seqlens.shape[0]} (expected one more)"
-            )
-        if self.max_seqlen < max(self.seqlens, default=0):
-            raise ValueError(f"max_seqlen={self.max_seqlen} is below the longest segment {max(self.seqlens)}")
-        offsets = self.pack_offsets
-        if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(self.seqlens) or any(
-            b < a for a, b in zip(offsets, offsets[1:])
-        ):
-            raise ValueError(
-                f"pack_offsets must rise from 0 to num_samples={len(self.seqlens)}, got {offsets}"
-            )
-
-    @classmethod
-    def from_packed(cls, batch: "PackedBatch") -> "SeqLayout":
-        """The layout of a `PackedBatch` (no device sync: its host facts are copied)."""
-        return cls(
-            cu_seqlens=batch.cu_seqlens,
-            max_seqlen=int(batch.max_seqlen),
-            seqlens=tuple(int(n) for n in batch.seqlens),
-            pack_offsets=tuple(int(o) for o in batch.pack_offsets),
-        )
-
-    @classmethod
-    def from_seqlens(
-        cls,
-        seqlens: Sequence[int],
-        device: torch.device | str = "cpu",
-        pack_offsets: Sequence[int] | None = None,
-    ) -> "SeqLayout":
-        """Build a layout from host segment lengths; ``pack_offsets=None`` means one pack holds all."""
-        lengths = tuple(int(n) for n in seqlens)
-        if any(n < 0 for n in lengths):
-            raise ValueError(f"seqlens must be non-negative, got {list(lengths)}")
-        cu = [0]
-        for n in lengths:
-            cu.append(cu[-1] + n)
-        offsets = (0, len(lengths)) if pack_offsets is None else tuple(int(o) for o in pack_offsets)
-        return cls(
-            cu_seqlens=host_to_device(torch.tensor(cu, dtype=torch.int32), device),
-            max_seqlen=max(lengths, default=0),
-            seqlens=lengths,
-            pack_offsets=offsets,
-        )
-
-    @property
-    def total_tokens(self) -> int:
-        return sum(self.seqlens)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.seqlens)
-
-    def cached(self, key: Any, build: Callable[[], Any]) -> Any:
-        """``build()`` once per layout and key (masks, index tensors shared by every layer)."""
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
-
-
-# ------------------------------------------------------------------------------------------------
-# Helpers shared by the padding backends
-# ------------------------------------------------------------------------------------------------
-def _segment_ids(layout: SeqLayout, device: torch.device) -> torch.Tensor:
-    """int32 ``[total_tokens]``: which segment each packed token belongs to."""
-
-    def build() -> torch.Tensor:
-        ids = torch.repeat_interleave(
-            torch.arange(layout.num_samples, dtype=torch.int32), torch.tensor(layout.seqlens, dtype=torch.int64)
-        )
-        return host_to_device(ids, device)
-
-    return layout.cached(("segment_ids", device), build)
-
-
-def _pad_index(row_lengths: Sequence[int], row_len: int, device: torch.device) -> torch.Tensor:
-    """int64 ``[sum(row_lengths)]``: flat position ``row * row_len + offset`` of each packed token,
-    when consecutive runs of ``row_lengths`` tokens are laid out as rows padded to ``row_len``."""
-    lengths = torch.tensor(list(row_lengths), dtype=torch.int64)
-    row = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    row_start = torch.cumsum(lengths, 0) - lengths  # first packed token of each row
-    index = torch.arange(int(lengths.sum())) - row_start[row] + row * row_len
-    return host_to_device(index, device)
-
-
-def _to_rows(x: torch.Tensor, index: torch.Tensor, rows: int, row_len: int) -> torch.Tensor:
-    """Packed ``[total, heads, head_dim]`` -> zero-padded ``[rows, heads, row_len, head_dim]``."""
-    padded = x.new_zeros(rows * row_len, *x.shape[1:])
-    padded.index_copy_(0, index, x)
-    return padded.view(rows, row_len, *x.shape[1:]).transpose(1, 2)
-
-
-def _from_rows(out: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Inverse of `_to_rows`: ``[rows, heads, row_len, head_dim]`` -> packed ``[total, heads, head_dim]``."""
-    rows, heads, row_len, head_dim = out.shape
-    return out.transpose(1, 2).reshape(rows * row_len, heads, head_dim).index_select(0, index)
 
 
 # ------------------------------------------------------------------------------------------------
 # Backends: each one is fn(q, k, v, layout, softmax_scale) -> [total_tokens, heads, head_dim]
 # ------------------------------------------------------------------------------------------------
-def _torch_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
-    # One SDPA per sample on [1, heads, n, head_dim] views: exact, no padding, no mask. The
-    # batch axis matters: the CPU flash kernel only takes 4-D inputs (3-D falls back to the
-    # unfused math path, about 6x slower). The loop is short: one call per sample.
-    outs = []
-    for q_s, k_s, v_s in zip(q.split(layout.seqlens), k.split(layout.seqlens), v.split(layout.seqlens)):
-        if q_s.shape[0] == 0:
-            outs.append(q_s)
-            continue
-        out = F.scaled_dot_product_attention(
-            q_s.transpose(0, 1).unsqueeze(0),
-            k_s.transpose(0, 1).unsqueeze(0),
-            v_s.transpose(0, 1).unsqueeze(0),
-            scale=softmax_scale,
-        )
-        outs.append(out.squeeze(0).transpose(0, 1))
-    return torch.cat(outs) if outs else torch.empty_like(q)
+def _heads_first(x: torch.Tensor, segments: int, length: int) -> torch.Tensor:
+    """``[segments * length, heads, d]`` -> ``[segments, heads, length, d]`` (a view)."""
+    return x.view(segments, length, *x.shape[1:]).transpose(1, 2)
 
 
-def _pack_token_counts(layout: SeqLayout) -> list[int]:
-    offsets = layout.pack_offsets
-    return [sum(layout.seqlens[offsets[p] : offsets[p + 1]]) for p in range(len(offsets) - 1)]
+def _length_groups(layout: SeqLayout) -> list[tuple[int, int, torch.Tensor | None, tuple[int, int] | None]]:
+    """Segments grouped by length: ``(length, count, token index or None, contiguous span or None)``.
 
-
-def _sdpa_masked_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
-    # The published model's way: each pack is one row, padded to the longest pack, with a dense
-    # [rows, row_len, row_len] mask that lets a token see only its own sample. Padding tokens form
-    # a block of their own so that no row of the mask is empty (an empty row gives NaN).
-    device = q.device
-    pack_lengths = _pack_token_counts(layout)
-    rows, row_len = len(pack_lengths), max(pack_lengths, default=0)
-    already_rows = all(n == row_len for n in pack_lengths)  # the model padded the rows itself
-
-    def build() -> tuple[torch.Tensor | None, torch.Tensor]:
-        ids = torch.full((rows, row_len), -1, dtype=torch.int32)
-        offsets = layout.pack_offsets
-        for p in range(rows):
-            start = 0
-            for segment in range(offsets[p], offsets[p + 1]):
-                n = layout.seqlens[segment]
-                ids[p, start : start + n] = segment
-                start += n
-        mask = (ids[:, :, None] == ids[:, None, :]).unsqueeze(1)  # [rows, 1, row_len, row_len]
-        index = None if already_rows else _pad_index(pack_lengths, row_len, device)
-        return index, host_to_device(mask, device)
-
-    index, mask = layout.cached(("sdpa_masked", device), build)
-    if index is None:
-        to_rows = lambda x: x.view(rows, row_len, *x.shape[1:]).transpose(1, 2)  # noqa: E731
-    else:
-        to_rows = lambda x: _to_rows(x, index, rows, row_len)  # noqa: E731
-    out = F.scaled_dot_product_attention(to_rows(q), to_rows(k), to_rows(v), attn_mask=mask, scale=softmax_scale)
-    if index is None:
-        return out.transpose(1, 2).reshape(q.shape)
-    return _from_rows(out, index)
-
-
-# Backends that stand for a whole model running on padded rows (the published ElasticAST): the
-# model pads its encoder input with `row_padded` before the blocks, so every layer pays for the
-# padding as the published model does, not only the attention.
-ROW_PADDED_BACKENDS = frozenset({"sdpa_masked"})
-
-
-def row_padded(layout: SeqLayout, device: torch.device | str) -> tuple[SeqLayout, torch.Tensor]:
-    """The published model's layout of a packed batch: each pack one row, padded to the longest.
-
-    Returns:
-        ``(rows_layout, index)``: ``rows_layout`` covers ``num_packs * row_len`` tokens, with each
-        row's padding as one extra segment (padding attends only to padding, so its values never
-        reach a real token); ``index`` (int64 ``[total_tokens]``, on ``device``) is where every
-        packed token sits in the padded buffer (``padded[index] = packed``).
+    A group whose segments sit back to back in the packed tensor is a contiguous span (a view, no
+    copy); any other group gathers its tokens with an int64 index on the layout's device.
     """
-    device = torch.device(device)
+    starts = layout.segment_starts()
+    members: dict[int, list[int]] = {}
+    for segment, length in enumerate(layout.seqlens):
+        if length > 0:
+            members.setdefault(length, []).append(segment)
+    groups = []
+    for length, segments in members.items():
+        first = starts[segments[0]]
+        if all(starts[s] == first + i * length for i, s in enumerate(segments)):
+            groups.append((length, len(segments), None, (first, first + len(segments) * length)))
+        else:
+            index = torch.cat([torch.arange(starts[s], starts[s] + length) for s in segments])
+            groups.append((length, len(segments), host_to_device(index, layout.device), None))
+    return groups
 
-    def build() -> tuple[SeqLayout, torch.Tensor]:
-        pack_lengths = _pack_token_counts(layout)
-        row_len = max(pack_lengths, default=0)
-        seqlens, offsets = [], [0]
-        for p, used in enumerate(pack_lengths):
-            seqlens.extend(layout.seqlens[layout.pack_offsets[p] : layout.pack_offsets[p + 1]])
-            if used < row_len:
-                seqlens.append(row_len - used)
-            offsets.append(len(seqlens))
-        rows_layout = SeqLayout.from_seqlens(seqlens, device, offsets)
-        return rows_layout, _pad_index(pack_lengths, row_len, device)
 
-    return layout.cached(("row_padded", device), build)
+def _torch_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
+    # Samples of equal length form one [count, heads, length, head_dim] batch: one fused SDPA
+    # call per distinct length, no padding, no mask (one call in all for equal-length clips).
+    # 4-D inputs matter: the CPU flash kernel only takes them (3-D falls back to the unfused math
+    # path, about 6x slower).
+    groups = layout.cached(("length_groups", q.device), lambda: _length_groups(layout))
+    if len(groups) == 1 and groups[0][3] == (0, q.shape[0]):  # every token in one view
+        length, count = groups[0][0], groups[0][1]
+        out = F.scaled_dot_product_attention(*(_heads_first(x, count, length) for x in (q, k, v)), scale=softmax_scale)
+        return _keep_nan_queries(out.transpose(1, 2).reshape(q.shape), q)
+    out = q.new_zeros(q.shape)
+    for length, count, index, span in groups:
+        if span is not None:
+            parts = [x[span[0]:span[1]] for x in (q, k, v)]
+        else:
+            parts = [x.index_select(0, index) for x in (q, k, v)]
+        result = F.scaled_dot_product_attention(*(_heads_first(x, count, length) for x in parts), scale=softmax_scale)
+        result = result.transpose(1, 2).reshape(count * length, *q.shape[1:])
+        if span is not None:
+            out = out.slice_scatter(result, 0, span[0], span[1])
+        else:
+            out = out.index_copy(0, index, result)
+    return _keep_nan_queries(out, q)
 
 
-def _padded_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
-    # AST style: every sample is its own row, padded to the longest sample; a key-padding mask.
-    device = q.device
-    rows, row_len = layout.num_samples, layout.max_seqlen
+def _keep_nan_queries(out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``out`` with NaN in every row whose query holds a NaN.
 
-    def build() -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = torch.tensor(layout.seqlens, dtype=torch.int64)
-        key_valid = torch.arange(row_len)[None, :] < lengths[:, None]  # [rows, row_len]
-        key_mask = host_to_device(key_valid[:, None, None, :].contiguous(), device)
-        return _pad_index(layout.seqlens, row_len, device), key_mask
-
-    index, key_mask = layout.cached(("padded", device), build)
-    out = F.scaled_dot_product_attention(
-        _to_rows(q, index, rows, row_len),
-        _to_rows(k, index, rows, row_len),
-        _to_rows(v, index, rows, row_len),
-        attn_mask=key_mask,
-        scale=softmax_scale,
-    )
-    return _from_rows(out, index)
+    PyTorch's CPU flash SDPA returns zeros for a query row with a NaN (it treats the row as fully
+    masked), which would hide the NaN. Adding ``0 * sum(q)`` per row restores it for that token
+    alone (0 * NaN = NaN, 0 * finite = 0) at the cost of one reduction over q.
+    """
+    return out + q.sum(-1, keepdim=True) * 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -311,7 +128,7 @@ def _flex_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Ten
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     device, total = q.device, q.shape[0]
-    segment_ids = _segment_ids(layout, device)
+    segment_ids = layout.segment_ids()
 
     def document_mask(batch, head, q_idx, kv_idx):
         return segment_ids[q_idx] == segment_ids[kv_idx]
@@ -330,19 +147,11 @@ def _flex_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Ten
     flex = _compiled_flex() if q.is_cuda and not torch.compiler.is_compiling() else flex_attention
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        out = flex(
-            q.transpose(0, 1).unsqueeze(0),
-            k.transpose(0, 1).unsqueeze(0),
-            v.transpose(0, 1).unsqueeze(0),
-            block_mask=block_mask,
-            scale=softmax_scale,
-        )
+        out = flex(*(x.transpose(0, 1).unsqueeze(0) for x in (q, k, v)), block_mask=block_mask, scale=softmax_scale)
     return out.squeeze(0).transpose(0, 1)
 
 
 def _varlen_attn_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
-    if not q.is_cuda:
-        raise NotImplementedError("torch.nn.attention.varlen.varlen_attn runs on CUDA only; use backend='torch' on CPU")
     from torch.nn.attention.varlen import varlen_attn
 
     cu = layout.cu_seqlens
@@ -380,28 +189,18 @@ def _triton_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.T
 # Availability: None when usable on the device, else the reason
 # ------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
-def _import_error(module: str, attribute: str | None = None) -> str | None:
-    """None when ``module`` (and ``module.attribute``) imports, else why not."""
+def _import_error(module: str, attribute: str) -> str | None:
+    """None when ``module.attribute`` imports, else why not."""
     try:
-        imported = importlib.import_module(module)
-        if attribute is not None:
-            getattr(imported, attribute)
+        getattr(importlib.import_module(module), attribute)
     except Exception as error:  # ImportError, or a broken install raising anything else
-        what = module if attribute is None else f"{module}.{attribute}"
-        return f"cannot import {what} ({type(error).__name__}: {error})"
+        return f"cannot import {module}.{attribute} ({type(error).__name__}: {error})"
     return None
-
-
-def _needs_cuda(device: torch.device, what: str) -> str | None:
-    return None if device.type == "cuda" else f"{what} needs a CUDA device, got {device.type}"
 
 
 def _check_triton(device: torch.device) -> str | None:
     if not triton_available():
         return "triton is not installed"
-    missing = _import_error("elasticast_kernels.ops.varlen_attention", "varlen_attention")
-    if missing:
-        return missing
     if device.type == "cuda" or (device.type == "cpu" and triton_interpret()):
         return None
     return f"the Triton kernel needs CUDA (or TRITON_INTERPRET=1 on CPU, for tests), got {device.type}"
@@ -416,20 +215,12 @@ def _check_flex(device: torch.device) -> str | None:
     return None
 
 
-def _check_varlen_attn(device: torch.device) -> str | None:
-    missing = _import_error("torch.nn.attention.varlen", "varlen_attn")
-    if missing:
-        return f"this torch {torch.__version__} has no varlen_attn: {missing}"
-    return _needs_cuda(device, "torch.nn.attention.varlen.varlen_attn")
-
-
-def _check_package(module: str, attribute: str, package: str) -> Callable[[torch.device], str | None]:
+def _check_cuda_import(module: str, attribute: str, what: str) -> Callable[[torch.device], str | None]:
     def check(device: torch.device) -> str | None:
-        missing = _needs_cuda(device, package)
-        if missing:
-            return missing
+        if device.type != "cuda":
+            return f"{what} needs a CUDA device, got {device.type}"
         missing = _import_error(module, attribute)
-        return f"{package} is not importable: {missing} (pip install {package})" if missing else None
+        return f"{what} is not importable: {missing}" if missing else None
 
     return check
 
@@ -439,69 +230,103 @@ def _always(device: torch.device) -> str | None:
 
 
 @dataclass(frozen=True)
-class _Backend:
+class Backend:
+    """One attention backend: its function, when it can run, and what it promises.
+
+    Attributes:
+        name: the table key.
+        fn: ``fn(q, k, v, layout, softmax_scale) -> out``, inputs already validated.
+        check: ``check(device)``: None when it can run there, else the reason.
+        half_only: FlashAttention-style kernels that take fp16/bf16 inputs only.
+        isolates_samples: a non-finite value in one sample never reaches another.
+    """
+
+    name: str
     fn: BackendFn
     check: Callable[[torch.device], str | None]
-    half_only: bool = False  # FlashAttention-style kernels: fp16/bf16 inputs only
+    half_only: bool = False
+    isolates_samples: bool = True
 
 
-_REGISTRY: dict[str, _Backend] = {
-    "triton": _Backend(_triton_backend, _check_triton),
-    "torch": _Backend(_torch_backend, _always),
-    "sdpa_masked": _Backend(_sdpa_masked_backend, _always),
-    "padded": _Backend(_padded_backend, _always),
-    "flex": _Backend(_flex_backend, _check_flex),
-    "varlen_attn": _Backend(_varlen_attn_backend, _check_varlen_attn, half_only=True),
-    "flash_attn": _Backend(
-        _flash_attn_backend, _check_package("flash_attn", "flash_attn_varlen_func", "flash-attn"), half_only=True
-    ),
-    "xformers": _Backend(_xformers_backend, _check_package("xformers.ops", "memory_efficient_attention", "xformers")),
-}
+# The one table (read-only); "auto" is not a backend but a rule over it (_AUTO_ORDER).
+BACKENDS: Mapping[str, Backend] = types.MappingProxyType({b.name: b for b in (
+    Backend("triton", _triton_backend, _check_triton),
+    Backend("torch", _torch_backend, _always),
+    Backend("flex", _flex_backend, _check_flex, isolates_samples=False),
+    Backend("varlen_attn", _varlen_attn_backend,
+            _check_cuda_import("torch.nn.attention.varlen", "varlen_attn", "torch.nn.attention.varlen.varlen_attn"),
+            half_only=True),
+    Backend("flash_attn", _flash_attn_backend,
+            _check_cuda_import("flash_attn", "flash_attn_varlen_func", "flash-attn (pip install flash-attn)"),
+            half_only=True),
+    Backend("xformers", _xformers_backend,
+            _check_cuda_import("xformers.ops", "memory_efficient_attention", "xformers (pip install xformers)")),
+)})
 
-# Preference order for "auto", fastest first. CPU: the per-sample SDPA loop (the interpreter
-# and the unfused CPU flex are for testing, not speed).
+# Preference order for "auto", fastest first. CPU: the batched SDPA path (the interpreter and
+# the unfused CPU flex are for testing, not speed).
 _AUTO_ORDER = {
     "cuda": ("triton", "flash_attn", "varlen_attn", "xformers", "torch"),
     "cpu": ("torch",),
 }
 
-BACKEND_NAMES: tuple[str, ...] = (*_REGISTRY, "auto")
+# Names of 0.1.0 whose padded implementations moved to the benchmarks: same results via "torch".
+_DEPRECATED = {"sdpa_masked": "torch", "padded": "torch"}
 
-
-def _device(device: torch.device | str) -> torch.device:
-    return device if isinstance(device, torch.device) else torch.device(device)
+BACKEND_NAMES: tuple[str, ...] = (*BACKENDS, "auto")
 
 
 def available_backends(device: torch.device | str = "cpu") -> dict[str, str | None]:
     """Every backend name (``auto`` excluded) -> ``None`` when it can run on ``device``, else why not.
 
-    ``varlen_attn`` and ``flash_attn`` additionally need fp16/bf16 inputs (checked when called).
+    ``varlen_attn`` and ``flash_attn`` additionally need fp16/bf16 inputs (checked when resolved).
     """
-    device = _device(device)
-    return {name: backend.check(device) for name, backend in _REGISTRY.items()}
+    device = torch.device(device)
+    return {name: backend.check(device) for name, backend in BACKENDS.items()}
+
+
+def backend_name(name: object, argument: str = "backend") -> str:
+    """``name`` checked: a name of `BACKEND_NAMES` (a deprecated one is mapped, with a warning).
+
+    Raises (naming ``argument``, the caller's parameter):
+        TypeError: ``name`` is not a string.  ValueError: an unknown name.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{argument}: attention backend must be a name (str), got {type(name).__name__}")
+    if name in _DEPRECATED:
+        warnings.warn(
+            f"attention backend {name!r} is deprecated: the padded baselines moved to "
+            f"elasticast_kernels.bench.padded; using {_DEPRECATED[name]!r} (same results, no padding)",
+            DeprecationWarning, stacklevel=3,
+        )
+        return _DEPRECATED[name]
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"{argument}: unknown attention backend {name!r}; choose one of {list(BACKEND_NAMES)}")
+    return name
 
 
 def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
     """The concrete backend ``name`` stands for on ``device`` (and ``dtype`` if given).
 
     Raises:
+        TypeError: ``name`` is not a string.
         ValueError: unknown name, or a backend that cannot run there (the message says why).
     """
-    device = _device(device)
+    name = backend_name(name)
+    device = torch.device(device)
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
-            backend = _REGISTRY[candidate]
+            backend = BACKENDS[candidate]
             needs_half = backend.half_only and dtype not in (torch.float16, torch.bfloat16)
             if backend.check(device) is None and not needs_half:
                 return candidate
         return "torch"
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {list(BACKEND_NAMES)}")
-    reason = _REGISTRY[name].check(device)
+    backend = BACKENDS[name]
+    reason = backend.check(device)
     if reason is not None:
         usable = [n for n, why in available_backends(device).items() if why is None]
         raise ValueError(f"attention backend {name!r} is not available on {device}: {reason}. Available here: {usable}")
-    if _REGISTRY[name].half_only and dtype is not None and dtype not in (torch.float16, torch.bfloat16):
+    if backend.half_only and dtype is not None and dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"attention backend {name!r} needs float16 or bfloat16 inputs, got {dtype} (use autocast)")
     return name
 
@@ -519,7 +344,7 @@ def attention(
     Args:
         q, k, v: ``[total_tokens, heads, head_dim]``, same dtype and device (strided views are fine).
         layout: the segments (`SeqLayout`); ``layout.cu_seqlens`` on the same device.
-        softmax_scale: multiplies the scores before the softmax (ElasticAST uses 1.0).
+        softmax_scale: finite number multiplying the scores before the softmax (ElasticAST uses 1.0).
         backend: a name of `BACKEND_NAMES`.
 
     Returns:
@@ -527,7 +352,8 @@ def attention(
         over the tokens of t's own sample s.
 
     Raises:
-        TypeError / ValueError: malformed inputs, an unknown or unavailable backend.
+        TypeError / ValueError: malformed inputs, a non-finite or non-numeric scale, an unknown
+            or unavailable backend.
     """
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if not isinstance(tensor, torch.Tensor):
@@ -542,28 +368,9 @@ def attention(
             )
     if not isinstance(layout, SeqLayout):
         raise TypeError(f"layout must be a SeqLayout, got {type(layout).__name__}")
-    if layout.cu_seqlens.device != q.device:
-        raise ValueError(f"layout.cu_seqlens is on {layout.cu_seqlens.device} but q is on {q.device}")
-    if not torch.compiler.is_compiling() and layout.total_tokens != q.shape[0]:
+    if layout.device != q.device:
+        raise ValueError(f"layout.cu_seqlens is on {layout.device} but q is on {q.device}")
+    if layout.total_tokens != q.shape[0]:
         raise ValueError(f"layout covers {layout.total_tokens} tokens but q has {q.shape[0]}")
-    return BACKENDS[backend](q, k, v, layout, float(softmax_scale))
-
-
-def _auto_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
-    return _REGISTRY[resolve_backend("auto", q.device, q.dtype)].fn(q, k, v, layout, softmax_scale)
-
-
-def _checked(name: str) -> BackendFn:
-    backend = _REGISTRY[name]
-
-    def run(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
-        resolve_backend(name, q.device, q.dtype)  # clear error if it cannot run here
-        return backend.fn(q, k, v, layout, softmax_scale)
-
-    run.__name__ = f"{name}_attention"
-    run.__doc__ = f"The {name!r} backend (see elasticast_kernels.backends)."
-    return run
-
-
-BACKENDS: dict[str, BackendFn] = {name: _checked(name) for name in _REGISTRY}
-BACKENDS["auto"] = _auto_backend
+    scale = resolve_softmax_scale(softmax_scale, q.shape[-1], allow_none=False)
+    return BACKENDS[resolve_backend(backend, q.device, q.dtype)].fn(q, k, v, layout, scale)

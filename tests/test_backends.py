@@ -1,4 +1,4 @@
-"""Every attention backend against a dense float64 reference on the packed layout."""
+"""Every attention backend of the registry against a float64 reference on the packed layout."""
 from __future__ import annotations
 
 import pytest
@@ -6,24 +6,15 @@ import torch
 
 from elasticast_kernels.backends import (
     BACKEND_NAMES,
+    BACKENDS,
     SeqLayout,
     attention,
     available_backends,
     resolve_backend,
-    row_padded,
 )
+from helpers import reference_attention
 
 CPU_BACKENDS = [name for name in BACKEND_NAMES if name != "auto"]
-
-
-def reference_attention(q, k, v, seqlens, scale):
-    """Dense float64: per sample, softmax(scale * q k^T) v."""
-    outs, start = [], 0
-    for n in seqlens:
-        qs, ks, vs = (t[start : start + n].double().transpose(0, 1) for t in (q, k, v))
-        outs.append(((qs @ ks.transpose(-1, -2) * scale).softmax(-1) @ vs).transpose(0, 1))
-        start += n
-    return torch.cat(outs)
 
 
 def skip_unless_available(name: str, device: str = "cpu") -> None:
@@ -38,6 +29,8 @@ LAYOUTS = [
     ((5, 12, 1, 9), (0, 4)),
     ((5, 12, 1, 9), (0, 2, 3, 4)),
     ((33, 3, 17, 17, 8), (0, 1, 3, 5)),
+    ((6, 6, 6, 6), (0, 2, 4)),  # equal lengths: one batched call
+    ((4, 9, 4, 0, 9, 4), (0, 6)),  # interleaved equal-length groups and an empty sample: gathers
 ]
 
 
@@ -49,13 +42,14 @@ def test_backend_matches_reference(name, seqlens, pack_offsets, scale, torch_cpu
     heads, head_dim = 2, 8
     total = sum(seqlens)
     q, k, v = (torch.randn(total, heads, head_dim) for _ in range(3))
-    layout = SeqLayout.from_seqlens(seqlens, "cpu", pack_offsets)
+    layout = SeqLayout(seqlens, pack_offsets)
     out = attention(q, k, v, layout, scale, backend=name)
     assert out.shape == q.shape and out.dtype == q.dtype
-    torch.testing.assert_close(out.double(), reference_attention(q, k, v, seqlens, scale), atol=2e-5, rtol=2e-5)
+    expected = reference_attention(q, k, v, layout.cu_seqlens, scale)
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("name", ["torch", "sdpa_masked", "padded", "flex"])
+@pytest.mark.parametrize("name", ["torch", "flex"])
 def test_backend_float64_and_strided_kv(name, torch_cpu_path):
     """float64 works, and k/v may be strided views of one ``to_kv`` output (as in the model)."""
     skip_unless_available(name)
@@ -63,37 +57,59 @@ def test_backend_float64_and_strided_kv(name, torch_cpu_path):
     total = sum(seqlens)
     q = torch.randn(total, heads, head_dim, dtype=torch.float64)
     k, v = torch.randn(total, 2, heads, head_dim, dtype=torch.float64).unbind(1)
-    layout = SeqLayout.from_seqlens(seqlens, "cpu", (0, 2, 3))
+    layout = SeqLayout(seqlens, (0, 2, 3))
     out = attention(q, k, v, layout, 1.0, backend=name)
-    torch.testing.assert_close(out, reference_attention(q, k, v, seqlens, 1.0), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(out, reference_attention(q, k, v, layout.cu_seqlens, 1.0), atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["torch", "sdpa_masked", "padded", "flex"])
-def test_backend_gradients(name, torch_cpu_path):
-    skip_unless_available(name)
-    seqlens = (3, 8, 5)
+@pytest.mark.parametrize("seqlens", [(3, 8, 5), (6, 6, 6), (4, 7, 4, 7)])
+def test_torch_backend_gradients(seqlens, torch_cpu_path):
     total = sum(seqlens)
     inputs = [torch.randn(total, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    layout = SeqLayout.from_seqlens(seqlens, "cpu", (0, 1, 3))
-    if name == "flex":  # torch has no FlexAttention backward on the CPU: a clear error instead
-        with pytest.raises(NotImplementedError, match="no backward on CPU"):
-            attention(*inputs, layout, 0.5, backend=name)
-        return
-    grads = torch.autograd.grad(attention(*inputs, layout, 0.5, backend=name).square().sum(), inputs)
-    expected = torch.autograd.grad(reference_attention(*inputs, seqlens, 0.5).square().sum(), inputs)
+    layout = SeqLayout(seqlens)
+    grads = torch.autograd.grad(attention(*inputs, layout, 0.5, backend="torch").square().sum(), inputs)
+    expected = torch.autograd.grad(reference_attention(*inputs, layout.cu_seqlens, 0.5).square().sum(), inputs)
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+def test_flex_has_no_cpu_backward(torch_cpu_path):
+    skip_unless_available("flex")
+    inputs = [torch.randn(9, 2, 4, requires_grad=True) for _ in range(3)]
+    with pytest.raises(NotImplementedError, match="no backward on CPU"):
+        attention(*inputs, SeqLayout((4, 5)), 0.5, backend="flex")
 
 
 def test_triton_backend_under_interpreter(monkeypatch):
     """Our kernel through the registry (interpreted on CPU; tiny shapes)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     skip_unless_available("triton")
-    seqlens = (5, 12, 3)
-    q, k, v = (torch.randn(sum(seqlens), 2, 16) for _ in range(3))
-    layout = SeqLayout.from_seqlens(seqlens)
+    layout = SeqLayout((5, 12, 3))
+    q, k, v = (torch.randn(layout.total_tokens, 2, 16) for _ in range(3))
     out = attention(q, k, v, layout, 1.0, backend="triton")
-    torch.testing.assert_close(out.double(), reference_attention(q, k, v, seqlens, 1.0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.double(), reference_attention(q, k, v, layout.cu_seqlens, 1.0), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+def test_non_finite_value_stays_in_its_sample(name, bad, where, monkeypatch):
+    """A NaN/inf in one sample makes that sample's output non-finite and no other's; backends
+    that cannot promise it say so (``isolates_samples=False``)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    skip_unless_available(name)
+    layout = SeqLayout((5, 7, 4, 7), (0, 4))
+    q, k, v = (torch.randn(layout.total_tokens, 2, 16) for _ in range(3))
+    {"q": q, "k": k, "v": v}[where][7, 1, 3] = bad  # token 2 of sample 1
+    with torch.no_grad():
+        out = attention(q, k, v, layout, 1.0, backend=name)
+    per_sample = [out[a:b] for a, b in zip(layout.cu_seqlens[:-1].tolist(), layout.cu_seqlens[1:].tolist())]
+    assert not torch.isfinite(per_sample[1]).all(), f"{name}: the poisoned sample came back finite"
+    others_finite = all(torch.isfinite(per_sample[i]).all() for i in (0, 2, 3))
+    if BACKENDS[name].isolates_samples:
+        assert others_finite, f"{name}: a non-finite value reached another sample"
+    elif where == "v":  # the documented leak: probability 0 times a non-finite value
+        assert not others_finite, f"{name} isolates samples after all: update its isolates_samples"
 
 
 def test_auto_picks_torch_on_cpu(monkeypatch):
@@ -104,8 +120,7 @@ def test_auto_picks_torch_on_cpu(monkeypatch):
 def test_availability_reports_reasons():
     table = available_backends("cpu")
     assert set(table) == set(CPU_BACKENDS)
-    for name in ("torch", "sdpa_masked", "padded"):
-        assert table[name] is None
+    assert table["torch"] is None
     if not torch.cuda.is_available():
         for name in ("varlen_attn", "flash_attn", "xformers"):
             assert "CUDA" in table[name]
@@ -113,21 +128,29 @@ def test_availability_reports_reasons():
 
 def test_unavailable_and_unknown_backends_raise():
     q = torch.randn(4, 1, 8)
-    layout = SeqLayout.from_seqlens((4,))
+    layout = SeqLayout((4,))
     with pytest.raises(ValueError, match="unknown attention backend 'nope'"):
         resolve_backend("nope", "cpu")
+    with pytest.raises(ValueError, match="unknown attention backend 'nope'"):
+        attention(q, q, q, layout, 1.0, backend="nope")
+    with pytest.raises(TypeError, match="attention backend must be a name"):
+        attention(q, q, q, layout, 1.0, backend=None)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="varlen_attn.*not available on cpu.*CUDA"):
             attention(q, q, q, layout, 1.0, backend="varlen_attn")
-        # the registry checks first; the backend function itself refuses CPU tensors too
-        from elasticast_kernels.backends import _varlen_attn_backend
 
-        with pytest.raises(NotImplementedError, match="CUDA only"):
-            _varlen_attn_backend(q, q, q, layout, 1.0)
+
+@pytest.mark.parametrize("old", ["sdpa_masked", "padded"])
+def test_moved_padded_backends_are_deprecated_aliases(old, torch_cpu_path):
+    layout = SeqLayout((3, 5), (0, 1, 2))
+    q, k, v = (torch.randn(8, 2, 4) for _ in range(3))
+    with pytest.warns(DeprecationWarning, match="elasticast_kernels.bench.padded"):
+        out = attention(q, k, v, layout, 1.0, backend=old)
+    torch.testing.assert_close(out, attention(q, k, v, layout, 1.0, backend="torch"))
 
 
 def test_bad_inputs_raise():
-    layout = SeqLayout.from_seqlens((3, 2))
+    layout = SeqLayout((3, 2))
     q = torch.randn(5, 2, 4)
     with pytest.raises(ValueError, match="k must match q"):
         attention(q, torch.randn(5, 2, 3), q, layout, 1.0)
@@ -137,30 +160,19 @@ def test_bad_inputs_raise():
         attention(q[0], q[0], q[0], layout, 1.0)
     with pytest.raises(TypeError, match="SeqLayout"):
         attention(q, q, q, (3, 2), 1.0)
-    with pytest.raises(ValueError, match="pack_offsets"):
-        SeqLayout.from_seqlens((3, 2), pack_offsets=(0, 3))
-    with pytest.raises(ValueError, match="non-negative"):
-        SeqLayout.from_seqlens((3, -2))
+    for scale in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="softmax_scale must be finite"):
+            attention(q, q, q, layout, scale)
+    for scale in ("1.0", torch.tensor(1.0), 1j, True):
+        with pytest.raises(TypeError, match="softmax_scale must be a real number"):
+            attention(q, q, q, layout, scale)
 
 
-def test_layout_caches_masks_once():
-    layout = SeqLayout.from_seqlens((3, 2, 4), pack_offsets=(0, 2, 3))
-    q = torch.randn(9, 1, 4)
-    attention(q, q, q, layout, 1.0, backend="sdpa_masked")
+def test_layout_caches_once_per_layout(torch_cpu_path):
+    layout = SeqLayout((3, 2, 3, 4))
+    q = torch.randn(12, 1, 4)
+    attention(q, q, q, layout, 1.0, backend="torch")
     cached = dict(layout._cache)
-    attention(q, q, q, layout, 1.0, backend="sdpa_masked")
+    assert cached, "the torch backend caches its length groups"
+    attention(q, q, q, layout, 1.0, backend="torch")
     assert all(layout._cache[key] is value for key, value in cached.items())
-
-
-def test_row_padded_layout_reproduces_packed_attention(torch_cpu_path):
-    """The published model's layout (packs padded to the longest pack) gives the same real outputs."""
-    seqlens, pack_offsets = (5, 12, 1, 9, 4), (0, 2, 4, 5)  # packs of 17, 10 and 4 tokens
-    layout = SeqLayout.from_seqlens(seqlens, "cpu", pack_offsets)
-    rows_layout, index = row_padded(layout, "cpu")
-    assert rows_layout.seqlens == (5, 12, 1, 9, 7, 4, 13)  # each row's padding is one extra segment
-    assert rows_layout.pack_offsets == (0, 2, 5, 7) and rows_layout.total_tokens == 3 * 17
-    assert index.tolist() == list(range(17)) + list(range(17, 27)) + list(range(34, 38))
-    q, k, v = (torch.randn(sum(seqlens), 2, 8) for _ in range(3))
-    padded = [torch.zeros(51, 2, 8).index_copy(0, index, t) for t in (q, k, v)]
-    out = attention(*padded, rows_layout, 1.0, backend="sdpa_masked").index_select(0, index)
-    torch.testing.assert_close(out.double(), reference_attention(q, k, v, seqlens, 1.0), atol=2e-5, rtol=2e-5)

@@ -9,31 +9,13 @@ import pytest
 import torch
 
 from elasticast_kernels.ops.segment_pool import segment_attention_pool, segment_mean
+from helpers import assert_close, cu_from, reference_mean, reference_pool
 
 LENGTHS = {
     "mixed": [1, 37, 100, 5],  # length 1 and multi-chunk samples
     "unequal": [130, 2, 1, 128],  # very unequal, one exactly 2 chunks long
 }
 TOL = {torch.float32: 2e-5, torch.float16: 4e-3}
-
-
-def cu_from(lengths):
-    return torch.tensor([0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int32)
-
-
-def reference_pool(q, k, v, cu_seqlens, scale):
-    """float64 padded + masked softmax pooling: [batch, heads, head_dim]."""
-    starts, lengths = cu_seqlens[:-1].tolist(), (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    batch, (_, heads, head_dim), n = len(lengths), k.shape, max(lengths, default=0)
-    kp = k.new_zeros((batch, n, heads, head_dim), dtype=torch.float64)
-    vp, mask = torch.zeros_like(kp), torch.zeros((batch, n), dtype=torch.bool)
-    for b, (start, length) in enumerate(zip(starts, lengths)):
-        kp[b, :length], vp[b, :length], mask[b, :length] = k[start:start + length], v[start:start + length], True
-    qb = q.double().expand(batch, heads, head_dim)
-    scores = torch.einsum("bhd,bnhd->bhn", qb, kp) * scale
-    p = torch.softmax(scores.masked_fill(~mask[:, None, :], -math.inf), dim=-1)
-    p = torch.where(mask[:, None, :], p, 0.0)  # an empty sample pools to 0
-    return torch.einsum("bhn,bnhd->bhd", p, vp)
 
 
 def make_inputs(lengths, heads, head_dim, dtype, shared_query):
@@ -43,13 +25,6 @@ def make_inputs(lengths, heads, head_dim, dtype, shared_query):
     q_shape = (heads, head_dim) if shared_query else (len(lengths), heads, head_dim)
     q = torch.randn(q_shape, dtype=dtype, requires_grad=True)
     return q, k, v, cu_from(lengths)
-
-
-def assert_close(got, ref, tol, what):
-    """Error bounded relative to the largest reference magnitude (outputs and gradients mix scales)."""
-    err = (got.double() - ref).abs().max().item() if ref.numel() else 0.0
-    bound = tol * max(1.0, ref.abs().max().item() if ref.numel() else 0.0)
-    assert err <= bound, f"{what}: max abs error {err:.3g} > {bound:.3g}"
 
 
 def check_against_reference(q, k, v, cu_seqlens, softmax_scale):
@@ -96,9 +71,9 @@ def test_many_chunks_per_sample():
 
 def test_int64_index_path(monkeypatch):
     """The int64 row offsets used for tensors past 2^31 elements, forced on small inputs."""
-    from elasticast_kernels.ops import segment_pool
+    from elasticast_kernels.ops import segment_pool_kernels
 
-    monkeypatch.setattr(segment_pool, "_needs_int64", lambda *tensors: True)
+    monkeypatch.setattr(segment_pool_kernels, "needs_int64", lambda *tensors: True)
     check_against_reference(*make_inputs([70, 5], 2, 32, torch.float32, False), 1.0)
     cu = cu_from([70, 5])
     x = torch.randn(75, 8, requires_grad=True)
@@ -110,11 +85,11 @@ def test_int64_index_path(monkeypatch):
 
 def test_very_wide_rows_take_torch_path(monkeypatch):
     """Rows too wide for int32 tile offsets fall back to the torch path (threshold lowered here)."""
-    from elasticast_kernels.ops import segment_pool
+    from elasticast_kernels.ops import segment_pool, segment_pool_kernels
 
     monkeypatch.setattr(segment_pool, "_MAX_ROW_STRIDE", 16)
-    monkeypatch.setattr(segment_pool, "_pool_forward_triton", None)  # would fail if called
-    monkeypatch.setattr(segment_pool, "_segment_mean_triton", None)
+    for launcher in ("segment_attention_pool_forward", "segment_mean_forward"):
+        monkeypatch.setattr(segment_pool_kernels, launcher, None)  # would fail if called
     check_against_reference(*make_inputs([9, 4], 2, 16, torch.float32, True), 1.0)
     cu = cu_from([9, 4])
     x = torch.randn(13, 32)
@@ -171,12 +146,6 @@ def test_pool_bf16_cpu_under_interpreter():
     out = segment_attention_pool(q, k, v, cu, softmax_scale=1.0)
     ref = reference_pool(q.detach().double(), k.detach().double(), v.detach().double(), cu, 1.0)
     assert_close(out, ref, 2e-2, "out")
-
-
-def reference_mean(x, cu_seqlens):
-    rows = [x[a:b].double().mean(0) if b > a else x.new_zeros(x.shape[1:], dtype=torch.float64)
-            for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())]
-    return torch.stack(rows) if rows else x.new_zeros((0, *x.shape[1:]), dtype=torch.float64)
 
 
 @pytest.mark.parametrize("features", [(), (5,), (3, 24)], ids=["scalar", "vector", "matrix"])
@@ -251,6 +220,7 @@ def _bad_inputs():
         "q_shape": (dict(q=q[:1]), ValueError, "q"),
         "q_batch": (dict(q=q.expand(3, 2, 16)), ValueError, "q"),
         "q_4d": (dict(q=q[None, None]), ValueError, "q"),
+        "q_1d": (dict(q=q[0]), ValueError, r"q must be \(heads, head_dim\)"),
         "head_dim_too_big": (dict(q=torch.zeros(2, 512), k=torch.zeros(7, 2, 512), v=torch.zeros(7, 2, 512)),
                              ValueError, "head_dim"),
         "cu_int64": (dict(cu_seqlens=cu.long()), ValueError, "cu_seqlens"),
@@ -260,6 +230,8 @@ def _bad_inputs():
         "cu_start": (dict(cu_seqlens=torch.tensor([1, 3, 7], dtype=torch.int32)), ValueError, "cu_seqlens"),
         "max_seqlen": (dict(max_seqlen=-1), ValueError, "max_seqlen"),
         "scale_nan": (dict(softmax_scale=float("nan")), ValueError, "softmax_scale"),
+        "scale_inf": (dict(softmax_scale=float("inf")), ValueError, "softmax_scale"),
+        "scale_str": (dict(softmax_scale="1.0"), TypeError, "softmax_scale"),
     }
     return good, cases
 
@@ -287,3 +259,41 @@ def test_pool_bad_input(case):
 def test_segment_mean_bad_input(x, cu, error, name):
     with pytest.raises(error, match=name):
         segment_mean(x, cu)
+
+
+@pytest.mark.parametrize("path", ["triton", "torch"])
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_pool_non_finite_input_stays_in_its_sample(path, where, bad, monkeypatch):
+    """A NaN/inf in one sample gives that sample a non-finite output and gradient (never a
+    silent finite value) and leaves every other sample's output and gradient finite."""
+    if path == "torch":
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    lengths = [5, 70, 3, 9]  # sample 1 spans two chunks under the interpreter
+    q, k, v, cu = make_inputs(lengths, 2, 16, torch.float32, shared_query=False)
+    with torch.no_grad():
+        {"q": q, "k": k, "v": v}[where][1 if where == "q" else 40, 1, 3] = bad
+        if where == "v" and bad == float("inf"):
+            v[40, 1, 4] = -bad  # inf - inf: NaN in the weighted sum whatever the weights
+    out = segment_attention_pool(q, k, v, cu, softmax_scale=1.0)
+    assert not torch.isfinite(out[1]).all(), "the poisoned sample came back finite"
+    assert torch.isfinite(out[[0, 2, 3]]).all(), "a non-finite value reached another sample"
+    out[[0, 2, 3]].sum().backward()  # gradients of the clean samples only
+    for name, t in (("k", k), ("v", v)):
+        clean = torch.cat([t.grad[:5], t.grad[75:]])
+        assert torch.isfinite(clean).all(), f"d{name} of clean samples is not finite"
+    assert torch.isfinite(q.grad[[0, 2, 3]]).all()
+
+
+@pytest.mark.parametrize("path", ["triton", "torch"])
+def test_segment_mean_non_finite_input_stays_in_its_sample(path, monkeypatch):
+    if path == "torch":
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cu = cu_from([4, 70, 2])
+    x = torch.randn(76, 8, requires_grad=True)
+    with torch.no_grad():
+        x[30, 2] = float("nan")
+    out = segment_mean(x, cu)
+    assert torch.isnan(out[1, 2]) and torch.isfinite(out[[0, 2]]).all()
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()  # d(mean)/dx does not depend on x

@@ -15,14 +15,22 @@ Typical use::
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import replace
+from typing import Any, Sequence
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from elasticast_kernels.packing import PackedBatch
+from elasticast_kernels.packing import PackedBatch, pack_lengths, pack_spectrograms
 
 __all__ = ["collate_packed", "PackedCollator"]
+
+
+def _check_options(patch_size: object, max_tokens: object) -> None:
+    """Raises ValueError for a patch size or token budget that is not a positive int."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be None or a positive int, got {max_tokens!r}")
 
 
 def _split_items(batch: Sequence[Any]) -> tuple[list[torch.Tensor], list[Any] | None]:
@@ -67,7 +75,7 @@ def collate_packed(
     patch_size: int = 16,
     pin_memory: bool = False,
     max_tokens: int | None = None,
-) -> "PackedBatch":  # noqa: F821 (imported lazily)
+) -> PackedBatch:
     """Pack one step's samples into a ``PackedBatch`` with ``labels`` in segment order.
 
     Args:
@@ -94,8 +102,7 @@ def collate_packed(
         ValueError / TypeError: empty batch, malformed items or labels; a sample longer than
         ``max_tokens``; the errors of :func:`~elasticast_kernels.packing.pack_spectrograms`.
     """
-    from elasticast_kernels.packing import pack_lengths, pack_spectrograms
-
+    _check_options(patch_size, max_tokens)
     specs, labels = _split_items(batch)
     plan = None
     if max_tokens is not None:
@@ -111,7 +118,7 @@ def collate_packed(
         stacked = _stack_labels(labels)
         # Segments follow the plan order; sample_index maps segment -> position in `batch`.
         stacked = stacked.index_select(0, packed.sample_index)
-        packed.labels = stacked.pin_memory() if pin_memory else stacked
+        packed = replace(packed, labels=stacked.pin_memory() if pin_memory else stacked)
     return packed
 
 
@@ -123,15 +130,12 @@ class PackedCollator:
     """
 
     def __init__(self, patch_size: int = 16, pin_memory: bool = False, max_tokens: int | None = None) -> None:
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise ValueError(f"max_tokens must be None or a positive int, got {max_tokens!r}")
+        _check_options(patch_size, max_tokens)
         self.patch_size = patch_size
         self.pin_memory = bool(pin_memory)
         self.max_tokens = max_tokens
 
-    def __call__(self, batch: Sequence[Any]) -> "PackedBatch":  # noqa: F821
+    def __call__(self, batch: Sequence[Any]) -> PackedBatch:
         return collate_packed(batch, self.patch_size, self.pin_memory, self.max_tokens)
 
     def __repr__(self) -> str:

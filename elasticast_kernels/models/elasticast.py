@@ -16,8 +16,8 @@ Data flow of ``forward``::
 """
 from __future__ import annotations
 
-import dataclasses
 import warnings
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -25,14 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticast_kernels.backends import (
-    BACKEND_NAMES,
-    ROW_PADDED_BACKENDS,
-    SeqLayout,
-    host_to_device,
-    resolve_backend,
-    row_padded,
-)
+from elasticast_kernels.backends import BACKENDS, BackendFn, backend_name, resolve_backend
+from elasticast_kernels.layout import SeqLayout, host_to_device
 from elasticast_kernels.models.inputs import (
     check_group_limit,
     flatten_samples,
@@ -80,7 +74,7 @@ class ElasticAST(nn.Module):
             training (replaces ``token_dropout_prob``).
         eval_token_dropout: > 0 keeps this FRACTION of the tokens in eval mode.
         attention_backend: a name of `elasticast_kernels.backends.BACKEND_NAMES` ("auto": the
-            fastest correct one for the device and dtype).
+            fastest correct one for the device and dtype, resolved once per forward).
         packing: strategy of `elasticast_kernels.packing.pack_lengths` used to group samples
             into packs of at most ``group_max_seq_len`` tokens (changes speed, not logits).
         softmax_scale: score scale of every attention (1.0 = the published, unscaled scores).
@@ -138,8 +132,7 @@ class ElasticAST(nn.Module):
                             ("token_dropout_prob", token_dropout_prob or 0.0)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        if attention_backend not in BACKEND_NAMES:
-            raise ValueError(f"attention_backend must be one of {list(BACKEND_NAMES)}, got {attention_backend!r}")
+        attention_backend = backend_name(attention_backend, "attention_backend")
         if packing not in STRATEGIES:
             raise ValueError(f"packing must be one of the pack_lengths strategies {list(STRATEGIES)}, got {packing!r}")
 
@@ -191,12 +184,12 @@ class ElasticAST(nn.Module):
         logits = self.forward_packed(batch, time_table)
         return self._to_input_order(logits, batch.sample_index)
 
-    def forward_packed(self, batch, time_table: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_packed(self, batch: PackedBatch, time_table: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[num_samples, num_classes]`` of a `PackedBatch`, in its segment order.
 
         ``time_table`` replaces ``pos_embed_time`` (the forward passes an interpolated one).
         """
-        layout = SeqLayout.from_packed(batch)
+        layout = batch.layout
         time_table = self.pos_embed_time if time_table is None else time_table
         x = (
             self.patch_embed(batch.patches)
@@ -204,7 +197,7 @@ class ElasticAST(nn.Module):
             + time_table.index_select(0, batch.time_idx)
         )
         x = self.dropout(x)
-        x = self._encode(x, layout)
+        x = self._encode(x, layout, self._attention_fn(x))
         x = self.norm(x)
         if self.avg_pool_tk:
             pooled = segment_mean(x, layout.cu_seqlens, layout.max_seqlen)
@@ -212,19 +205,16 @@ class ElasticAST(nn.Module):
             pooled = self.attn_pool(x, layout.cu_seqlens, layout.max_seqlen, query=self.attn_pool_queries)
         return self.head(self.mlp_norm(pooled))
 
-    def _encode(self, x: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
-        """The blocks on the packed tokens ``x [total_tokens, dim]``.
+    def _encode(self, x: torch.Tensor, layout: SeqLayout, attend: BackendFn) -> torch.Tensor:
+        """The blocks on the packed tokens ``x [total_tokens, dim]``."""
+        return self.blocks(x, layout, attend)
 
-        With a row-padded backend (``sdpa_masked``, the benchmark baseline) the blocks run the
-        published model's way instead: on the packs padded to the longest pack, so every layer,
-        not only the attention, pays for the padding. The logits are the same either way.
-        """
-        backend = self.attention_backend
-        if backend not in ROW_PADDED_BACKENDS:
-            return self.blocks(x, layout, backend)
-        rows_layout, index = row_padded(layout, x.device)
-        padded = x.new_zeros(rows_layout.total_tokens, x.shape[1]).index_copy(0, index, x)
-        return self.blocks(padded, rows_layout, backend).index_select(0, index)
+    def _attention_fn(self, x: torch.Tensor) -> BackendFn:
+        """The attention backend for this forward, resolved once for all blocks. The dtype it
+        sees is autocast's when autocast is on (the projections' outputs), else ``x``'s."""
+        device_type = x.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        return BACKENDS[self.resolved_backend(x.device, dtype)].fn
 
     def resolved_backend(self, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
         """The concrete attention backend this model uses for tensors on ``device``/``dtype``."""
@@ -245,6 +235,7 @@ class ElasticAST(nn.Module):
         """Validate, drop tokens, pack. Returns ``(PackedBatch, time positional table)``."""
         specs, rows = flatten_samples(batched_samples, group_samples)
         grid = patch_grid(specs, self.channels, self.patch_size, self.pos_embed_freq.shape[0])
+        self._check_input_tensor("batched_samples", specs[0])  # patch_grid: all share dtype and device
         self._check_time_lengths([time for _, time in grid])
         lengths = [freq * time for freq, time in grid]
         keep = self._keep_counts(lengths)
@@ -263,11 +254,9 @@ class ElasticAST(nn.Module):
             # Pack the full samples in plan order as one run of segments, then set the packs.
             order = np.concatenate(bins)
             batch = pack_spectrograms([specs[i] for i in order], self.patch_size)
-            batch = dataclasses.replace(
-                batch,
-                sample_index=torch.from_numpy(order),
-                pack_offsets=tuple(int(o) for o in np.cumsum([0] + [len(b) for b in bins])),
-            )
+            pack_offsets = np.cumsum([0] + [len(b) for b in bins]).tolist()
+            batch = replace(batch, sample_index=torch.from_numpy(order),
+                            layout=SeqLayout(batch.seqlens, pack_offsets, batch.cu_seqlens))
             if keep is not None:
                 batch = self._drop_tokens(batch, order, lengths, keep)
         return self._time_table(batch, [grid[int(i)][1] for i in batch.sample_index.tolist()])
@@ -285,32 +274,32 @@ class ElasticAST(nn.Module):
         starts = np.cumsum([0] + [lengths[i] for i in order])[:-1]
         index = host_to_device(torch.cat([picks[i] + int(start) for i, start in zip(order, starts)]), device)
         kept = [int(keep[i]) for i in order]
-        cu_seqlens = host_to_device(torch.tensor(np.cumsum([0] + kept), dtype=torch.int32), device)
-        return dataclasses.replace(
+        return replace(
             batch,
             patches=batch.patches.index_select(0, index),
             freq_idx=batch.freq_idx.index_select(0, index),
             time_idx=batch.time_idx.index_select(0, index),
-            cu_seqlens=cu_seqlens,
-            max_seqlen=max(kept),
-            seqlens=tuple(kept),
+            layout=SeqLayout(kept, batch.pack_offsets, device=device),
         )
 
     @torch.compiler.disable  # host-side planning and packing: never traced
-    def _prepare_packed(self, batch):
+    def _prepare_packed(self, batch: PackedBatch) -> PackedBatch:
         """Checks on a caller's `PackedBatch`, then token dropout within its segments."""
+        batch.validate()  # fields may have been reassigned since it was built
         patch_dim = self.patch_embed[0].in_features
-        if batch.patches.dim() != 2 or batch.patches.shape[1] != patch_dim:
+        if batch.patches.shape[1] != patch_dim:
             raise ValueError(f"PackedBatch.patches must be [total_tokens, {patch_dim}], got {tuple(batch.patches.shape)}")
+        self._check_input_tensor("PackedBatch.patches", batch.patches)
         if batch.patches.device.type == "cpu" and batch.total_tokens > 0:
             # Free on the CPU; on CUDA an out-of-range index trips the device-side assert instead.
-            if int(batch.freq_idx.max()) >= self.pos_embed_freq.shape[0]:
-                raise ValueError(f"PackedBatch.freq_idx exceeds the frequency table ({self.pos_embed_freq.shape[0]} rows)")
-            if int(batch.time_idx.max()) >= self.pos_embed_time.shape[0]:
-                raise ValueError(
-                    f"PackedBatch.time_idx exceeds the time table ({self.pos_embed_time.shape[0]} rows); "
-                    "pass the list of spectrograms to use pos_embed_interpolation"
-                )
+            for name, table in (("freq_idx", self.pos_embed_freq), ("time_idx", self.pos_embed_time)):
+                index = getattr(batch, name)
+                if int(index.min()) < 0 or int(index.max()) >= table.shape[0]:
+                    hint = "; pass the list of spectrograms to use pos_embed_interpolation" if name == "time_idx" else ""
+                    raise ValueError(
+                        f"PackedBatch.{name} holds values outside [0, {table.shape[0]}) (the rows of its positional "
+                        f"table){hint}"
+                    )
         keep = self._keep_counts(batch.seqlens)
         if keep is None:
             return batch
@@ -318,6 +307,19 @@ class ElasticAST(nn.Module):
         order = np.arange(batch.num_samples)
         dropped = self._drop_tokens(batch, order, batch.seqlens, keep)
         return dropped
+
+    def _check_input_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        """Same device as the model, and its dtype unless autocast will cast both anyway."""
+        weight = self.patch_embed[0].weight
+        if tensor.device != weight.device:
+            raise ValueError(f"{name} is on {tensor.device} but the model is on {weight.device}; move one of them")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+        if tensor.dtype != weight.dtype and not torch.is_autocast_enabled(tensor.device.type):
+            raise ValueError(
+                f"{name} is {tensor.dtype} but the model's weights are {weight.dtype}: cast the inputs "
+                f"(or the model) to one dtype, or run the model under torch.autocast"
+            )
 
     def _check_time_lengths(self, time_patches: Sequence[int]) -> None:
         table = self.pos_embed_time.shape[0]
@@ -348,7 +350,7 @@ class ElasticAST(nn.Module):
         segment_shift = torch.tensor([start.get(t, 0) for t in segment_time_patches], dtype=torch.int32)
         token_shift = torch.repeat_interleave(segment_shift, torch.tensor(batch.seqlens, dtype=torch.int64))
         time_idx = batch.time_idx + host_to_device(token_shift.to(torch.int32), batch.time_idx.device)
-        return dataclasses.replace(batch, time_idx=time_idx), torch.cat(tables)
+        return replace(batch, time_idx=time_idx), torch.cat(tables)
 
     @staticmethod
     @torch.compiler.disable

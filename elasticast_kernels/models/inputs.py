@@ -10,6 +10,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from elasticast_kernels.layout import MAX_TOTAL_TOKENS
+
 
 def flatten_samples(batched_samples: object, group_samples: bool) -> tuple[list[torch.Tensor], list[list[int]] | None]:
     """The samples as one flat list, plus the caller's rows when ``group_samples=False``.
@@ -102,8 +104,10 @@ def token_keep_counts(
 def check_group_limit(lengths: Sequence[int], group_max_seq_len: int) -> None:
     """Raises ValueError naming the first sample with more tokens than ``group_max_seq_len``."""
     is_int = isinstance(group_max_seq_len, (int, np.integer)) and not isinstance(group_max_seq_len, bool)
-    if not is_int or group_max_seq_len < 1:
-        raise ValueError(f"group_max_seq_len must be a positive int, got {group_max_seq_len!r}")
+    if not is_int or not 1 <= group_max_seq_len <= MAX_TOTAL_TOKENS:
+        raise ValueError(
+            f"group_max_seq_len must be an int in [1, {MAX_TOTAL_TOKENS}] (cu_seqlens are int32), got {group_max_seq_len!r}"
+        )
     for i, n in enumerate(lengths):
         if n > group_max_seq_len:
             raise ValueError(

@@ -1,5 +1,8 @@
 """Encoder layers of ElasticAST on the packed layout ``[total_tokens, dim]`` + `SeqLayout`.
 
+The attention of every block is a backend function ``attend(q, k, v, layout, softmax_scale)``
+(``elasticast_kernels.backends.BACKENDS[name].fn``), resolved once per forward by the model.
+
 Module and parameter names follow the published model, so its state dict loads unchanged:
 ``blocks.modules_list.{i}.{norm1,norm2}``, ``...attn.{to_q,to_kv,proj}``, ``...mlp.{fc1,fc2}``.
 Everything except the attention itself is per token, so it runs once on the packed tensor.
@@ -9,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from elasticast_kernels.backends import SeqLayout, attention
+from elasticast_kernels.backends import BackendFn
+from elasticast_kernels.layout import SeqLayout
 
 LAYER_NORM_EPS = 1e-6
 
@@ -33,12 +37,12 @@ class Attention(nn.Module):
         self.to_kv = nn.Linear(dim, 2 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor, layout: SeqLayout, backend: str = "auto") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: SeqLayout, attend: BackendFn) -> torch.Tensor:
         """``x [total_tokens, dim]`` -> ``[total_tokens, dim]``."""
         total = x.shape[0]
         q = self.to_q(x).view(total, self.heads, self.head_dim)
         k, v = self.to_kv(x).view(total, 2, self.heads, self.head_dim).unbind(1)
-        out = attention(q, k, v, layout, self.softmax_scale, backend=backend)
+        out = attend(q, k, v, layout, self.softmax_scale)
         return self.proj(out.reshape(total, self.heads * self.head_dim))
 
 
@@ -67,8 +71,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = FeedForward(dim, mlp_dim, dropout)
 
-    def forward(self, x: torch.Tensor, layout: SeqLayout, backend: str = "auto") -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), layout, backend)
+    def forward(self, x: torch.Tensor, layout: SeqLayout, attend: BackendFn) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), layout, attend)
         return x + self.mlp(self.norm2(x))
 
 
@@ -83,7 +87,7 @@ class Encoder(nn.Module):
             Block(dim, heads, mlp_dim, dropout, softmax_scale) for _ in range(depth)
         )
 
-    def forward(self, x: torch.Tensor, layout: SeqLayout, backend: str = "auto") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: SeqLayout, attend: BackendFn) -> torch.Tensor:
         for block in self.modules_list:
-            x = block(x, layout, backend)
+            x = block(x, layout, attend)
         return x

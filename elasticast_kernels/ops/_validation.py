@@ -8,6 +8,9 @@ while ``torch.compile`` traces.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -70,11 +73,21 @@ def check_max_seqlen(max_seqlen: object) -> int | None:
     return max_seqlen
 
 
-def resolve_softmax_scale(softmax_scale: float | None, head_dim: int) -> float:
-    """``None`` means 1/sqrt(head_dim); ElasticAST itself uses 1.0."""
+def resolve_softmax_scale(softmax_scale: object, head_dim: int, allow_none: bool = True) -> float:
+    """The score scale as a finite float; ``None`` means 1/sqrt(head_dim) (ElasticAST itself uses 1.0).
+
+    Raises:
+        TypeError: not a real number (a string, a tensor, a complex, a bool).
+        ValueError: NaN or infinite (the softmax of NaN/inf-scaled scores is meaningless), or
+            ``None`` where ``allow_none`` is False.
+    """
     if softmax_scale is None:
+        if not allow_none:
+            raise ValueError("softmax_scale must be a finite number, got None")
         return head_dim ** -0.5
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
+        raise TypeError(f"softmax_scale must be a real number or None, got {type(softmax_scale).__name__}")
     scale = float(softmax_scale)
-    if not scale == scale or scale in (float("inf"), float("-inf")):
+    if not math.isfinite(scale):
         raise ValueError(f"softmax_scale must be finite, got {softmax_scale!r}")
     return scale

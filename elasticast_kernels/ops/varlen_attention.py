@@ -29,10 +29,10 @@ from elasticast_kernels.ops.varlen_attention_torch import (
 )
 
 # head_dim values the kernels are compiled for; smaller ones are zero-padded to the next of these
-KERNEL_HEAD_DIMS = (32, 64, 128)
-MAX_HEAD_DIM = KERNEL_HEAD_DIMS[-1]
+ATTENTION_HEAD_DIMS = (32, 64, 128)
+ATTENTION_MAX_HEAD_DIM = ATTENTION_HEAD_DIMS[-1]
 
-__all__ = ["varlen_attention", "flash_attn_varlen_func", "KERNEL_HEAD_DIMS", "MAX_HEAD_DIM"]
+__all__ = ["varlen_attention", "flash_attn_varlen_func", "ATTENTION_HEAD_DIMS", "ATTENTION_MAX_HEAD_DIM"]
 
 
 # --- torch.library ops --------------------------------------------------------------------------
@@ -110,8 +110,8 @@ def _validate_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
             f"grouped heads), got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     head_dim = q.shape[-1]
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"head_dim (q.shape[-1]) must be between 1 and {MAX_HEAD_DIM}, got {head_dim}")
+    if not 1 <= head_dim <= ATTENTION_MAX_HEAD_DIM:
+        raise ValueError(f"head_dim (q.shape[-1]) must be between 1 and {ATTENTION_MAX_HEAD_DIM}, got {head_dim}")
     max_seqlen = check_max_seqlen(max_seqlen)
     # The kernels never need max_seqlen (the grid comes from tensor shapes), so a missing one costs
     # no sync; cu_seqlens values are checked where that is free (CPU) and never on CUDA.
@@ -159,7 +159,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     # (tile offsets are int32: a token stride past 2^24 elements is copied to a compact layout)
     q, k, v = (x if x.stride(-1) == 1 and x.stride(0) < 2**24 else x.contiguous() for x in (q, k, v))
     head_dim = q.shape[-1]
-    kernel_head_dim = next(d for d in KERNEL_HEAD_DIMS if d >= head_dim)
+    kernel_head_dim = next(d for d in ATTENTION_HEAD_DIMS if d >= head_dim)
     if kernel_head_dim != head_dim:
         # zero columns add nothing to q.k and give zero output columns, sliced off below
         q, k, v = (F.pad(x, (0, kernel_head_dim - head_dim)) for x in (q, k, v))

@@ -1,9 +1,14 @@
-"""PackedBatch: packed patches plus everything a model needs about the packed layout."""
+"""PackedBatch: packed patches, their positions and the packed layout they follow."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
+
+from elasticast_kernels.layout import SeqLayout
+
+_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 @dataclass(eq=False)
@@ -14,28 +19,98 @@ class PackedBatch:
         patches: ``[total_tokens, C*p*p]``, dtype and device of the input spectrograms.
         freq_idx: int32 ``[total_tokens]``, frequency patch index of every token (same device).
         time_idx: int32 ``[total_tokens]``, time patch index of every token (same device).
-        cu_seqlens: int32 ``[num_samples + 1]``, segment boundaries (same device).
-        max_seqlen: longest segment, in tokens.
-        seqlens: host copy of the tokens per segment (no device sync needed to read it).
-        sample_index: int64 CPU ``[num_samples]``; segment j holds input sample sample_index[j].
-        pack_offsets: ``num_packs + 1`` segment offsets; segments ``pack_offsets[p]:pack_offsets[p+1]``
-            share pack p (segments are in plan order).
-        labels: optional per-segment labels, in segment order (set by the data collate function).
+        layout: the segments and packs (`elasticast_kernels.layout.SeqLayout`); its
+            ``cu_seqlens`` lives on the patches' device. ``cu_seqlens``, ``seqlens``,
+            ``max_seqlen``, ``pack_offsets`` and ``pack_tokens()`` read through to it.
+        sample_index: int64 CPU ``[num_samples]``, a permutation: segment j holds input sample
+            ``sample_index[j]``.
+        labels: optional per-segment labels ``[num_samples, ...]``, in segment order (set by the
+            data collate function).
+
+    The fields are checked against each other when the batch is built (host facts only, no
+    device sync): token counts, dtypes, devices, and that ``sample_index`` is a permutation.
+
+    Raises:
+        TypeError / ValueError: a field of the wrong type, dtype, shape or device, naming it.
     """
 
     patches: torch.Tensor
     freq_idx: torch.Tensor
     time_idx: torch.Tensor
-    cu_seqlens: torch.Tensor
-    max_seqlen: int
-    seqlens: tuple[int, ...]
+    layout: SeqLayout
     sample_index: torch.Tensor
-    pack_offsets: tuple[int, ...]
     labels: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the fields against each other (host facts only; the model calls it again,
+        since fields can be reassigned after construction). Raises TypeError / ValueError."""
+        if not isinstance(self.layout, SeqLayout):
+            raise TypeError(f"PackedBatch.layout must be a SeqLayout, got {type(self.layout).__name__}")
+        patches = self.patches
+        if not isinstance(patches, torch.Tensor) or patches.dim() != 2:
+            shape = tuple(patches.shape) if isinstance(patches, torch.Tensor) else type(patches).__name__
+            raise ValueError(f"PackedBatch.patches must be a [total_tokens, patch_dim] tensor, got {shape}")
+        total = self.layout.total_tokens
+        if patches.shape[0] != total:
+            raise ValueError(f"PackedBatch.patches has {patches.shape[0]} tokens but the layout covers {total}")
+        if self.layout.device != patches.device:
+            raise ValueError(f"PackedBatch.layout.cu_seqlens is on {self.layout.device}, patches on {patches.device}")
+        for name in ("freq_idx", "time_idx"):
+            index = getattr(self, name)
+            if not isinstance(index, torch.Tensor) or index.dtype not in _INDEX_DTYPES or tuple(index.shape) != (total,):
+                got = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
+                raise ValueError(f"PackedBatch.{name} must be an int32 or int64 [total_tokens={total}] tensor, got {got}")
+            if index.device != patches.device:
+                raise ValueError(f"PackedBatch.{name} is on {index.device}, patches on {patches.device}")
+        self._check_sample_index()
+        if self.labels is not None:
+            if not isinstance(self.labels, torch.Tensor) or self.labels.dim() < 1:
+                raise ValueError("PackedBatch.labels must be None or a tensor [num_samples, ...]")
+            if self.labels.shape[0] != self.num_samples:
+                raise ValueError(
+                    f"PackedBatch.labels has {self.labels.shape[0]} rows for {self.num_samples} samples"
+                )
+
+    def _check_sample_index(self) -> None:
+        index = self.sample_index
+        if (not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.device.type != "cpu"
+                or tuple(index.shape) != (self.num_samples,)):
+            got = f"{index.dtype} {tuple(index.shape)} on {index.device}" if isinstance(index, torch.Tensor) \
+                else type(index).__name__
+            raise ValueError(f"PackedBatch.sample_index must be an int64 CPU [num_samples={self.num_samples}] "
+                             f"tensor, got {got}")
+        values = index.numpy()
+        seen = np.zeros(len(values), dtype=bool)
+        in_range = (values >= 0) & (values < len(values))
+        if in_range.all():
+            seen[values] = True
+        if not seen.all():
+            raise ValueError("PackedBatch.sample_index must be a permutation of range(num_samples) "
+                             "(every input sample exactly once)")
+
+    # --- the layout, read through -------------------------------------------------------------
+    @property
+    def cu_seqlens(self) -> torch.Tensor:
+        return self.layout.cu_seqlens
+
+    @property
+    def seqlens(self) -> tuple[int, ...]:
+        return self.layout.seqlens
+
+    @property
+    def max_seqlen(self) -> int:
+        return self.layout.max_seqlen
+
+    @property
+    def pack_offsets(self) -> tuple[int, ...]:
+        return self.layout.pack_offsets
 
     @property
     def num_samples(self) -> int:
-        return len(self.seqlens)
+        return self.layout.num_samples
 
     @property
     def total_tokens(self) -> int:
@@ -43,7 +118,7 @@ class PackedBatch:
 
     @property
     def num_packs(self) -> int:
-        return len(self.pack_offsets) - 1
+        return self.layout.num_packs
 
     @property
     def device(self) -> torch.device:
@@ -51,30 +126,33 @@ class PackedBatch:
 
     def pack_tokens(self) -> tuple[int, ...]:
         """Tokens in each pack (host values)."""
-        return tuple(
-            sum(self.seqlens[self.pack_offsets[p] : self.pack_offsets[p + 1]]) for p in range(self.num_packs)
-        )
+        return self.layout.pack_tokens()
 
+    # --- moving -------------------------------------------------------------------------------
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "PackedBatch":
         """Move the device tensors (not ``sample_index``, which stays on the CPU) to ``device``."""
-        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        def move(t):
+            return t.to(device, non_blocking=non_blocking)
+
         return replace(
             self,
             patches=move(self.patches),
             freq_idx=move(self.freq_idx),
             time_idx=move(self.time_idx),
-            cu_seqlens=move(self.cu_seqlens),
+            layout=self.layout.to(device, non_blocking=non_blocking),
             labels=None if self.labels is None else move(self.labels),
         )
 
     def pin_memory(self) -> "PackedBatch":
         """Page-locked copies of the CPU tensors (what a DataLoader with pin_memory=True calls)."""
-        pin = lambda t: t if t.is_pinned() else t.pin_memory()  # noqa: E731
+        def pin(t):
+            return t if t.is_pinned() else t.pin_memory()
+
         return replace(
             self,
             patches=pin(self.patches),
             freq_idx=pin(self.freq_idx),
             time_idx=pin(self.time_idx),
-            cu_seqlens=pin(self.cu_seqlens),
+            layout=self.layout.pin_memory(),
             labels=None if self.labels is None else pin(self.labels),
         )

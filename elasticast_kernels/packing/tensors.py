@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from elasticast_kernels.layout import MAX_TOTAL_TOKENS, SeqLayout, cumulative_lengths
+
 from ._native import native, native_cuda
 from .batch import PackedBatch
 from .plans import PackPlan, _check_int
@@ -67,11 +69,11 @@ def _segments(plan: PackPlan | None, tokens: np.ndarray) -> tuple[np.ndarray, tu
     if mismatch.any():
         j = int(np.argmax(mismatch))
         raise ValueError(f"plan.lengths[{j}] = {plan.lengths[j]} but specs[{j}] has {tokens[j]} tokens")
-    order = plan.order.astype(np.int64)
-    if len(order) and (order.min() < 0 or order.max() >= len(tokens)):
-        bad = int(np.argmax((order < 0) | (order >= len(tokens))))
-        raise ValueError(f"plan bins hold sample index {order[bad]}, outside [0, {len(tokens)})")
-    return order, tuple(int(o) for o in plan.pack_offsets)
+    try:
+        plan.validate()  # a partition of the samples, no empty or overfull pack
+    except ValueError as error:
+        raise ValueError(f"plan is not a valid plan for these specs: {error}") from None
+    return plan.order.astype(np.int64), tuple(int(o) for o in plan.pack_offsets)
 
 
 def _positions(seqlens: np.ndarray, time_patches: np.ndarray, cu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,9 +178,8 @@ def pack_spectrograms(
     segments, pack_offsets = _segments(plan, tokens)
     seqlens = tokens[segments]
     time_patches = time_patches_all[segments]
-    cu = np.zeros(len(segments) + 1, dtype=np.int64)
-    np.cumsum(seqlens, out=cu[1:])
-    if cu[-1] > 2**31 - 1:
+    cu = cumulative_lengths(seqlens)
+    if cu[-1] > MAX_TOTAL_TOKENS:
         raise ValueError(f"{int(cu[-1])} tokens do not fit int32 cu_seqlens")
     cu = cu.astype(np.int32)
 
@@ -217,16 +218,12 @@ def pack_spectrograms(
         elif device.type != "cpu":
             freq_idx, time_idx, cu_seqlens = (t.to(device, non_blocking=True) for t in (freq_idx, time_idx, cu_seqlens))
 
-    seqlens_tuple = tuple(int(s) for s in seqlens.tolist())
     return PackedBatch(
         patches=patches,
         freq_idx=freq_idx,
         time_idx=time_idx,
-        cu_seqlens=cu_seqlens,
-        max_seqlen=max(seqlens_tuple, default=0),
-        seqlens=seqlens_tuple,
+        layout=SeqLayout(seqlens.tolist(), pack_offsets, cu_seqlens),
         sample_index=torch.from_numpy(segments.astype(np.int64)),
-        pack_offsets=pack_offsets,
     )
 
 

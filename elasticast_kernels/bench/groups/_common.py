@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark groups: packed layouts, guarded cases, timed metrics."""
+"""Helpers shared by the benchmark groups: step layouts, guarded cases, timed metrics."""
 from __future__ import annotations
 
 import traceback
@@ -11,6 +11,8 @@ import torch
 from elasticast_kernels.bench.config import BenchConfig
 from elasticast_kernels.bench.results import CaseResult
 from elasticast_kernels.bench.timing import measure, peak_memory
+from elasticast_kernels.layout import SeqLayout
+from elasticast_kernels.packing import pack_lengths
 
 
 @dataclass
@@ -23,78 +25,25 @@ class Task:
     workload: str | None = None  # None: the task is not tied to one workload
 
 
-@dataclass(frozen=True)
-class StepLayout:
-    """A step's samples packed into rows: segment lengths in plan order and row boundaries."""
-
-    seqlens: tuple[int, ...]
-    pack_offsets: tuple[int, ...]
-    max_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return int(sum(self.seqlens))
-
-    @property
-    def num_packs(self) -> int:
-        return len(self.pack_offsets) - 1
-
-    def row_lengths(self) -> list[int]:
-        return [sum(self.seqlens[a:b]) for a, b in zip(self.pack_offsets[:-1], self.pack_offsets[1:])]
-
-    @property
-    def padded_tokens(self) -> int:
-        """Tokens of the paper's layout: every row padded to the longest row."""
-        rows = self.row_lengths()
-        return len(rows) * max(rows, default=0)
-
-    @property
-    def padding_fraction(self) -> float:
-        padded = self.padded_tokens
-        return 1.0 - self.total_tokens / padded if padded else 0.0
+def step_layout(lengths: np.ndarray, max_tokens: int, strategy: str = "next_fit",
+                device: torch.device | str = "cpu") -> SeqLayout:
+    """A step's samples packed into rows of at most ``max_tokens`` by ``strategy``: the packed
+    layout (segments in plan order, one pack per row) with ``cu_seqlens`` on ``device``."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    plan = pack_lengths(lengths, max_tokens, strategy)
+    return SeqLayout(lengths[plan.order].tolist(), plan.pack_offsets.tolist(), device=device)
 
 
-def plan_bins(lengths: np.ndarray, max_tokens: int, strategy: str = "next_fit") -> list[np.ndarray]:
-    """Sample indices per pack from ``elasticast_kernels.packing`` (the paper's next-fit as a
-    fallback while the packer is not importable, so attention cases can still run)."""
-    try:
-        from elasticast_kernels.packing import pack_lengths
-    except ImportError:
-        if strategy != "next_fit":
-            raise
-        bins, current, used = [], [], 0
-        for i, n in enumerate(lengths.tolist()):
-            if current and used + n > max_tokens:
-                bins.append(np.asarray(current, dtype=np.int64))
-                current, used = [], 0
-            current.append(i)
-            used += n
-        if current:
-            bins.append(np.asarray(current, dtype=np.int64))
-        return bins
-    return list(pack_lengths(lengths, max_tokens, strategy).bins)
+def padded_tokens(layout: SeqLayout) -> int:
+    """Tokens of the paper's layout: every pack a row, padded to the longest row."""
+    rows = layout.pack_tokens()
+    return len(rows) * max(rows, default=0)
 
 
-def step_layout(lengths: np.ndarray, max_tokens: int, strategy: str = "next_fit") -> StepLayout:
-    bins = plan_bins(np.asarray(lengths, dtype=np.int64), max_tokens, strategy)
-    seqlens = tuple(int(lengths[i]) for b in bins for i in b)
-    offsets = [0]
-    for b in bins:
-        offsets.append(offsets[-1] + len(b))
-    return StepLayout(seqlens, tuple(offsets), max_tokens)
-
-
-def seq_layout(layout: StepLayout, device: torch.device | str):
-    """The backends' ``SeqLayout`` for a step (raises ImportError until the backends land)."""
-    from elasticast_kernels.backends import SeqLayout
-
-    return SeqLayout.from_seqlens(layout.seqlens, device, pack_offsets=layout.pack_offsets)
-
-
-def cu_seqlens(seqlens: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
-    out = torch.zeros(len(seqlens) + 1, dtype=torch.int32)
-    out[1:] = torch.cumsum(torch.as_tensor(seqlens, dtype=torch.int64), 0).to(torch.int32)
-    return out.to(device)
+def padding_fraction(layout: SeqLayout) -> float:
+    """Share of the paper's padded rows that is padding."""
+    padded = padded_tokens(layout)
+    return 1.0 - layout.total_tokens / padded if padded else 0.0
 
 
 def timed_metrics(fn: Callable[[], object], cfg: BenchConfig, *, warmup: int | None = None, repeats: int | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -16,8 +17,10 @@ from elasticast_kernels.bench import flops
 from elasticast_kernels.bench.baselines import nested_sdpa
 from elasticast_kernels.bench.config import ATTENTION_BACKENDS, BASELINE, BenchConfig
 from elasticast_kernels.bench.groups._common import (
-    StepLayout, Task, Unavailable, add_speedups, cu_seqlens, guarded, seq_layout, step_layout, timed_metrics,
+    Task, Unavailable, add_speedups, guarded, padding_fraction, step_layout, timed_metrics,
 )
+from elasticast_kernels.bench.padded import padded_attention, sdpa_masked_attention
+from elasticast_kernels.layout import SeqLayout
 from elasticast_kernels.bench.results import CaseResult, skipped
 from elasticast_kernels.bench.workloads import make_workload
 
@@ -31,35 +34,32 @@ def _math_sdpa() -> contextlib.AbstractContextManager:
     return sdpa_kernel([SDPBackend.MATH])
 
 
-def attention_fn(name: str, layout: StepLayout, cfg: BenchConfig, scale: float) -> AttnFn:
+# Baselines that pad: the benchmarks' own implementations (elasticast_kernels.bench.padded).
+PADDED_BASELINES = {"sdpa_masked": sdpa_masked_attention, "padded": padded_attention}
+
+
+def attention_fn(name: str, layout: SeqLayout, cfg: BenchConfig, scale: float) -> AttnFn:
     """``f(q, k, v) -> out`` on ``[total_tokens, heads, head_dim]`` for the named implementation.
 
     Raises:
         Unavailable: the implementation cannot run on this device or is not installed.
-        ImportError: the package's backends are not importable.
     """
+    from elasticast_kernels import backends
+
     if name == "nested_sdpa":
         return lambda q, k, v: nested_sdpa(q, k, v, layout.seqlens, scale)
-    try:
-        from elasticast_kernels import backends
-    except ImportError:
-        if name != cfg.fast_backend:
-            raise
-        from elasticast_kernels.ops import varlen_attention
-
-        cu = cu_seqlens(layout.seqlens, cfg.device)
-        return lambda q, k, v: varlen_attention(q, k, v, cu, max(layout.seqlens), scale)
-    backend = "sdpa_masked" if name == "sdpa_masked_math" else name
-    reason = backends.available_backends(torch.device(cfg.device)).get(backend, f"unknown backend {backend!r}")
-    if reason is not None:
-        raise Unavailable(reason)
-    seq = seq_layout(layout, cfg.device)
     if name == "sdpa_masked_math":
         def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             with _math_sdpa():
-                return backends.attention(q, k, v, seq, scale, backend="sdpa_masked")
+                return sdpa_masked_attention(q, k, v, layout, scale)
         return run
-    return lambda q, k, v: backends.attention(q, k, v, seq, scale, backend=backend)
+    if name in PADDED_BASELINES:
+        baseline = PADDED_BASELINES[name]
+        return lambda q, k, v: baseline(q, k, v, layout, scale)
+    reason = backends.available_backends(torch.device(cfg.device)).get(name, f"unknown backend {name!r}")
+    if reason is not None:
+        raise Unavailable(reason)
+    return lambda q, k, v: backends.attention(q, k, v, layout, scale, backend=name)
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens, scale: float) -> torch.Tensor:
@@ -80,7 +80,7 @@ def make_qkv(total: int, cfg: BenchConfig, requires_grad: bool, seed: int = 0) -
     )
 
 
-def measure_pass(fn: AttnFn, layout: StepLayout, cfg: BenchConfig, pass_: str, check: bool = False) -> dict:
+def measure_pass(fn: AttnFn, layout: SeqLayout, cfg: BenchConfig, pass_: str, check: bool = False) -> dict:
     """Time one pass ("fwd", "bwd" or "fwd_bwd") of ``fn`` and report the standard metrics."""
     scale = cfg.head_dim ** -0.5
     q, k, v = make_qkv(layout.total_tokens, cfg, requires_grad=pass_ != "fwd")
@@ -104,15 +104,15 @@ def measure_pass(fn: AttnFn, layout: StepLayout, cfg: BenchConfig, pass_: str, c
     metrics.update(
         tokens_per_s=layout.total_tokens / seconds,
         tflops_real=real / seconds / 1e12,
-        padding_fraction=layout.padding_fraction,
+        padding_fraction=padding_fraction(layout),
         total_tokens=layout.total_tokens,
         num_packs=layout.num_packs,
-        max_seqlen=max(layout.seqlens),
+        max_seqlen=layout.max_seqlen,
     )
     return metrics
 
 
-def _case(cfg: BenchConfig, name: str, variant: str, workload: str, layout: StepLayout, pass_: str,
+def _case(cfg: BenchConfig, name: str, variant: str, workload: str, layout: SeqLayout, pass_: str,
           params: dict, check: bool = False) -> CaseResult:
     def body() -> dict:
         fn = attention_fn(variant, layout, cfg, cfg.head_dim ** -0.5)
@@ -121,9 +121,9 @@ def _case(cfg: BenchConfig, name: str, variant: str, workload: str, layout: Step
     return guarded(GROUP, name, variant, workload, dict(params, pass_=pass_), body)
 
 
-def _step(cfg: BenchConfig, workload: str, samples: int) -> StepLayout:
+def _step(cfg: BenchConfig, workload: str, samples: int) -> SeqLayout:
     wl = make_workload(workload, max(samples, 48), cfg.seed)
-    return step_layout(wl.step_tokens(0, samples), cfg.pack_tokens, "next_fit")
+    return step_layout(wl.step_tokens(0, samples), cfg.pack_tokens, "next_fit", cfg.device)
 
 
 def tasks(cfg: BenchConfig) -> list[Task]:
@@ -152,7 +152,7 @@ def tasks(cfg: BenchConfig) -> list[Task]:
         results = []
         for n in cfg.seqlen_sweep:
             count = max(1, cfg.seqlen_sweep_tokens // n)
-            layout = StepLayout(tuple([n] * count), *_rows_of(n, count, cfg.pack_tokens))
+            layout = step_layout(np.full(count, n), max(cfg.pack_tokens, n), "next_fit", cfg.device)
             for pass_ in seqlen_passes:
                 for variant in contenders:
                     results.append(_case(cfg, "seqlen", variant, "fixed", layout, pass_, dict(shape, seqlen=n)))
@@ -172,10 +172,3 @@ def tasks(cfg: BenchConfig) -> list[Task]:
     out.append(Task(GROUP, "attention vs sequence length", run_seqlen))
     out.append(Task(GROUP, "attention memory vs batch", run_memory))
     return out
-
-
-def _rows_of(n: int, count: int, pack_tokens: int) -> tuple[tuple[int, ...], int]:
-    """Pack offsets for ``count`` equal samples of ``n`` tokens, next-fit into ``pack_tokens`` rows."""
-    per_row = max(1, pack_tokens // n)
-    offsets = list(range(0, count, per_row)) + [count]
-    return tuple(offsets), max(pack_tokens, n)

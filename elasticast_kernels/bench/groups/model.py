@@ -29,11 +29,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PUBLISHED = "sdpa_masked_math"  # the published model's attention: masked scores + explicit softmax
 
 
-def model_backend(variant: str) -> str:
-    """The ``attention_backend`` of the ElasticAST a benchmark variant runs."""
-    return BASELINE if variant == PUBLISHED else variant
-
-
 def sdpa_context(variant: str) -> contextlib.AbstractContextManager:
     """The SDPA kernel choice a variant's calls run under (math for the published-faithful one)."""
     if variant != PUBLISHED:
@@ -56,26 +51,29 @@ def add_speedups_vs(results: list[CaseResult], variant: str, match: tuple[str, .
             r.metrics[f"speedup_vs_{variant}"] = b.metrics["median_ms"] / r.metrics["median_ms"]
 
 
-def build_model(cfg: BenchConfig, size: ModelSize, backend: str, packing: str = "next_fit",
+def build_model(cfg: BenchConfig, size: ModelSize, variant: str, packing: str = "next_fit",
                 state_dict: dict | None = None) -> torch.nn.Module:
     """An ElasticAST at ``size`` on the config's device (seeded weights, or ``state_dict``).
 
-    ``backend``: an attention backend or a benchmark variant (``"sdpa_masked_math"`` builds the
-    ``"sdpa_masked"`` model; run it under :func:`sdpa_context`, as ``eval_fn``/``train_fn`` do
-    when given the variant).
+    ``variant``: an attention backend of the package, or a padded baseline: ``"sdpa_masked"``
+    and ``"sdpa_masked_math"`` build the `PaddedElasticAST` (run the latter under
+    :func:`sdpa_context`, as ``eval_fn``/``train_fn`` do when given the variant).
     """
     from elasticast_kernels import backends
+    from elasticast_kernels.bench.padded import PaddedElasticAST
     from elasticast_kernels.models import ElasticAST
 
-    backend = model_backend(backend)
-    reason = backends.available_backends(torch.device(cfg.device)).get(backend, f"unknown backend {backend!r}")
-    if reason is not None:
-        raise Unavailable(reason)
+    padded = variant in (BASELINE, PUBLISHED)
+    if not padded:
+        reason = backends.available_backends(torch.device(cfg.device)).get(variant, f"unknown backend {variant!r}")
+        if reason is not None:
+            raise Unavailable(reason)
     torch.manual_seed(cfg.seed)
-    model = ElasticAST(
+    model_class = PaddedElasticAST if padded else ElasticAST
+    model = model_class(
         sample_size=(128, cfg.max_frames), patch_size=16, num_classes=cfg.num_classes,
         dim=size.dim, depth=size.depth, heads=size.heads, channels=1,
-        attention_backend=backend, packing=packing,
+        attention_backend="torch" if padded else variant, packing=packing,
     )
     if state_dict is not None:
         model.load_state_dict(state_dict)

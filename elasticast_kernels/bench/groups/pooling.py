@@ -10,7 +10,10 @@ import torch
 from elasticast_kernels.bench import flops
 from elasticast_kernels.bench.baselines import padded_masked_pool
 from elasticast_kernels.bench.config import BenchConfig
-from elasticast_kernels.bench.groups._common import StepLayout, Task, add_speedups, cu_seqlens, guarded, step_layout, timed_metrics
+from elasticast_kernels.bench.groups._common import (
+    Task, add_speedups, guarded, padding_fraction, step_layout, timed_metrics,
+)
+from elasticast_kernels.layout import SeqLayout
 from elasticast_kernels.bench.results import CaseResult
 from elasticast_kernels.bench.workloads import make_workload
 
@@ -19,19 +22,17 @@ BASELINE = "padded_masked"
 VARIANTS = ("segment_attention_pool", BASELINE)
 
 
-def _pool_fn(variant: str, layout: StepLayout, device: str):
+def _pool_fn(variant: str, layout: SeqLayout):
     if variant == "segment_attention_pool":
         from elasticast_kernels.ops import segment_attention_pool
 
-        cu = cu_seqlens(layout.seqlens, device)
-        max_seqlen = max(layout.seqlens)
-        return lambda q, k, v: segment_attention_pool(q, k, v, cu, max_seqlen, 1.0)
+        return lambda q, k, v: segment_attention_pool(q, k, v, layout.cu_seqlens, layout.max_seqlen, 1.0)
     return lambda q, k, v: padded_masked_pool(q, k, v, layout.seqlens, layout.pack_offsets, 1.0)
 
 
-def _case(cfg: BenchConfig, variant: str, workload: str, layout: StepLayout, pass_: str, gpu_name: str | None) -> CaseResult:
+def _case(cfg: BenchConfig, variant: str, workload: str, layout: SeqLayout, pass_: str, gpu_name: str | None) -> CaseResult:
     def body() -> dict:
-        fn = _pool_fn(variant, layout, cfg.device)
+        fn = _pool_fn(variant, layout)
         gen = torch.Generator().manual_seed(cfg.seed)
         grad = pass_ != "fwd"
         q = (torch.randn(cfg.heads, cfg.head_dim, generator=gen) * cfg.head_dim ** -0.5).to(cfg.device, cfg.dtype)
@@ -52,7 +53,7 @@ def _case(cfg: BenchConfig, variant: str, workload: str, layout: StepLayout, pas
         metrics.update(
             tokens_per_s=layout.total_tokens / seconds,
             kv_bytes_per_s=kv_bytes / seconds,
-            padding_fraction=layout.padding_fraction,
+            padding_fraction=padding_fraction(layout),
             total_tokens=layout.total_tokens,
         )
         limits = flops.gpu_limits(gpu_name)
@@ -71,7 +72,7 @@ def tasks(cfg: BenchConfig) -> list[Task]:
     for workload in cfg.workloads:
         def run(workload: str = workload) -> list[CaseResult]:
             wl = make_workload(workload, max(cfg.samples_per_step, 48), cfg.seed)
-            layout = step_layout(wl.step_tokens(0, cfg.samples_per_step), cfg.pack_tokens, "next_fit")
+            layout = step_layout(wl.step_tokens(0, cfg.samples_per_step), cfg.pack_tokens, "next_fit", cfg.device)
             results = [_case(cfg, v, workload, layout, p, gpu_name) for p in ("fwd", "fwd_bwd") for v in VARIANTS]
             add_speedups(results, BASELINE, ("pass_",))
             return results

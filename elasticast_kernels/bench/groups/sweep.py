@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from elasticast_kernels.bench.config import BASELINE, BenchConfig
-from elasticast_kernels.bench.groups._common import Task, add_speedups, guarded, step_layout
+from elasticast_kernels.bench.groups._common import Task, add_speedups, guarded, padded_tokens, step_layout
 from elasticast_kernels.bench.groups.attention import attention_fn, measure_pass
 from elasticast_kernels.bench.results import CaseResult
 from elasticast_kernels.bench.workloads import make_workload
@@ -36,7 +36,7 @@ def padding_stats(steps: list[np.ndarray], limit: int, strategy: str) -> dict:
         lengths = np.minimum(lengths, limit)
         layout = step_layout(lengths, limit, strategy)
         real += layout.total_tokens
-        padded += layout.padded_tokens
+        padded += padded_tokens(layout)
         minimum += min_padded_tokens(lengths, limit)
         packs += layout.num_packs
     return {
@@ -73,7 +73,7 @@ def tasks(cfg: BenchConfig) -> list[Task]:
             for limit in cfg.sweep_timed_limits:
                 lengths = np.minimum(tokens, limit)
                 for strategy in cfg.sweep_timed_strategies:
-                    layout = step_layout(lengths, limit, strategy)
+                    layout = step_layout(lengths, limit, strategy, cfg.device)
                     for variant in (cfg.fast_backend, BASELINE):
                         def body(variant: str = variant, layout=layout) -> dict:
                             fn = attention_fn(variant, layout, cfg, cfg.head_dim ** -0.5)

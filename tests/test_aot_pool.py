@@ -1,6 +1,6 @@
 """Ahead-of-time compiles of the pooling kernels for sm_80/sm_90 (no GPU needed): no spills.
 
-Compiles exactly the configurations the launchers pick (``_pool_config``, ``_mean_config``), under
+Compiles exactly the configurations the launchers pick (``pool_config``, ``mean_config``), under
 this environment's Triton and, when ``/work/venv36`` (or ``$ELASTICAST_TRITON36_PYTHON``) exists,
 under Triton 3.6, the GPU machine's version. All compiles of one environment share one subprocess.
 """
@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from aot import AotRequest, compile_reports
-from elasticast_kernels.ops import segment_pool as pool
 from elasticast_kernels.ops import segment_pool_kernels as kernels
 
 CUDA = torch.device("cuda")  # only read by the config helpers; nothing runs on it
@@ -56,21 +55,21 @@ def request(kernel, dtype, arch, constexprs, num_warps):
 def pool_requests(head_dim, dtype, arch, int64_index=False):
     out = []
     for kernel, backward in ((kernels._pool_fwd_partial_kernel, False), (kernels._pool_bwd_kernel, True)):
-        block_n, block_d, warps = pool._pool_config(head_dim, CUDA, backward=backward)
-        consts = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_B=pool._BLOCK_B,
+        block_n, block_d, warps = kernels.pool_config(head_dim, CUDA, backward=backward)
+        consts = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_B=kernels._BLOCK_B,
                       INT64_INDEX=int64_index)
         out.append(request(kernel, dtype, arch, consts, warps))
     return out
 
 
 def aux_requests(dtype, arch):
-    block_n, block_w, warps = pool._mean_config(768, CUDA)
-    mean_consts = dict(BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_B=pool._BLOCK_B, INT64_INDEX=False)
+    block_n, block_w, warps = kernels.mean_config(768, CUDA)
+    mean_consts = dict(BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_B=kernels._BLOCK_B, INT64_INDEX=False)
     return [
         request(kernels._pool_combine_kernel, dtype, arch,
-                dict(HEAD_DIM=64, BLOCK_S=pool._merge_block(CUDA), BLOCK_D=64), 4),
+                dict(HEAD_DIM=64, BLOCK_S=kernels._merge_block(CUDA), BLOCK_D=64), 4),
         request(kernels._slot_sum_kernel, dtype, arch,
-                dict(MEAN=True, BLOCK_S=pool._merge_block(CUDA), BLOCK_W=pool._slot_sum_block(768, CUDA)), 4),
+                dict(MEAN=True, BLOCK_S=kernels._merge_block(CUDA), BLOCK_W=kernels._slot_sum_block(768, CUDA)), 4),
         request(kernels._segment_sum_partial_kernel, dtype, arch, mean_consts, warps),
         request(kernels._segment_mean_bwd_kernel, dtype, arch, mean_consts, warps),
     ]

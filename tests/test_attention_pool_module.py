@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from elasticast_kernels.modules import AttentionPool
+from helpers import cu_from
 
 DIM, HEADS = 32, 2
 
@@ -28,10 +29,6 @@ def reference_attention_pool(weights, x, cu_seqlens, query, heads, scale=1.0):
         pooled = (attn @ v).reshape(dim)
         outputs.append(pooled @ w["proj.weight"].T + w["proj.bias"])
     return torch.stack(outputs)
-
-
-def cu_from(lengths):
-    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
 
 
 def test_parameter_names():

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from elasticast_kernels.modules import AttentionPool
 from elasticast_kernels.ops.segment_pool import segment_attention_pool, segment_mean
+from helpers import cu_from, reference_pool
 
 pytestmark = pytest.mark.gpu
 
@@ -21,10 +22,6 @@ def elasticast_lengths(seed=0, batch=12):
     return torch.randint(200, 2049, (batch,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def cu_from(lengths, device="cuda"):
-    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
-
-
 def pad(x, cu_seqlens):
     """Packed (total, ...) -> padded (batch, n, ...) by gathering (differentiable), plus the mask."""
     starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
@@ -32,18 +29,6 @@ def pad(x, cu_seqlens):
     mask = positions[None, :] < lengths[:, None]
     index = torch.where(mask, starts[:, None] + positions[None, :], 0)
     return x[index], mask
-
-
-def reference_pool(q, k, v, cu_seqlens, scale):
-    """float64, sample by sample: softmax(scale * k_b q_b) v_b; an empty sample pools to 0."""
-    bounds = cu_seqlens.tolist()
-    rows = []
-    for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-        qb = (q if q.dim() == 2 else q[b]).double()  # (heads, head_dim)
-        kb, vb = k[start:end].double(), v[start:end].double()  # (n, heads, head_dim)
-        p = torch.softmax(torch.einsum("hd,nhd->hn", qb, kb) * scale, dim=-1)
-        rows.append(torch.einsum("hn,nhd->hd", p, vb) if end > start else torch.zeros_like(qb))
-    return torch.stack(rows)
 
 
 def sdpa_pool(q, k, v, cu_seqlens, scale):
@@ -72,7 +57,7 @@ def max_err(got, ref):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_accuracy_vs_sdpa(dtype, shared_query, softmax_scale):
     lengths = elasticast_lengths()
-    cu = cu_from(lengths)
+    cu = cu_from(lengths, "cuda")
     total = sum(lengths)
     # LayerNorm-like inputs (ElasticAST pools normed tokens); the query is a raw parameter.
     k = torch.randn(total, HEADS, HEAD_DIM, device="cuda").to(dtype)
@@ -97,7 +82,7 @@ def test_accuracy_vs_sdpa(dtype, shared_query, softmax_scale):
 
 def test_fp32_matches_reference():
     lengths = [1, 7, 2048, 300, 0, 33]
-    cu = cu_from(lengths)
+    cu = cu_from(lengths, "cuda")
     total = sum(lengths)
     q, k, v = (torch.randn(*s, device="cuda") for s in [(HEADS, HEAD_DIM), (total, HEADS, HEAD_DIM),
                                                        (total, HEADS, HEAD_DIM)])
@@ -116,7 +101,7 @@ def test_fp32_matches_reference():
 def test_one_long_sample_many_short():
     """Split-K balance case: one sample of 30k tokens next to many of 8."""
     lengths = [8] * 40 + [30000] + [8] * 40
-    cu = cu_from(lengths)
+    cu = cu_from(lengths, "cuda")
     total = sum(lengths)
     q = torch.randn(HEADS, HEAD_DIM, device="cuda")
     k, v = (torch.randn(total, HEADS, HEAD_DIM, device="cuda") for _ in range(2))
@@ -128,7 +113,7 @@ def test_one_long_sample_many_short():
 def test_sync_free_with_max_seqlen():
     """Forward and backward (module included) launch without a device->host sync."""
     lengths = elasticast_lengths(1)
-    cu = cu_from(lengths)
+    cu = cu_from(lengths, "cuda")
     pool = AttentionPool(HEADS * HEAD_DIM, HEADS).cuda()
     x = torch.randn(sum(lengths), HEADS * HEAD_DIM, device="cuda", requires_grad=True)
     torch.cuda.synchronize()
@@ -146,7 +131,7 @@ def test_sync_free_with_max_seqlen():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_segment_mean(dtype):
     lengths = elasticast_lengths(2) + [0]
-    cu = cu_from(lengths)
+    cu = cu_from(lengths, "cuda")
     x = torch.randn(sum(lengths), 768, device="cuda", dtype=dtype, requires_grad=True)
     out = segment_mean(x, cu, max_seqlen=max(lengths))
     dout = torch.randn_like(out)
@@ -162,7 +147,7 @@ def test_segment_mean(dtype):
 
 def test_torch_compile_inductor():
     lengths = elasticast_lengths(3)
-    cu = cu_from(lengths)
+    cu = cu_from(lengths, "cuda")
     pool = AttentionPool(HEADS * HEAD_DIM, HEADS).cuda()
     x = torch.randn(sum(lengths), HEADS * HEAD_DIM, device="cuda")
     compiled = torch.compile(pool, fullgraph=True)

@@ -19,9 +19,20 @@ SETTINGS = settings(max_examples=6, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def _grad(leaf: torch.Tensor) -> torch.Tensor:
-    """The reference's gradient; None (the input was never used: every sample empty) means zeros."""
-    return leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+def check_against_float64(out, inputs, reference) -> None:
+    """``out`` and the gradients of ``inputs`` against ``reference`` run on float64 copies."""
+    leaves = [t.detach().double().requires_grad_() for t in inputs]
+    ref = reference(*leaves)
+    assert_close(out, ref, 2e-5, "out")
+    if out.numel() == 0:
+        return
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    ref.backward(dout.double())
+    for name, t, leaf in zip("qkv", inputs, leaves):
+        # None: the reference never used the input (every sample empty), so its gradient is zero
+        expected = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        assert_close(t.grad, expected, 5e-5, f"d{name}")
 lengths_st = st.lists(st.integers(0, 40), min_size=0, max_size=5)
 scale_st = st.sampled_from([None, 1.0, 0.1, -0.7])
 
@@ -46,15 +57,7 @@ def test_varlen_attention_matches_float64(path, lengths, heads, head_dim, scale,
     q, k, v = _inputs(seed, sum(lengths), (heads, head_dim))
     out = varlen_attention(q, k, v, cu, softmax_scale=scale, causal=causal)
     resolved = head_dim ** -0.5 if scale is None else scale
-    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    ref = reference_attention(*leaves, cu, resolved, causal=causal)
-    assert_close(out, ref, 2e-5, "out")
-    if sum(lengths):
-        dout = torch.randn_like(out)
-        out.backward(dout)
-        ref.backward(dout.double())
-        for name, t, leaf in zip("qkv", (q, k, v), leaves):
-            assert_close(t.grad, _grad(leaf), 5e-5, f"d{name}")
+    check_against_float64(out, (q, k, v), lambda *leaves: reference_attention(*leaves, cu, resolved, causal=causal))
 
 
 @SETTINGS
@@ -66,15 +69,7 @@ def test_segment_attention_pool_matches_float64(path, lengths, heads, head_dim, 
     q = torch.randn((heads, head_dim) if shared else (len(lengths), heads, head_dim), requires_grad=True)
     out = segment_attention_pool(q, k, v, cu, softmax_scale=scale)
     resolved = head_dim ** -0.5 if scale is None else scale
-    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    ref = reference_pool(*leaves, cu, resolved)
-    assert_close(out, ref, 2e-5, "out")
-    if lengths:
-        dout = torch.randn_like(out)
-        out.backward(dout)
-        ref.backward(dout.double())
-        for name, t, leaf in zip("qkv", (q, k, v), leaves):
-            assert_close(t.grad, _grad(leaf), 5e-5, f"d{name}")
+    check_against_float64(out, (q, k, v), lambda *leaves: reference_pool(*leaves, cu, resolved))
 
 
 @SETTINGS

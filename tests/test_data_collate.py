@@ -96,6 +96,19 @@ def test_oversize_sample_for_budget_raises():
         collate_packed([(torch.randn(1, 32, 16), 0), (torch.randn(1, 32, 64), 0)], max_tokens=4)
 
 
+@pytest.mark.parametrize("options,match", [
+    (dict(patch_size=0), "patch_size must be a positive int"),
+    (dict(patch_size=16.0), "patch_size must be a positive int"),
+    (dict(max_tokens=0), "max_tokens must be None or a positive int"),
+    (dict(max_tokens=True), "max_tokens must be None or a positive int"),
+])
+def test_bad_options_name_the_argument(options, match):
+    with pytest.raises(ValueError, match=match):
+        collate_packed(make_items(2), **options)
+    with pytest.raises(ValueError, match=match):
+        PackedCollator(**options)
+
+
 def test_collator_binds_options_and_pickles():
     items = make_items(5)
     collator = PackedCollator(patch_size=16, max_tokens=30)

@@ -88,11 +88,13 @@ def _torch_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Te
     # 4-D inputs matter: the CPU flash kernel only takes them (3-D falls back to the unfused math
     # path, about 6x slower).
     groups = layout.cached(("length_groups", q.device), lambda: _length_groups(layout))
+    if not groups:  # no token at all
+        return q.new_zeros(q.shape)
     if len(groups) == 1 and groups[0][3] == (0, q.shape[0]):  # every token in one view
         length, count = groups[0][0], groups[0][1]
         out = F.scaled_dot_product_attention(*(_heads_first(x, count, length) for x in (q, k, v)), scale=softmax_scale)
         return _keep_nan_queries(out.transpose(1, 2).reshape(q.shape), q)
-    out = q.new_zeros(q.shape)
+    spans, gathers = [], []
     for length, count, index, span in groups:
         if span is not None:
             parts = [x[span[0]:span[1]] for x in (q, k, v)]
@@ -101,9 +103,17 @@ def _torch_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Te
         result = F.scaled_dot_product_attention(*(_heads_first(x, count, length) for x in parts), scale=softmax_scale)
         result = result.transpose(1, 2).reshape(count * length, *q.shape[1:])
         if span is not None:
-            out = out.slice_scatter(result, 0, span[0], span[1])
+            spans.append((span[0], result))
         else:
-            out = out.index_copy(0, index, result)
+            gathers.append((index, result))
+    if not gathers:  # every group back to back (e.g. all lengths distinct): concatenate in token order
+        out = torch.cat([result for _, result in sorted(spans, key=lambda item: item[0])])
+    else:
+        out = q.new_zeros(q.shape)  # empty samples own no token, so every token is written below
+        for start, result in spans:
+            out[start:start + result.shape[0]] = result
+        for index, result in gathers:
+            out.index_copy_(0, index, result)
     return _keep_nan_queries(out, q)
 
 

@@ -49,6 +49,14 @@ def test_backend_matches_reference(name, seqlens, pack_offsets, scale, torch_cpu
     torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("seqlens", [(), (0, 0)], ids=["no_samples", "all_empty"])
+def test_torch_backend_without_tokens(seqlens, torch_cpu_path):
+    q = torch.randn(0, 2, 8, requires_grad=True)
+    out = attention(q, q, q, SeqLayout(seqlens), 1.0, backend="torch")
+    assert out.shape == (0, 2, 8)
+    out.sum().backward()
+
+
 @pytest.mark.parametrize("name", ["torch", "flex"])
 def test_backend_float64_and_strided_kv(name, torch_cpu_path):
     """float64 works, and k/v may be strided views of one ``to_kv`` output (as in the model)."""

@@ -10,6 +10,7 @@ measure. They live here, not in `elasticast_kernels.backends`, because no user n
 - `padded_attention`: each sample one row padded to the longest sample, a key-padding mask.
 - `PaddedElasticAST`: the drop-in model whose whole encoder runs on the padded pack rows, so
   every layer, not only the attention, pays for the padding as in the published model.
+- `SamplePaddedElasticAST`: the drop-in model with `padded_attention` in every block (AST style).
 
 Neither baseline isolates non-finite values: masked-out keys get probability 0, but 0 x NaN = NaN,
 so a NaN/inf in one sample reaches the other samples of its row.
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from elasticast_kernels.layout import SeqLayout, host_to_device
 from elasticast_kernels.models import ElasticAST
 
-__all__ = ["sdpa_masked_attention", "padded_attention", "row_padded", "PaddedElasticAST"]
+__all__ = ["sdpa_masked_attention", "padded_attention", "row_padded", "PaddedElasticAST", "SamplePaddedElasticAST"]
 
 
 def _pad_index(row_lengths: Sequence[int], row_len: int, device: torch.device) -> torch.Tensor:
@@ -137,3 +138,12 @@ class PaddedElasticAST(ElasticAST):
         rows_layout, index = row_padded(layout)
         padded = x.new_zeros(rows_layout.total_tokens, x.shape[1]).index_copy(0, index, x)
         return self.blocks(padded, rows_layout, sdpa_masked_attention).index_select(0, index)
+
+
+class SamplePaddedElasticAST(ElasticAST):
+    """`ElasticAST` whose blocks attend AST style: every sample padded to the longest sample with
+    a key-padding mask (`padded_attention`). Same logits; the yardstick for equal-length batches,
+    where padding costs nothing and only the attention call pattern differs."""
+
+    def _attention_fn(self, x: torch.Tensor):
+        return padded_attention

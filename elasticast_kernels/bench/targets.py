@@ -44,6 +44,8 @@ TARGETS = (
     # (speedup_vs_baseline), with no target of its own.
     Target("CPU eval forward: torch backend >= 3x published-faithful sdpa_masked_math (explicit softmax)",
            "model", "eval_forward", "torch", "speedup_vs_sdpa_masked_math", 3.0, "cpu"),
+    Target("CPU eval forward, 32 equal 5 s clips: torch backend >= 1.0x AST-style per-sample padding",
+           "model", "eval_forward_equal_lengths", "torch", "speedup_vs_padded", 1.0, "cpu", workload="equal_5s"),
     Target("GPU training step: triton >= 1.5x sdpa_masked throughput", "model", "train_step", "triton",
            "speedup_vs_baseline", 1.5, "cuda", (("dtype", "bf16"),)),
     Target("GPU training step: >= 30% less peak memory", "model", "train_step", "triton",

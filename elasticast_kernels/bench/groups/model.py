@@ -27,6 +27,8 @@ from elasticast_kernels.bench.workloads import make_workload
 GROUP = "model"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PUBLISHED = "sdpa_masked_math"  # the published model's attention: masked scores + explicit softmax
+SAMPLE_PADDED = "padded"  # AST style: every sample padded to the longest, key-padding mask
+EQUAL_CLIPS, EQUAL_FRAMES = 32, 496  # 32 clips of 5 s (128 mel x 496 frames = 248 tokens each)
 
 
 def sdpa_context(variant: str) -> contextlib.AbstractContextManager:
@@ -57,19 +59,21 @@ def build_model(cfg: BenchConfig, size: ModelSize, variant: str, packing: str = 
 
     ``variant``: an attention backend of the package, or a padded baseline: ``"sdpa_masked"``
     and ``"sdpa_masked_math"`` build the `PaddedElasticAST` (run the latter under
-    :func:`sdpa_context`, as ``eval_fn``/``train_fn`` do when given the variant).
+    :func:`sdpa_context`, as ``eval_fn``/``train_fn`` do when given the variant); ``"padded"``
+    the `SamplePaddedElasticAST` (every sample padded to the longest, AST style).
     """
     from elasticast_kernels import backends
-    from elasticast_kernels.bench.padded import PaddedElasticAST
+    from elasticast_kernels.bench.padded import PaddedElasticAST, SamplePaddedElasticAST
     from elasticast_kernels.models import ElasticAST
 
-    padded = variant in (BASELINE, PUBLISHED)
+    baselines = {BASELINE: PaddedElasticAST, PUBLISHED: PaddedElasticAST, SAMPLE_PADDED: SamplePaddedElasticAST}
+    padded = variant in baselines
     if not padded:
         reason = backends.available_backends(torch.device(cfg.device)).get(variant, f"unknown backend {variant!r}")
         if reason is not None:
             raise Unavailable(reason)
     torch.manual_seed(cfg.seed)
-    model_class = PaddedElasticAST if padded else ElasticAST
+    model_class = baselines.get(variant, ElasticAST)
     model = model_class(
         sample_size=(128, cfg.max_frames), patch_size=16, num_classes=cfg.num_classes,
         dim=size.dim, depth=size.depth, heads=size.heads, channels=1,
@@ -166,4 +170,25 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                     add_speedups_vs(results, PUBLISHED, ("dtype",))  # vs the published explicit softmax
                     return results
                 out.append(Task(GROUP, f"model {mode} {dtype}{label} [{workload}]", run, workload))
+    out.append(Task(GROUP, f"model eval_forward, {EQUAL_CLIPS} equal clips{label}", lambda: equal_lengths(cfg)))
     return out
+
+
+def equal_lengths(cfg: BenchConfig) -> list[CaseResult]:
+    """Eval forward on a batch of equal 5 s clips: our packed ``fast_backend`` vs the AST-style
+    padded attention, where padding is free and only the attention call pattern differs (the torch
+    backend runs the whole batch as one SDPA call)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    specs = [torch.randn(1, 128, EQUAL_FRAMES, generator=gen).to(cfg.device) for _ in range(EQUAL_CLIPS)]
+    tokens = [(128 // 16) * (EQUAL_FRAMES // 16)] * EQUAL_CLIPS
+    results, weights = [], None
+    for variant in (cfg.fast_backend, SAMPLE_PADDED):
+        def body(variant: str = variant) -> dict:
+            nonlocal weights
+            model = build_model(cfg, cfg.model, variant, state_dict=weights)
+            weights = weights or {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return _metrics(eval_fn(model, specs, cfg, "fp32", variant), cfg, tokens, cfg.model, training=False)
+        params = dict(cfg.model.as_dict(), dtype="fp32", samples=EQUAL_CLIPS)
+        results.append(guarded(GROUP, "eval_forward_equal_lengths", variant, "equal_5s", params, body))
+    add_speedups_vs(results, SAMPLE_PADDED)
+    return results

@@ -2,69 +2,60 @@
 // protocol (numpy arrays), GPU data as integer device addresses plus a CUDA stream handle, so one
 // build of the module works with any torch version.
 //
-// C++ std::invalid_argument becomes ValueError in Python (pybind11's standard translation).
+// Every function here is public API. Arguments are taken as Python objects and checked in
+// py_args.h (TypeError / ValueError naming the argument). What the native code indexes with
+// (lengths, cu_seqlens) is copied into memory the call owns before it is validated, so a thread
+// writing the caller's array during the call can neither get past the checks nor make the code
+// read or write out of bounds. C++ std::invalid_argument becomes ValueError (pybind11's standard
+// translation).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
-#include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "pack_patches.h"
 #include "pack_plans.h"
+#include "py_args.h"
 
 namespace py = pybind11;
+using ek::args::int_arg;
+using ek::args::kInt32Max;
+using ek::args::kInt64Max;
 
 namespace {
 
 using PlanFn = ek::Assignment (*)(const int64_t*, int64_t, int64_t);
 
-// A 1-D, C-contiguous buffer of `itemsize`-byte items; `writable` for outputs. Never copies,
-// so writes always land in the caller's memory.
-py::buffer_info contiguous_buffer(const py::buffer& obj, const char* name, py::ssize_t itemsize, bool writable) {
-  py::buffer_info info;
-  try {
-    info = obj.request(writable);
-  } catch (py::error_already_set& err) {  // e.g. BufferError for a read-only array
-    throw std::invalid_argument(std::string(name) + (writable ? " must be a writable buffer: " : ": ") + err.what());
-  }
-  if (info.itemsize != itemsize)
-    throw std::invalid_argument(std::string(name) + ": expected items of " + std::to_string(itemsize) +
-                                " bytes, got " + std::to_string(info.itemsize));
-  py::ssize_t expected = info.itemsize;
-  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
-    if (info.shape[d] != 1 && info.strides[d] != expected)
-      throw std::invalid_argument(std::string(name) + " must be C-contiguous");
-    expected *= info.shape[d];
-  }
-  if (writable && info.readonly) throw std::invalid_argument(std::string(name) + " must be writable");
-  return info;
-}
-
-// lengths: int64 buffer -> (order int64 [n], offsets int64 [num_packs + 1]).
-py::tuple run_plan(const py::buffer& lengths, int64_t max_tokens,
-                   const std::function<ek::Assignment(const int64_t*, int64_t)>& plan) {
-  py::buffer_info info = contiguous_buffer(lengths, "lengths", sizeof(int64_t), false);
-  if (info.ndim != 1) throw std::invalid_argument("lengths must be 1-D, got " + std::to_string(info.ndim) + " dimensions");
-  if (info.format != py::format_descriptor<int64_t>::format() && info.format != "l" && info.format != "q")
-    throw std::invalid_argument("lengths must be int64, got buffer format '" + info.format + "'");
-  const auto* data = static_cast<const int64_t*>(info.ptr);
+// (order int64 [n], offsets int64 [num_packs + 1]) of a plan over a private copy of `lengths`.
+template <class Plan>
+py::tuple run_plan(py::handle lengths, int64_t max_tokens, const Plan& plan) {
+  // n < 2^31 - 1 is check_lengths' limit too; refusing earlier bounds the copy.
+  const py::buffer_info info = ek::args::int_vector<int64_t>(lengths, "lengths", kInt32Max - 1);
   const int64_t n = info.shape[0];
+  // The private copy lives in the `order` output, which nobody else can see yet: no extra
+  // allocation (a fresh 8 MB buffer per million lengths cost more in page faults than the copy).
+  // finalize_plan reads the lengths only before it overwrites them with the order.
+  py::array_t<int64_t> order(n);
+  int64_t* owned = order.mutable_data();
+  ek::args::copy_1d(info, owned);
   ek::Assignment a;
   {
     py::gil_scoped_release release;
-    a = plan(data, n);
+    a = plan(owned, n);  // validates `owned` (check_lengths) before using it
   }
-  py::array_t<int64_t> order(n), offsets(a.num_packs + 1);
+  py::array_t<int64_t> offsets(a.num_packs + 1);
   {
     py::gil_scoped_release release;
-    ek::finalize_plan(a, data, max_tokens, order.mutable_data(), offsets.mutable_data());
+    ek::finalize_plan(a, owned, max_tokens, owned, offsets.mutable_data());
   }
   return py::make_tuple(order, offsets);
 }
 
-// a * b, or invalid_argument naming `what` when it does not fit int64 (sizes come from Python ints).
+int64_t max_tokens_arg(py::handle obj) { return int_arg(obj, "max_tokens", 1, kInt32Max); }
+
+// a * b, or invalid_argument naming `what` when it does not fit int64.
 int64_t checked_mul(int64_t a, int64_t b, const char* what) {
   int64_t product = 0;
   if (__builtin_mul_overflow(a, b, &product))
@@ -73,102 +64,160 @@ int64_t checked_mul(int64_t a, int64_t b, const char* what) {
   return product;
 }
 
-ek::PatchGeometry geometry(int64_t channels, int64_t freq, int64_t patch, int64_t elem_size) {
-  constexpr int64_t kMaxDim = (int64_t{1} << 31) - 1;  // token counts and indices are int32
-  if (channels > kMaxDim || freq > kMaxDim || patch > kMaxDim || elem_size > 16)
-    throw std::invalid_argument("channels, freq and patch_size must be < 2^31 and elem_size <= 16");
-  if (channels < 1) throw std::invalid_argument("channels must be >= 1, got " + std::to_string(channels));
-  if (patch < 1) throw std::invalid_argument("patch_size must be >= 1, got " + std::to_string(patch));
+ek::PatchGeometry geometry(py::handle channels_obj, py::handle freq_obj, py::handle patch_obj, py::handle elem_obj) {
+  // token counts and indices are int32
+  const int64_t channels = int_arg(channels_obj, "channels", 1, kInt32Max);
+  const int64_t freq = int_arg(freq_obj, "freq", 1, kInt32Max);
+  const int64_t patch = int_arg(patch_obj, "patch_size", 1, kInt32Max);
+  const int64_t elem_size = int_arg(elem_obj, "elem_size", 1, 16);
   if (freq < patch || freq % patch != 0)
     throw std::invalid_argument("freq (" + std::to_string(freq) + ") must be a positive multiple of patch_size (" +
                                 std::to_string(patch) + ")");
-  if (elem_size < 1) throw std::invalid_argument("elem_size must be >= 1, got " + std::to_string(elem_size));
   // the row and token byte sizes every later size check multiplies by must fit int64
   checked_mul(checked_mul(channels, freq, "C * F"), elem_size, "C * F * elem_size");
   checked_mul(checked_mul(checked_mul(channels, patch, "C * p"), patch, "C * p * p"), elem_size, "token bytes");
   return {channels, freq, patch, elem_size};
 }
 
-// Checked views of a CPU gather's buffers (the buffer_infos keep the memory alive).
+// Checked views of a CPU gather's buffers. `infos` keeps the caller's sources and outputs
+// exported (so they cannot be resized or freed) until the gather is done; `cu_seqlens` is a
+// private, validated copy.
 struct CpuGather {
   ek::PatchGeometry geo;
   std::vector<py::buffer_info> infos;
   std::vector<const uint8_t*> sources;
   std::vector<int64_t> time_patches;
-  const int32_t* cu_seqlens;
-  uint8_t* out;
-  int32_t* freq_idx;
-  int32_t* time_idx;
+  std::vector<int32_t> cu_seqlens;
+  uint8_t* out = nullptr;
+  int32_t* freq_idx = nullptr;
+  int32_t* time_idx = nullptr;
 };
 
+// A writable, C-contiguous output buffer of `itemsize`-byte items holding exactly `items` of them.
+uint8_t* output(CpuGather& g, py::handle obj, const char* name, bool int32_items, int64_t items) {
+  g.infos.push_back(ek::args::request(obj, name, true));
+  const py::buffer_info& info = g.infos.back();
+  if (int32_items) ek::args::require_signed_int(info, name, 4);
+  else if (info.itemsize != 1)
+    throw py::type_error(std::string(name) + " must be a byte buffer (uint8), got " + std::to_string(info.itemsize) +
+                         "-byte items");
+  ek::args::require_contiguous(info, name);
+  if (info.readonly) throw py::value_error(std::string(name) + " must be writable");
+  if (info.size != items)
+    throw py::value_error(std::string(name) + " must hold " + std::to_string(items) + (int32_items ? " int32" : " byte") +
+                          " items, got " + std::to_string(info.size));
+  return static_cast<uint8_t*>(info.ptr);
+}
+
 // Checks every segment against its buffer and every output size before anything is written.
-CpuGather prepare_cpu_gather(const py::list& sources, const py::buffer& cu_seqlens, const py::buffer& out,
-                             const py::buffer& freq_idx, const py::buffer& time_idx, int64_t channels, int64_t freq,
-                             int64_t patch, int64_t elem_size) {
+CpuGather prepare_cpu_gather(py::handle sources_obj, py::handle cu_seqlens, py::handle out, py::handle freq_idx,
+                             py::handle time_idx, py::handle channels, py::handle freq, py::handle patch,
+                             py::handle elem_size) {
   CpuGather g;
   g.geo = geometry(channels, freq, patch, elem_size);
-  const size_t num_segments = sources.size();
-  g.infos.push_back(contiguous_buffer(cu_seqlens, "cu_seqlens", sizeof(int32_t), false));
-  if (g.infos.back().size != static_cast<py::ssize_t>(num_segments) + 1)
-    throw std::invalid_argument("cu_seqlens must have len(sources) + 1 = " + std::to_string(num_segments + 1) +
-                                " entries, got " + std::to_string(g.infos.back().size));
-  g.cu_seqlens = static_cast<const int32_t*>(g.infos.back().ptr);
-  if (g.cu_seqlens[0] != 0) throw std::invalid_argument("cu_seqlens[0] must be 0");
+  const int64_t p = g.geo.patch, elem = g.geo.elem_size;
+  // A snapshot of the sequence: buffer exporters may run Python code that changes the caller's list.
+  if (!PySequence_Check(sources_obj.ptr()) || PyUnicode_Check(sources_obj.ptr()) || PyBytes_Check(sources_obj.ptr()))
+    throw py::type_error("sources must be a list of byte buffers, got " + ek::args::type_name(sources_obj));
+  const py::tuple sources = py::reinterpret_steal<py::tuple>(PySequence_Tuple(sources_obj.ptr()));
+  if (!sources) throw py::error_already_set();
+  const int64_t num_segments = static_cast<int64_t>(sources.size());
+  if (num_segments >= kInt32Max) throw py::value_error("sources: too many segments");
+  g.cu_seqlens = ek::args::copy_int_vector<int32_t>(cu_seqlens, "cu_seqlens", num_segments + 1);
+  if (static_cast<int64_t>(g.cu_seqlens.size()) != num_segments + 1)
+    throw py::value_error("cu_seqlens must have len(sources) + 1 = " + std::to_string(num_segments + 1) +
+                          " entries, got " + std::to_string(g.cu_seqlens.size()));
+  if (g.cu_seqlens[0] != 0) throw py::value_error("cu_seqlens[0] must be 0, got " + std::to_string(g.cu_seqlens[0]));
 
-  const int64_t row_elems = channels * freq;
-  for (size_t s = 0; s < num_segments; ++s) {
+  const int64_t row_elems = g.geo.channels * g.geo.freq;
+  for (int64_t s = 0; s < num_segments; ++s) {
     const std::string name = "sources[" + std::to_string(s) + "]";
-    g.infos.push_back(contiguous_buffer(sources[s].cast<py::buffer>(), name.c_str(), 1, false));
-    const py::ssize_t bytes = g.infos.back().size;
-    if (bytes % elem_size != 0 || (bytes / elem_size) % row_elems != 0)
-      throw std::invalid_argument(name + ": byte size " + std::to_string(bytes) + " is not C * F * T elements of " +
-                                  std::to_string(elem_size) + " bytes");
-    const int64_t frames = bytes / elem_size / row_elems;
-    if (frames % patch != 0)
-      throw std::invalid_argument(name + ": T = " + std::to_string(frames) + " is not a multiple of patch_size");
-    const int64_t tokens = (freq / patch) * (frames / patch);
-    if (static_cast<int64_t>(g.cu_seqlens[s + 1]) - g.cu_seqlens[s] != tokens)
-      throw std::invalid_argument("cu_seqlens[" + std::to_string(s + 1) + "] - cu_seqlens[" + std::to_string(s) +
-                                  "] must be " + std::to_string(tokens) + " (the tokens of " + name + ")");
-    g.sources.push_back(static_cast<const uint8_t*>(g.infos.back().ptr));
-    g.time_patches.push_back(frames / patch);
+    g.infos.push_back(ek::args::request(sources[static_cast<size_t>(s)], name, false));
+    const py::buffer_info& info = g.infos.back();
+    if (info.itemsize != 1)
+      throw py::type_error(name + " must be a byte buffer (uint8), got " + std::to_string(info.itemsize) +
+                           "-byte items");
+    ek::args::require_contiguous(info, name);
+    const int64_t bytes = info.size;
+    if (bytes % elem != 0 || (bytes / elem) % row_elems != 0)
+      throw py::value_error(name + ": byte size " + std::to_string(bytes) + " is not C * F * T elements of " +
+                            std::to_string(elem) + " bytes");
+    const int64_t frames = bytes / elem / row_elems;
+    if (frames % p != 0)
+      throw py::value_error(name + ": T = " + std::to_string(frames) + " is not a multiple of patch_size");
+    const int64_t tokens = checked_mul(g.geo.freq / p, frames / p, "tokens of a source");
+    const int64_t have = static_cast<int64_t>(g.cu_seqlens[static_cast<size_t>(s + 1)]) - g.cu_seqlens[static_cast<size_t>(s)];
+    if (have != tokens)
+      throw py::value_error("cu_seqlens[" + std::to_string(s + 1) + "] - cu_seqlens[" + std::to_string(s) +
+                            "] must be " + std::to_string(tokens) + " (the tokens of " + name + "), got " +
+                            std::to_string(have));
+    g.sources.push_back(static_cast<const uint8_t*>(info.ptr));
+    g.time_patches.push_back(frames / p);
   }
-  const int64_t total_tokens = g.cu_seqlens[num_segments];
-  const int64_t token_bytes = channels * patch * patch * elem_size;
-  g.infos.push_back(contiguous_buffer(out, "out", 1, true));
-  if (g.infos.back().size != checked_mul(total_tokens, token_bytes, "total_tokens * token bytes"))
-    throw std::invalid_argument("out must hold total_tokens * C * p * p elements = " +
-                                std::to_string(total_tokens * token_bytes) + " bytes, got " +
-                                std::to_string(g.infos.back().size));
-  g.out = static_cast<uint8_t*>(g.infos.back().ptr);
-  g.infos.push_back(contiguous_buffer(freq_idx, "freq_idx", sizeof(int32_t), true));
-  g.freq_idx = static_cast<int32_t*>(g.infos.back().ptr);
-  const py::ssize_t freq_size = g.infos.back().size;
-  g.infos.push_back(contiguous_buffer(time_idx, "time_idx", sizeof(int32_t), true));
-  g.time_idx = static_cast<int32_t*>(g.infos.back().ptr);
-  if (freq_size != total_tokens || g.infos.back().size != total_tokens)
-    throw std::invalid_argument("freq_idx and time_idx must have total_tokens = " + std::to_string(total_tokens) +
-                                " entries");
+  // cu_seqlens[0] == 0 and every step equals a token count >= 0: it rises from 0 to total_tokens.
+  const int64_t total_tokens = g.cu_seqlens[static_cast<size_t>(num_segments)];
+  const int64_t token_bytes = g.geo.channels * p * p * elem;
+  g.out = output(g, out, "out", false, checked_mul(total_tokens, token_bytes, "total_tokens * token bytes"));
+  g.freq_idx = reinterpret_cast<int32_t*>(output(g, freq_idx, "freq_idx", true, total_tokens));
+  g.time_idx = reinterpret_cast<int32_t*>(output(g, time_idx, "time_idx", true, total_tokens));
   return g;
 }
 
-void pack_patches_cpu_py(const py::list& sources, const py::buffer& cu_seqlens, const py::buffer& out,
-                         const py::buffer& freq_idx, const py::buffer& time_idx, int64_t channels, int64_t freq,
-                         int64_t patch, int64_t elem_size, int num_threads) {
+void pack_patches_cpu_py(py::handle sources, py::handle cu_seqlens, py::handle out, py::handle freq_idx,
+                         py::handle time_idx, py::handle channels, py::handle freq, py::handle patch,
+                         py::handle elem_size, py::handle num_threads_obj) {
+  const int num_threads = static_cast<int>(int_arg(num_threads_obj, "num_threads", -kInt32Max, kInt32Max));
   const CpuGather g = prepare_cpu_gather(sources, cu_seqlens, out, freq_idx, time_idx, channels, freq, patch, elem_size);
   py::gil_scoped_release release;
-  ek::pack_patches_cpu(g.sources, g.time_patches, g.cu_seqlens, g.geo, g.out, g.freq_idx, g.time_idx, num_threads);
+  ek::pack_patches_cpu(g.sources, g.time_patches, g.cu_seqlens.data(), g.geo, g.out, g.freq_idx, g.time_idx,
+                       num_threads);
 }
 
-void emulate_cuda_gather_py(const py::list& sources, const py::buffer& cu_seqlens, const py::buffer& out,
-                            const py::buffer& freq_idx, const py::buffer& time_idx, int64_t channels, int64_t freq,
-                            int64_t patch, int64_t elem_size, int64_t vec_bytes) {
+void emulate_cuda_gather_py(py::handle sources, py::handle cu_seqlens, py::handle out, py::handle freq_idx,
+                            py::handle time_idx, py::handle channels, py::handle freq, py::handle patch,
+                            py::handle elem_size, py::handle vec_bytes_obj) {
   const CpuGather g = prepare_cpu_gather(sources, cu_seqlens, out, freq_idx, time_idx, channels, freq, patch, elem_size);
-  if (!(vec_bytes == 1 || vec_bytes == 2 || vec_bytes == 4 || vec_bytes == 8 || vec_bytes == 16) ||
-      (patch * elem_size) % vec_bytes != 0)
-    throw std::invalid_argument("vec_bytes must be 1, 2, 4, 8 or 16 and divide patch * elem_size");
+  const int64_t vec_bytes = int_arg(vec_bytes_obj, "vec_bytes", 1, 16);
+  ek::check_copy_unit(vec_bytes, g.geo);
   py::gil_scoped_release release;
-  ek::emulate_cuda_gather(g.sources, g.time_patches, g.cu_seqlens, g.geo, vec_bytes, g.out, g.freq_idx, g.time_idx);
+  ek::emulate_cuda_gather(g.sources, g.time_patches, g.cu_seqlens.data(), g.geo, vec_bytes, g.out, g.freq_idx,
+                          g.time_idx);
+}
+
+// Device address `name`: non-null (unless nothing is read or written) and a multiple of `align`.
+uint64_t device_address(py::handle obj, const char* name, uint64_t align, bool used) {
+  const uint64_t address = ek::args::address_arg(obj, name);
+  if (used && address == 0) throw py::value_error(std::string(name) + " is a null device address");
+  if (address % align != 0)
+    throw py::value_error(std::string(name) + " = " + std::to_string(address) + " is not aligned to " +
+                          std::to_string(align) + " bytes");
+  return address;
+}
+
+// Every host-side check of the CUDA gather, before any CUDA call (so it runs, and is tested,
+// without a GPU). The device memory behind the addresses cannot be checked from here: it is the
+// caller's (pack_spectrograms allocates it from the sizes checked here).
+void pack_patches_cuda_py(py::handle out, py::handle freq_idx, py::handle time_idx, py::handle segment_meta,
+                          py::handle cu_seqlens, py::handle num_segments_obj, py::handle total_tokens_obj,
+                          py::handle channels, py::handle freq, py::handle patch, py::handle elem_size,
+                          py::handle vec_bytes_obj, py::handle stream_obj, py::handle device_obj) {
+  const ek::PatchGeometry geo = geometry(channels, freq, patch, elem_size);
+  const int64_t num_segments = int_arg(num_segments_obj, "num_segments", 1, kInt32Max - 1);
+  const int64_t total_tokens = int_arg(total_tokens_obj, "total_tokens", 0, kInt32Max);
+  const int64_t vec_bytes = int_arg(vec_bytes_obj, "vec_bytes", 1, 16);
+  ek::check_copy_unit(vec_bytes, geo);
+  checked_mul(total_tokens, geo.channels * geo.patch * geo.patch * geo.elem_size, "total_tokens * token bytes");
+  const bool used = total_tokens > 0;
+  const uint64_t out_address = device_address(out, "out", static_cast<uint64_t>(vec_bytes), used);
+  const uint64_t freq_address = device_address(freq_idx, "freq_idx", 4, used);
+  const uint64_t time_address = device_address(time_idx, "time_idx", 4, used);
+  const uint64_t meta_address = device_address(segment_meta, "segment_meta", 8, used);
+  const uint64_t cu_address = device_address(cu_seqlens, "cu_seqlens", 4, used);
+  const uint64_t stream = ek::args::address_arg(stream_obj, "stream");
+  const int device = static_cast<int>(int_arg(device_obj, "device", 0, kInt32Max));
+  py::gil_scoped_release release;
+  ek::pack_patches_cuda(out_address, freq_address, time_address, meta_address, cu_address, num_segments,
+                        total_tokens, geo, vec_bytes, stream, device);
 }
 
 }  // namespace
@@ -177,12 +226,15 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "elasticast-kernels native extension: bin-packing plans and patch gathers (CPU, CUDA)";
 
   const auto plan_doc =
-      "(lengths: int64 1-D array, max_tokens: int) -> (order int64 [n], offsets int64 [num_packs + 1]).\n"
-      "Pack p holds samples order[offsets[p]:offsets[p+1]] (ascending index). ValueError on bad input.";
+      "(lengths: 1-D int64 buffer (any stride), max_tokens: int in [1, 2**31 - 1]) -> (order int64 [n], offsets "
+      "int64 [num_packs + 1]).\nPack p holds samples order[offsets[p]:offsets[p+1]] (ascending index). The "
+      "lengths are copied before they are checked. TypeError for a wrong buffer or argument type, ValueError "
+      "for a wrong value (naming the argument and index).";
   auto bind_plan = [&](const char* name, PlanFn fn) {
     m.def(
         name,
-        [fn](const py::buffer& lengths, int64_t max_tokens) {
+        [fn](py::handle lengths, py::handle max_tokens_obj) {
+          const int64_t max_tokens = max_tokens_arg(max_tokens_obj);
           return run_plan(lengths, max_tokens, [&](const int64_t* d, int64_t n) { return fn(d, n, max_tokens); });
         },
         py::arg("lengths"), py::arg("max_tokens"), plan_doc);
@@ -193,17 +245,22 @@ PYBIND11_MODULE(_C, m) {
   bind_plan("histogram", &ek::histogram);
   m.def(
       "best_fit_window",
-      [](const py::buffer& lengths, int64_t max_tokens, int64_t window) {
+      [](py::handle lengths, py::handle max_tokens_obj, py::handle window_obj) {
+        const int64_t max_tokens = max_tokens_arg(max_tokens_obj);
+        const int64_t window = int_arg(window_obj, "window", 1, kInt64Max);
         return run_plan(lengths, max_tokens,
                         [&](const int64_t* d, int64_t n) { return ek::best_fit_window(d, n, max_tokens, window); });
       },
-      py::arg("lengths"), py::arg("max_tokens"), py::arg("window") = 256, plan_doc);
+      py::arg("lengths"), py::arg("max_tokens"), py::arg("window") = 256,
+      "Like the other plans, plus window: int in [1, 2**63 - 1] (pending samples).");
 
   m.def("pack_patches_cpu", &pack_patches_cpu_py, py::arg("sources"), py::arg("cu_seqlens"), py::arg("out"),
         py::arg("freq_idx"), py::arg("time_idx"), py::arg("channels"), py::arg("freq"), py::arg("patch"),
         py::arg("elem_size"), py::arg("num_threads") = 0,
-        "Gather patches of contiguous [C, F, T_s] byte buffers (sources) into out [total_tokens, C*p*p] "
-        "(bytes), writing freq_idx/time_idx (int32 [total_tokens]). Checks every size first.");
+        "Gather patches of contiguous [C, F, T_s] byte buffers (sources: a sequence) into out [total_tokens, "
+        "C*p*p] (bytes, C-contiguous, writable), writing freq_idx/time_idx (int32 [total_tokens]). cu_seqlens: "
+        "1-D int32 [len(sources) + 1], copied before it is checked. Checks every size before anything is "
+        "written; TypeError / ValueError naming the argument.");
 
   m.def("emulate_cuda_gather", &emulate_cuda_gather_py, py::arg("sources"), py::arg("cu_seqlens"), py::arg("out"),
         py::arg("freq_idx"), py::arg("time_idx"), py::arg("channels"), py::arg("freq"), py::arg("patch"),
@@ -211,21 +268,14 @@ PYBIND11_MODULE(_C, m) {
         "Run the CUDA kernel's per-thread address math serially on CPU buffers (same arguments as "
         "pack_patches_cpu plus the copy unit), to test the kernel's indexing without a GPU.");
 
-  m.def(
-      "pack_patches_cuda",
-      [](uint64_t out, uint64_t freq_idx, uint64_t time_idx, uint64_t segment_meta, uint64_t cu_seqlens,
-         int64_t num_segments, int64_t total_tokens, int64_t channels, int64_t freq, int64_t patch,
-         int64_t elem_size, int64_t vec_bytes, uint64_t stream, int device) {
-        const ek::PatchGeometry geo = geometry(channels, freq, patch, elem_size);
-        py::gil_scoped_release release;
-        ek::pack_patches_cuda(out, freq_idx, time_idx, segment_meta, cu_seqlens, num_segments, total_tokens, geo,
-                              vec_bytes, stream, device);
-      },
-      py::arg("out"), py::arg("freq_idx"), py::arg("time_idx"), py::arg("segment_meta"), py::arg("cu_seqlens"),
-      py::arg("num_segments"), py::arg("total_tokens"), py::arg("channels"), py::arg("freq"), py::arg("patch"),
-      py::arg("elem_size"), py::arg("vec_bytes"), py::arg("stream"), py::arg("device"),
-      "Device-address version of pack_patches_cpu: one kernel launch on `stream` (cudaStream_t as int). "
-      "segment_meta: int64 [2 * num_segments] (source addresses, then T_s / p). RuntimeError without CUDA.");
+  m.def("pack_patches_cuda", &pack_patches_cuda_py, py::arg("out"), py::arg("freq_idx"), py::arg("time_idx"),
+        py::arg("segment_meta"), py::arg("cu_seqlens"), py::arg("num_segments"), py::arg("total_tokens"),
+        py::arg("channels"), py::arg("freq"), py::arg("patch"), py::arg("elem_size"), py::arg("vec_bytes"),
+        py::arg("stream"), py::arg("device"),
+        "Device-address version of pack_patches_cpu: one kernel launch on `stream` (cudaStream_t as int). "
+        "segment_meta: int64 [2 * num_segments] (source addresses, then T_s / p). Every argument is checked on "
+        "the host first (ValueError / TypeError, also without a GPU); the device memory behind the addresses "
+        "is trusted to have the sizes they imply. RuntimeError without CUDA.");
 
   m.def("has_cuda", &ek::cuda_compiled, "True when the CUDA gather was compiled in (says nothing about a driver).");
   m.def("cuda_unavailable_reason", &ek::cuda_unavailable_reason,

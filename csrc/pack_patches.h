@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,15 @@ struct PatchGeometry {
   int64_t patch;       // p
   int64_t elem_size;   // bytes per element
 };
+
+// The copy unit of the CUDA gather (and its host emulation): 1, 2, 4, 8 or 16 bytes, dividing a
+// patch row (p * elem_size). Throws std::invalid_argument (ValueError in Python).
+inline void check_copy_unit(int64_t vec_bytes, const PatchGeometry& geo) {
+  const bool power = vec_bytes == 1 || vec_bytes == 2 || vec_bytes == 4 || vec_bytes == 8 || vec_bytes == 16;
+  if (!power || (geo.patch * geo.elem_size) % vec_bytes != 0)
+    throw std::invalid_argument("vec_bytes must be 1, 2, 4, 8 or 16 and divide patch * elem_size (" +
+                                std::to_string(geo.patch * geo.elem_size) + "), got " + std::to_string(vec_bytes));
+}
 
 // CPU: sources[s] points at a contiguous [C, F, T_s] spectrogram, time_patches[s] = T_s / p.
 // Multi-threaded over (segment, frequency row) pairs; num_threads <= 0 picks a default.

@@ -90,12 +90,11 @@ std::string cuda_unavailable_reason() {
 void pack_patches_cuda(uint64_t out, uint64_t freq_idx, uint64_t time_idx, uint64_t segment_meta,
                        uint64_t cu_seqlens, int64_t num_segments, int64_t total_tokens, const PatchGeometry& geo,
                        int64_t vec_bytes, uint64_t stream_handle, int device) {
+  // The bindings check every argument first (py_args.h); these guard direct C++ callers.
   if (num_segments < 1 || total_tokens < 0) throw std::invalid_argument("pack_patches_cuda: empty segment table");
-  const int64_t run_bytes = geo.patch * geo.elem_size;
-  if (!(vec_bytes == 1 || vec_bytes == 2 || vec_bytes == 4 || vec_bytes == 8 || vec_bytes == 16) ||
-      run_bytes % vec_bytes != 0 || out % static_cast<uint64_t>(vec_bytes) != 0)
-    throw std::invalid_argument("pack_patches_cuda: vec_bytes must be 1, 2, 4, 8 or 16 and divide patch * elem_size "
-                                "and the output address, got " + std::to_string(vec_bytes));
+  check_copy_unit(vec_bytes, geo);
+  if (out % static_cast<uint64_t>(vec_bytes) != 0)
+    throw std::invalid_argument("pack_patches_cuda: the output address is not aligned to vec_bytes");
   const std::string why = cuda_unavailable_reason();
   if (!why.empty()) throw std::runtime_error("elasticast_kernels._C: " + why);
   DeviceGuard guard(device);

@@ -436,6 +436,8 @@ void finalize_plan(const Assignment& a, const int64_t* lengths, int64_t max_toke
   std::vector<int32_t> cursor(offsets, offsets + a.num_packs);
   std::vector<int32_t> by_index;  // pack of sample i
   const int32_t* pack_of = a.pack_of.data();
+  // `lengths` may alias `order` (see pack_plans.h): every read of it is in this block, above the
+  // loop that writes `order`.
   if (a.by_sorted_position) {
     // Sorted position of sample i = start of its length's run + how many earlier samples share
     // the length (the counting sort's rule), so no index array was ever needed.

@@ -25,6 +25,8 @@ struct Assignment {
   int64_t num_packs = 0;
 };
 
+// Every strategy checks `lengths` first and then indexes tables with them: the memory must not
+// change during the call (the bindings pass a private copy, never the caller's buffer).
 // Throws std::invalid_argument (ValueError in Python) naming the argument and the index.
 void check_lengths(const int64_t* lengths, int64_t n, int64_t max_tokens);
 
@@ -50,7 +52,9 @@ Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens
 Assignment histogram(const int64_t* lengths, int64_t n, int64_t max_tokens);
 
 // order: [n], offsets: [num_packs + 1]; both preallocated by the caller. `lengths` and
-// `max_tokens` are the strategy's (validated) inputs.
+// `max_tokens` are the strategy's (validated) inputs. `lengths` may be the same memory as `order`
+// (the bindings keep their private copy of the lengths there): it is read only before `order`
+// is written.
 void finalize_plan(const Assignment& a, const int64_t* lengths, int64_t max_tokens, int64_t* order, int64_t* offsets);
 
 }  // namespace ek

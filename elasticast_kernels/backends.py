@@ -88,8 +88,8 @@ def _torch_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Te
     # 4-D inputs matter: the CPU flash kernel only takes them (3-D falls back to the unfused math
     # path, about 6x slower).
     groups = layout.cached(("length_groups", q.device), lambda: _length_groups(layout))
-    if not groups:  # no token at all
-        return q.new_zeros(q.shape)
+    if not groups:  # no token at all: an empty [0, heads, head_dim] result, still on q's graph
+        return q.clone()
     if len(groups) == 1 and groups[0][3] == (0, q.shape[0]):  # every token in one view
         length, count = groups[0][0], groups[0][1]
         out = F.scaled_dot_product_attention(*(_heads_first(x, count, length) for x in (q, k, v)), scale=softmax_scale)

@@ -1,6 +1,6 @@
 """Weight transfer into `ElasticAST` from local checkpoint files (nothing is downloaded).
 
-Three sources, each mapped as the published model does (see ``reference-model.md``):
+Three sources, each mapped as the published model does:
 
 - `from_timm_vit`: an ImageNet ViT (timm layout: ``patch_embed.proj``, ``pos_embed`` with a cls
   token, ``blocks.{i}.attn.qkv``, ...). ``qkv`` is split into ``to_q`` (first ``dim`` rows) and
@@ -15,7 +15,8 @@ Three sources, each mapped as the published model does (see ``reference-model.md
 - `from_elasticast`: a published ElasticAST checkpoint, loaded with ``strict=True``.
 
 Checkpoints load with ``torch.load(..., weights_only=True)`` or, for ``*.safetensors``, with the
-optional ``safetensors`` package. Every mismatch raises a ValueError naming the key and shapes.
+optional ``safetensors`` package. Every mismatch raises a ValueError naming the key and shapes; a
+``model`` that is not an `ElasticAST` raises TypeError.
 Unlike the published code, any ``dim``/``depth`` works as long as source and model agree.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Mapping, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .models import ElasticAST
 
 StateDict = dict[str, torch.Tensor]
 Checkpoint = Union[str, "os.PathLike[str]", Mapping[str, torch.Tensor]]
@@ -57,12 +59,15 @@ def load_checkpoint(checkpoint: Checkpoint) -> StateDict:
     Raises:
         FileNotFoundError: the path does not exist.
         ImportError: a ``.safetensors`` file without the ``safetensors`` package.
-        ValueError: the file is not a checkpoint, or holds something other than tensors (named).
+        ValueError: the path is a directory (pass the checkpoint file inside it), the file is not a
+            checkpoint, or it holds something other than tensors (named).
     """
     if isinstance(checkpoint, Mapping):
         state, where = checkpoint, "the given mapping"
     elif isinstance(checkpoint, (str, os.PathLike)):
         path, where = os.fspath(checkpoint), os.fspath(checkpoint)
+        if os.path.isdir(path):
+            raise ValueError(f"checkpoint {path!r} is a directory, not a checkpoint file (pass the file inside it)")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint {path!r} does not exist")
         if path.endswith(".safetensors"):
@@ -126,7 +131,14 @@ def _fit_axis(grid: torch.Tensor, size: int, axis: int) -> torch.Tensor:
     return F.interpolate(grid.unsqueeze(0), size=target, mode="bilinear", align_corners=False).squeeze(0)
 
 
-def _model_facts(model: nn.Module) -> dict[str, int]:
+def _require_elasticast(model: object) -> None:
+    # The mappings read ElasticAST's own attributes (blocks.modules_list, patch_size, ...): any
+    # other module would fail deep inside with an AttributeError or KeyError.
+    if not isinstance(model, ElasticAST):
+        raise TypeError(f"model must be an elasticast_kernels.models.ElasticAST, got {type(model).__name__}")
+
+
+def _model_facts(model: ElasticAST) -> dict[str, int]:
     state = model.state_dict()
     dim = state["norm.weight"].shape[0]
     depth = len(model.blocks.modules_list)
@@ -143,7 +155,7 @@ def _model_facts(model: nn.Module) -> dict[str, int]:
 
 def _vit_to_elasticast(
     state: Mapping[str, torch.Tensor],
-    model: nn.Module,
+    model: ElasticAST,
     *,
     prefix_tokens: int,
     grid: tuple[int, int] | None,
@@ -231,20 +243,22 @@ def _prefix_tokens(state: Mapping[str, torch.Tensor]) -> int:
 
 
 def timm_vit_to_elasticast(
-    state: Mapping[str, torch.Tensor], model: nn.Module, *, attn_pool_init: str = "published"
+    state: Mapping[str, torch.Tensor], model: ElasticAST, *, attn_pool_init: str = "published"
 ) -> StateDict:
     """Map a timm-layout ViT state dict onto ``model``'s keys (see the module docstring).
 
     Returns the transferred tensors (float32, shaped like the model's); ``head``,
-    ``attn_pool_queries`` and ``mlp_norm`` are not among them.
+    ``attn_pool_queries`` and ``mlp_norm`` are not among them. TypeError unless ``model`` is an
+    `ElasticAST`.
     """
+    _require_elasticast(model)
     return _vit_to_elasticast(state, model, prefix_tokens=_prefix_tokens(state), grid=None,
                               attn_pool_init=attn_pool_init, norm_to_mlp_norm=False)
 
 
 def ssast_to_elasticast(
     state: Mapping[str, torch.Tensor],
-    model: nn.Module,
+    model: ElasticAST,
     *,
     grid: tuple[int, int] = (8, 64),
     attn_pool_init: str = "published",
@@ -252,8 +266,10 @@ def ssast_to_elasticast(
     """Map an SSAST/AST state dict (keys under ``v.``, cls + distillation tokens) onto ``model``.
 
     ``grid``: the checkpoint's (frequency, time) patch grid: (8, 64) for SSAST with 16x16
-    patches, (12, 101) for AudioSet AST. ``mlp_norm`` is initialised from ``norm``.
+    patches, (12, 101) for AudioSet AST. ``mlp_norm`` is initialised from ``norm``. TypeError
+    unless ``model`` is an `ElasticAST`.
     """
+    _require_elasticast(model)
     return _vit_to_elasticast(state, model, prefix_tokens=_prefix_tokens(state), grid=tuple(grid),
                               attn_pool_init=attn_pool_init, norm_to_mlp_norm=True)
 
@@ -261,7 +277,7 @@ def ssast_to_elasticast(
 # ------------------------------------------------------------------------------------------------
 # Loading into a model
 # ------------------------------------------------------------------------------------------------
-def _check_against(model: nn.Module, mapped: Mapping[str, torch.Tensor]) -> None:
+def _check_against(model: ElasticAST, mapped: Mapping[str, torch.Tensor]) -> None:
     target = model.state_dict()
     for key, tensor in mapped.items():
         if key not in target:
@@ -270,7 +286,7 @@ def _check_against(model: nn.Module, mapped: Mapping[str, torch.Tensor]) -> None
             raise ValueError(f"{key!r}: checkpoint gives shape {tuple(tensor.shape)}, the model has {tuple(target[key].shape)}")
 
 
-def _load_partial(model: nn.Module, mapped: Mapping[str, torch.Tensor]) -> list[str]:
+def _load_partial(model: ElasticAST, mapped: Mapping[str, torch.Tensor]) -> list[str]:
     _check_against(model, mapped)
     result = model.load_state_dict(dict(mapped), strict=False)
     if result.unexpected_keys:  # pragma: no cover - _check_against already caught these
@@ -278,18 +294,20 @@ def _load_partial(model: nn.Module, mapped: Mapping[str, torch.Tensor]) -> list[
     return sorted(result.missing_keys)
 
 
-def from_timm_vit(model: nn.Module, checkpoint: Checkpoint, *, attn_pool_init: str = "published") -> list[str]:
+def from_timm_vit(model: ElasticAST, checkpoint: Checkpoint, *, attn_pool_init: str = "published") -> list[str]:
     """Load an ImageNet ViT (timm layout) into ``model`` in place.
 
     Returns the model keys left at their initial values (``attn_pool_queries``, ``mlp_norm.*``,
-    ``head.*``). Raises ValueError naming the key or shape that does not fit.
+    ``head.*``). Raises ValueError naming the key or shape that does not fit, TypeError unless
+    ``model`` is an `ElasticAST`.
     """
+    _require_elasticast(model)
     mapped = timm_vit_to_elasticast(load_checkpoint(checkpoint), model, attn_pool_init=attn_pool_init)
     return _load_partial(model, mapped)
 
 
 def from_ssast(
-    model: nn.Module,
+    model: ElasticAST,
     checkpoint: Checkpoint,
     *,
     grid: tuple[int, int] = (8, 64),
@@ -298,19 +316,23 @@ def from_ssast(
     """Load an SSAST (default grid 8x64) or AST (``grid=(12, 101)``) checkpoint into ``model`` in place.
 
     Returns the model keys left at their initial values (``attn_pool_queries``, ``head.*``).
+    TypeError unless ``model`` is an `ElasticAST`.
     """
+    _require_elasticast(model)
     return _load_partial(
         model, ssast_to_elasticast(load_checkpoint(checkpoint), model, grid=grid, attn_pool_init=attn_pool_init)
     )
 
 
-def from_elasticast(model: nn.Module, checkpoint: Checkpoint) -> None:
+def from_elasticast(model: ElasticAST, checkpoint: Checkpoint) -> None:
     """Load a published ElasticAST checkpoint with ``strict=True``.
 
     Raises:
+        TypeError: ``model`` is not an `ElasticAST`.
         ValueError: keys missing from or unexpected in the checkpoint, or a shape mismatch
             (the message lists them).
     """
+    _require_elasticast(model)
     state = load_checkpoint(checkpoint)
     target = model.state_dict()
     missing = sorted(set(target) - set(state))

@@ -1,8 +1,9 @@
 """A straightforward re-implementation of the published ElasticAST forward, for tests only.
 
-Written from /work/shared/docs/reference-model.md, independently of elasticast_kernels: rows of
-samples padded to the longest row, one dense block-diagonal mask, explicit softmax attention with
-unscaled scores, masked attention pooling. Same state-dict keys as the published model, so the
+Written from the project's specification of the published model (a design note outside this
+repository), independently of elasticast_kernels: rows of samples padded to the longest row, one
+dense block-diagonal mask, explicit softmax attention with unscaled scores, masked attention
+pooling. Same state-dict keys as the published model, so the
 drop-in's weights load into it with ``strict=True``. Slow and simple on purpose; run it in float64.
 """
 from __future__ import annotations

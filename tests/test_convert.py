@@ -186,3 +186,44 @@ def test_safetensors(tmp_path):
         return
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     convert.from_elasticast(make_model(), path)
+
+
+def test_a_directory_is_named_as_one(tmp_path):
+    """It used to say the directory 'does not exist'."""
+    with pytest.raises(ValueError, match=r"checkpoint '.*' is a directory, not a checkpoint file"):
+        convert.load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="is a directory"):
+        convert.from_elasticast(make_model(), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda model: convert.from_timm_vit(model, fake_vit()),
+        lambda model: convert.from_ssast(model, fake_vit(grid=(8, 64), prefix=("cls_token", "dist_token"), root="v.")),
+        lambda model: convert.from_elasticast(model, make_model().state_dict()),
+        lambda model: convert.timm_vit_to_elasticast(fake_vit(), model),
+        lambda model: convert.ssast_to_elasticast(fake_vit(grid=(8, 64), prefix=("cls_token", "dist_token")), model),
+    ],
+)
+@pytest.mark.parametrize("model", [torch.nn.Linear(2, 2), "model.pt", None])
+def test_a_model_that_is_not_an_elasticast_is_a_type_error(call, model):
+    with pytest.raises(TypeError, match=rf"model must be an elasticast_kernels.models.ElasticAST, got {type(model).__name__}"):
+        call(model)
+
+
+def test_every_document_the_module_cites_is_in_the_repository():
+    """It cited ``reference-model.md``, which is not part of the repository."""
+    import os
+    import re
+    from pathlib import Path
+
+    root = Path(convert.__file__).resolve().parents[1]
+    documents = set()
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "build"]  # no venv, no builds
+        documents |= {(Path(folder) / f).relative_to(root).as_posix() for f in files if f.endswith(".md")}
+    names = documents | {Path(d).name for d in documents}
+    cited = re.findall(r"[\w./-]+\.md\b", Path(convert.__file__).read_text())
+    missing = [name for name in cited if name not in names]
+    assert not missing, f"convert.py cites documents that are not in the repository: {missing}"

@@ -260,3 +260,43 @@ if __name__ == "__main__":
         _write_torchaudio_reference()
     else:
         print(__doc__)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize(
+    "name", ["sample_rate", "quality", "frame_shift_ms", "frame_length_ms", "low_freq", "high_freq", "preemphasis",
+             "num_mel_bins"],
+)
+def test_non_finite_options_are_named(name, value):
+    """NaN and infinities used to surface as OverflowError, 'cannot convert float NaN to integer'
+    or a range message; now a ValueError names the option."""
+    options = {"sample_rate": 16000, name: value}
+    with pytest.raises(ValueError, match=rf"^{name} must be finite, got {value}$"):
+        _ours().fbank(torch.zeros(1000), **options)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_options_of_the_helpers_are_named(value):
+    feats = _ours()
+    with pytest.raises(ValueError, match="quality must be finite"):
+        feats.num_frames(16000, 16000, quality=value)
+    with pytest.raises(ValueError, match="sample_rate must be finite"):
+        feats.audio_to_spectrogram(torch.zeros(1000), value)
+    with pytest.raises(ValueError, match="low_freq must be finite"):
+        feats.mel_filterbank(128, 512, 16000, low_freq=value)
+    for name in ("patch_size", "max_frames"):
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            feats.audio_to_spectrogram(torch.zeros(1000), 16000, **{name: value})
+
+
+@pytest.mark.parametrize("normalize", [(0.0, float("inf")), (float("nan"), 1.0), (0.0, float("nan"))])
+def test_non_finite_normalize_is_refused(normalize):
+    """An infinite std used to give all-zero features without a word."""
+    with pytest.raises(ValueError, match="normalize needs a finite mean and a finite std > 0"):
+        _ours().fbank(torch.zeros(1000), 16000, normalize=normalize)
+
+
+@pytest.mark.parametrize("name, value", [("sample_rate", "16000"), ("quality", None), ("num_mel_bins", "128")])
+def test_non_numeric_options_raise_type_error(name, value):
+    with pytest.raises(TypeError, match=rf"{name} must be a real number"):
+        _ours().fbank(torch.zeros(1000), **{"sample_rate": 16000, name: value})

@@ -27,6 +27,14 @@ def gather_args(ext, times=(16, 32), channels=1, freq=16, p=8, elem=4):
     )
 
 
+def cuda_args(**changes):
+    """Arguments of pack_patches_cuda that pass every host-side check (addresses are fake)."""
+    args = dict(out=4096, freq_idx=8192, time_idx=12288, segment_meta=16384, cu_seqlens=20480, num_segments=2,
+                total_tokens=6, channels=1, freq=16, patch=8, elem_size=4, vec_bytes=16, stream=0, device=0)
+    args.update(changes)
+    return args
+
+
 def test_cuda_facts_are_reported_without_failing_the_import(ext):
     assert isinstance(ext.has_cuda(), bool)
     reason = ext.cuda_unavailable_reason()
@@ -38,7 +46,7 @@ def test_cuda_facts_are_reported_without_failing_the_import(ext):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error path")
 def test_cuda_gather_fails_cleanly_without_a_gpu(ext):
     with pytest.raises(RuntimeError, match="CUDA|without CUDA"):
-        ext.pack_patches_cuda(0, 0, 0, 0, 0, 1, 1, 1, 16, 16, 4, 16, 0, 0)
+        ext.pack_patches_cuda(**cuda_args())
 
 
 def test_cpu_gather_with_many_threads_matches_single_thread(ext):
@@ -57,30 +65,94 @@ def test_cpu_gather_with_many_threads_matches_single_thread(ext):
 
 
 @pytest.mark.parametrize(
-    "change, match",
+    "change, error, match",
     [
-        (lambda a: a.update(cu_seqlens=a["cu_seqlens"][:-1].copy()), r"cu_seqlens must have len\(sources\) \+ 1"),
-        (lambda a: a["cu_seqlens"].__setitem__(2, a["cu_seqlens"][2] + 1), r"cu_seqlens\[2\] - cu_seqlens\[1\] must be"),
-        (lambda a: a.update(out=a["out"][:-4].copy()), "out must hold"),
-        (lambda a: a.update(out=a["out"][::2]), "out must be C-contiguous"),
-        (lambda a: a.update(freq_idx=a["freq_idx"][:-1].copy()), "freq_idx and time_idx"),
-        (lambda a: a.update(time_idx=a["time_idx"].astype(np.int64)), "time_idx: expected items of 4 bytes"),
-        (lambda a: a["sources"].__setitem__(1, a["sources"][1][:-4].copy()), r"sources\[1\]"),
-        (lambda a: a.update(freq=12), "freq"),
-        (lambda a: a.update(patch=0), "patch_size"),
-        (lambda a: a.update(channels=0), "channels"),
-        # sizes whose products wrap int64 (a wrapped size check would let the gather write out of bounds)
-        (lambda a: a.update(channels=2**62 + 1), "must be < 2\\^31"),
-        (lambda a: a.update(channels=2**31 - 1, freq=2**31 - 8, elem_size=16), "C \\* F \\* elem_size overflows int64"),
+        (lambda a: a.update(cu_seqlens=a["cu_seqlens"][:-1].copy()), ValueError, r"cu_seqlens must have len\(sources\) \+ 1"),
+        (lambda a: a["cu_seqlens"].__setitem__(2, a["cu_seqlens"][2] + 1), ValueError,
+         r"cu_seqlens\[2\] - cu_seqlens\[1\] must be"),
+        (lambda a: a["cu_seqlens"].__setitem__(0, 1), ValueError, r"cu_seqlens\[0\] must be 0, got 1"),
+        (lambda a: a.update(cu_seqlens=a["cu_seqlens"].reshape(1, -1)), ValueError, "cu_seqlens must be 1-D"),
+        (lambda a: a.update(cu_seqlens=a["cu_seqlens"].astype(np.float32)), TypeError, "cu_seqlens must be int32"),
+        (lambda a: a.update(cu_seqlens=a["cu_seqlens"].astype(np.uint32)), TypeError, "cu_seqlens must be int32"),
+        (lambda a: a.update(cu_seqlens=a["cu_seqlens"].tolist()), TypeError, "cu_seqlens must support the buffer"),
+        (lambda a: a.update(out=a["out"][:-4].copy()), ValueError, "out must hold"),
+        (lambda a: a.update(out=a["out"][::2]), ValueError, "out must be C-contiguous"),
+        (lambda a: a.update(out=a["out"].view(np.float32)), TypeError, "out must be a byte buffer"),
+        (lambda a: a.update(out=None), TypeError, r"out must support the buffer protocol \(e.g. a numpy array\), got NoneType"),
+        (lambda a: a.update(freq_idx=a["freq_idx"][:-1].copy()), ValueError, "freq_idx must hold 12 int32 items, got 11"),
+        (lambda a: a.update(time_idx=a["time_idx"].astype(np.int64)), TypeError, "time_idx must be int32"),
+        (lambda a: a["sources"].__setitem__(1, a["sources"][1][:-4].copy()), ValueError, r"sources\[1\]"),
+        (lambda a: a["sources"].__setitem__(0, a["sources"][0].view(np.int32)), TypeError, r"sources\[0\] must be a byte"),
+        (lambda a: a["sources"].__setitem__(0, a["sources"][0][::-1]), ValueError, r"sources\[0\] must be C-contiguous"),
+        (lambda a: a.update(sources=a["sources"][0]), ValueError, r"cu_seqlens must have len\(sources\) \+ 1"),
+        (lambda a: a.update(sources=7), TypeError, "sources must be a list of byte buffers, got int"),
+        (lambda a: a.update(freq=12), ValueError, "freq"),
+        (lambda a: a.update(patch=0), ValueError, r"patch_size must be in \[1, 2147483647\], got 0"),
+        (lambda a: a.update(channels=0), ValueError, "channels"),
+        (lambda a: a.update(channels=1.0), TypeError, "channels must be an int, got float"),
+        (lambda a: a.update(elem_size=True), TypeError, "elem_size must be an int, got bool"),
+        (lambda a: a.update(num_threads=2**40), ValueError, "num_threads must be in"),
+        # sizes beyond int32 / int64 (a wrapped size check would let the gather write out of bounds)
+        (lambda a: a.update(channels=2**62 + 1), ValueError, r"channels must be in \[1, 2147483647\], got 4611686018427387905"),
+        (lambda a: a.update(freq=2**64), ValueError, r"freq must be in \[1, 2147483647\], got 18446744073709551616"),
+        (lambda a: a.update(elem_size=-(2**63)), ValueError, r"elem_size must be in \[1, 16\]"),
+        (lambda a: a.update(channels=2**31 - 1, freq=2**31 - 8, elem_size=16), ValueError,
+         "C \\* F \\* elem_size overflows int64"),
     ],
 )
-def test_cpu_gather_checks_every_size_before_writing(ext, change, match):
+def test_cpu_gather_checks_every_argument_before_writing(ext, change, error, match):
     args = gather_args(ext)
     change(args)
-    out_before = args["out"].copy()
-    with pytest.raises(ValueError, match=match):
+    out_before = np.copy(args["out"]) if isinstance(args["out"], np.ndarray) else None
+    with pytest.raises(error, match=match):
         ext.pack_patches_cpu(**args)
-    assert np.array_equal(args["out"], out_before)
+    if out_before is not None:
+        assert np.array_equal(args["out"], out_before)
+
+
+def test_cpu_gather_copies_a_strided_cu_seqlens(ext):
+    args = gather_args(ext)
+    ext.pack_patches_cpu(**args)
+    expected = args["out"].copy()
+    args["out"][:] = 0
+    args["cu_seqlens"] = np.repeat(args["cu_seqlens"], 2)[::2]  # a non-contiguous view
+    args["sources"] = tuple(args["sources"])  # any sequence
+    ext.pack_patches_cpu(**args)
+    assert np.array_equal(args["out"], expected)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(num_segments=0), ValueError, r"num_segments must be in \[1, "),
+        (dict(total_tokens=-1), ValueError, r"total_tokens must be in \[0, 2147483647\]"),
+        (dict(total_tokens=2**31), ValueError, "total_tokens"),
+        (dict(vec_bytes=3), ValueError, "vec_bytes must be 1, 2, 4, 8 or 16"),
+        (dict(vec_bytes=2**70), ValueError, r"vec_bytes must be in \[1, 16\]"),
+        (dict(out=4100), ValueError, "out = 4100 is not aligned to 16 bytes"),
+        (dict(out=0), ValueError, "out is a null device address"),
+        (dict(segment_meta=16388), ValueError, "segment_meta = 16388 is not aligned to 8 bytes"),
+        (dict(cu_seqlens=2**64), ValueError, r"cu_seqlens must be an address in \[0, 2\*\*64 - 1\]"),
+        (dict(freq_idx=-4), ValueError, "freq_idx must be an address"),
+        (dict(time_idx=4096.0), TypeError, "time_idx must be an int, got float"),
+        (dict(stream="default"), TypeError, "stream must be an int, got str"),
+        (dict(device=-1), ValueError, r"device must be in \[0, 2147483647\]"),
+        (dict(channels=0), ValueError, "channels"),
+        (dict(channels=2**31 - 1, patch=2**16, freq=2**16, elem_size=16, total_tokens=2**31 - 1), ValueError,
+         "overflows int64"),
+    ],
+)
+def test_cuda_gather_checks_its_arguments_on_the_host(ext, change, error, match):
+    """Every argument check runs before any CUDA call, so these hold with or without a GPU."""
+    with pytest.raises(error, match=match):
+        ext.pack_patches_cuda(**cuda_args(**change))
+
+
+def test_emulated_gather_names_a_bad_copy_unit(ext):
+    with pytest.raises(ValueError, match=r"vec_bytes must be 1, 2, 4, 8 or 16 and divide patch \* elem_size \(8\), got 16"):
+        ext.emulate_cuda_gather(**gather_args(ext, elem=1), vec_bytes=16)
+    with pytest.raises(ValueError, match=r"vec_bytes must be in \[1, 16\], got 64"):
+        ext.emulate_cuda_gather(**gather_args(ext), vec_bytes=2**6)
 
 
 def test_cpu_gather_refuses_read_only_output(ext):

@@ -173,8 +173,8 @@ def test_next_fit_is_the_weakest_and_histogram_the_strongest():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_deterministic(strategy):
     lengths = voxceleb_like_tokens(1000, seed=7)
-    a = pack_lengths(lengths, 2048, strategy, seed=1)
-    b = pack_lengths(lengths.tolist(), 2048, strategy, seed=2)
+    a = pack_lengths(lengths, 2048, strategy)
+    b = pack_lengths(lengths.tolist(), 2048, strategy)
     assert [x.tolist() for x in a.bins] == [x.tolist() for x in b.bins]
 
 
@@ -264,7 +264,13 @@ def test_plan_from_bins_equals_plan_from_order():
         ([1, 2], 0, {}, r"max_tokens must be \[1, 2147483647\], got 0"),
         ([1, 2], 2**31, {}, r"max_tokens must be"),
         ([1, 2], 8, {"strategy": "worst_fit"}, r"strategy must be one of .* got 'worst_fit'"),
-        ([1, 2], 8, {"strategy": "best_fit_window", "window": 0}, r"window must be >= 1, got 0"),
+        ([1, 2], 8, {"strategy": "best_fit_window", "window": 0}, r"window must be \[1, 9223372036854775807\], got 0"),
+        # out of int64: a clear error, not the native signature's TypeError
+        ([1, 2], 8, {"strategy": "best_fit_window", "window": 2**64}, r"window must be .* got 18446744073709551616"),
+        ([1, 2**70], 8, {}, r"lengths\[1\] = 1180591620717411303424 is outside \[1, max_tokens=8\]"),
+        (np.array([3.0, np.inf]), 8, {}, r"lengths\[1\] = inf is not an integer"),
+        (torch.tensor([3.0, float("nan")]), 8, {}, r"lengths\[1\] = nan is not an integer"),
+        ([1, None], 8, {}, r"lengths\[1\] = None is not an integer"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(backend, lengths, max_tokens, kwargs, match):
@@ -286,12 +292,25 @@ def test_native_functions_check_their_input_too():
         _C.best_fit_decreasing(np.array([1, 2, 9], dtype=np.int64), 8)
     with pytest.raises(ValueError, match=r"max_tokens"):
         _C.histogram(np.array([1], dtype=np.int64), 0)
-    with pytest.raises(ValueError, match=r"window"):
+    with pytest.raises(ValueError, match=r"window must be in \[1, 9223372036854775807\], got 0"):
         _C.best_fit_window(np.array([1], dtype=np.int64), 8, 0)
-    with pytest.raises(ValueError, match=r"lengths: expected items of 8 bytes"):
+    with pytest.raises(ValueError, match=r"window must be in .* got 18446744073709551616"):
+        _C.best_fit_window(np.array([1], dtype=np.int64), 8, 2**64)
+    with pytest.raises(TypeError, match=r"window must be an int, got float"):
+        _C.best_fit_window(np.array([1], dtype=np.int64), 8, 2.0)
+    with pytest.raises(ValueError, match=r"max_tokens must be in \[1, 2147483647\], got 36893488147419103232"):
+        _C.next_fit(np.array([1], dtype=np.int64), 2**65)
+    with pytest.raises(TypeError, match=r"lengths must be int64"):
         _C.next_fit(np.array([1, 2], dtype=np.int32), 8)
-    with pytest.raises(ValueError, match=r"contiguous"):
-        _C.next_fit(np.arange(1, 9, dtype=np.int64)[::2], 8)
+    with pytest.raises(TypeError, match=r"lengths must support the buffer protocol"):
+        _C.next_fit([1, 2], 8)
+    with pytest.raises(ValueError, match=r"lengths must be 1-D"):
+        _C.next_fit(np.ones((2, 2), dtype=np.int64), 8)
+    # any stride: the lengths are copied anyway
+    strided = np.arange(1, 9, dtype=np.int64)[::-2]
+    for strategy in STRATEGIES:
+        got, want = getattr(_C, strategy)(strided, 8), getattr(_C, strategy)(strided.copy(), 8)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
 
 
 def test_native_backend_request_without_extension(monkeypatch):
@@ -309,3 +328,112 @@ def test_textbook_baseline_is_a_valid_best_fit():
     plan = PackPlan(bins=bins, lengths=lengths, max_tokens=2048, strategy="textbook")
     assert_valid(plan, lengths, 2048)
     assert abs(plan.num_packs - pack_lengths(lengths, 2048, "best_fit_decreasing").num_packs) <= 2
+
+
+# --- the plan owns its data -------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plan_owns_its_lengths(backend):
+    """Changing the caller's array after pack_lengths must not change the plan (it used to be
+    the same array)."""
+    lengths = np.array([3, 4, 5, 2], dtype=np.int64)
+    plan = pack_lengths(lengths, 8, "next_fit", backend=backend)
+    lengths[:] = 8
+    assert plan.lengths.tolist() == [3, 4, 5, 2] and plan.pack_tokens().tolist() == [7, 7]
+    plan.validate()
+    with pytest.raises(ValueError, match="read-only"):
+        plan.lengths[0] = 1
+
+
+def test_constructors_copy_their_arrays():
+    lengths, order, offsets = np.array([3, 4, 5, 2]), np.array([0, 1, 2, 3]), np.array([0, 2, 4])
+    flat = PackPlan.from_order(order, offsets, lengths, 8, "manual")
+    bins = [np.array([0, 1]), np.array([2, 3])]
+    nested = PackPlan(bins, lengths, 8, "manual")
+    lengths[:], order[:], offsets[:], bins[0][:] = 9, 0, 0, 3
+    for plan in (flat, nested):
+        plan.validate()
+        assert plan.order.tolist() == [0, 1, 2, 3] and plan.pack_offsets.tolist() == [0, 2, 4]
+        assert plan.lengths.tolist() == [3, 4, 5, 2]
+        assert not (plan.lengths.flags.writeable or plan.order.flags.writeable or plan.pack_offsets.flags.writeable)
+
+
+@pytest.mark.parametrize(
+    "field, value, error, match",
+    [
+        ("lengths", np.array([3.0, np.nan]), ValueError, r"lengths\[1\] = nan is not an integer"),
+        ("lengths", [3, 2**64], ValueError, r"lengths\[1\] = 18446744073709551616 is outside the int64 range"),
+        ("lengths", [3.0, 2.0**63], ValueError, r"lengths\[1\] = 9223372036854775808 is outside the int64 range"),
+        ("order", np.array([0, 2**63], dtype=np.uint64), ValueError, r"order\[1\] = 9223372036854775808 is outside"),
+        ("order", [0, 1.5], ValueError, r"order\[1\] = 1.5 is not an integer"),
+        ("offsets", [[0, 2]], ValueError, r"offsets must be 1-D"),
+        ("lengths", (n for n in (3, 4)), TypeError, r"lengths must be a sequence"),
+    ],
+)
+def test_constructors_refuse_non_integers_instead_of_wrapping(field, value, error, match):
+    args = dict(order=[0, 1], offsets=[0, 2], lengths=[3, 4], max_tokens=8, strategy="manual")
+    args[field] = value
+    with pytest.raises(error, match=match):
+        PackPlan.from_order(**args)
+
+
+def test_pack_tokens_is_the_layout_rule(monkeypatch):
+    """One implementation of 'tokens per pack' (layout.pack_token_counts), not a second copy."""
+    from elasticast_kernels import layout
+
+    calls = []
+    real = layout.pack_token_counts
+
+    def spy(seqlens, pack_offsets):
+        calls.append((np.asarray(seqlens).tolist(), np.asarray(pack_offsets).tolist()))
+        return real(seqlens, pack_offsets)
+
+    monkeypatch.setattr(layout, "pack_token_counts", spy)
+    plan = PackPlan.from_order([2, 0, 1, 3], [0, 1, 4], [3, 4, 5, 2], 16, "manual")
+    assert plan.pack_tokens().tolist() == [5, 9]
+    assert calls == [([5, 3, 4, 2], [0, 1, 4])]
+
+
+# --- lengths given in odd forms -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "lengths, match",
+    [
+        ((n for n in (3, 4)), r"lengths must be a sequence, numpy array or tensor of integers, got generator"),
+        (iter([3, 4]), r"got list_iterator"),
+        ({3, 4}, r"got set"),
+        ({3: 1}, r"got dict"),
+        ({3: 1}.keys(), r"got dict_keys"),
+        ("34", r"got str"),
+        (torch.tensor([3.0, 4.0], dtype=torch.bfloat16), r"lengths must hold integers .* torch.bfloat16"),
+        (torch.tensor([3.0, 4.0], dtype=torch.float16), r"torch.float16"),
+        (np.array([3.0, 4.0], dtype=np.float16), r"float16"),
+        (torch.empty(2, device="meta"), r"lengths is a meta tensor"),
+        (torch.tensor([3, 4]).to_sparse(), r"lengths must be a dense tensor"),
+    ],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lengths_that_are_not_arrays_raise_type_error(lengths, match, backend):
+    with pytest.raises(TypeError, match=match):
+        pack_lengths(lengths, 8, backend=backend)
+
+
+def test_lengths_from_ranges_tuples_and_integer_tensors_still_work():
+    ref = pack_lengths([3, 4, 5], 8).order.tolist()
+    for lengths in (range(3, 6), (3, 4, 5), torch.tensor([3, 4, 5], dtype=torch.int16), np.array([3, 4, 5], object),
+                    torch.tensor([3.0, 4.0, 5.0], dtype=torch.float32)):
+        assert pack_lengths(lengths, 8).order.tolist() == ref
+
+
+def test_seed_is_deprecated_and_ignored():
+    with pytest.warns(DeprecationWarning, match=r"seed=.*deprecated.*always ignored"):
+        seeded = pack_lengths([3, 4, 5], 8, "histogram", seed=123)
+    assert seeded.order.tolist() == pack_lengths([3, 4, 5], 8, "histogram").order.tolist()
+    with pytest.raises(TypeError, match="seed"):
+        pack_lengths([3, 4, 5], 8, seed="x")
+
+
+def test_no_warning_without_seed():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pack_lengths([3, 4, 5], 8)

@@ -16,7 +16,7 @@ import numpy as np
 BWD_FACTOR = 2.5
 PASS_FACTOR = {"fwd": 1.0, "bwd": BWD_FACTOR, "fwd_bwd": 1.0 + BWD_FACTOR}
 
-# Measured on the lent machines (see docs/gpu-notes.md): device-to-device copy bandwidth counting
+# Measured on the lent GPU machines (late 2026): device-to-device copy bandwidth counting
 # bytes read + written, and a large bf16 matmul. Keys are matched against the GPU name.
 GPU_LIMITS = {
     "H100": {"copy_bytes_per_s": 3.0e12, "bf16_flops_per_s": 798e12},

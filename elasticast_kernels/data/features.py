@@ -19,7 +19,9 @@ ElasticAST's *quality* multiplier ``q`` changes only the time resolution: the fr
 from __future__ import annotations
 
 import math
+import operator
 from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -41,13 +43,41 @@ _LOG_FLOOR = float(np.finfo(np.float32).eps)
 _FEATURE_DTYPES = (torch.float32, torch.float64)
 
 
+def _finite(name: str, value: object) -> float:
+    """``value`` as a float: TypeError for a non-number, ValueError for NaN or an infinity (which
+    would otherwise surface as an OverflowError in a frame count, or as silently empty features)."""
+    if isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    return number
+
+
+def _whole(name: str, value: object) -> int:
+    """An int (or an integral float such as 128.0): TypeError / ValueError naming ``name``."""
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = _finite(name, value)
+    if not number.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {number}")
+    return int(number)
+
+
 def _ms_to_samples(sample_rate: float, milliseconds: float) -> int:
     # Same expression and truncation as Kaldi/torchaudio, so frame counts agree exactly.
     return int(sample_rate * milliseconds * 0.001)
 
 
 def _frame_geometry(sample_rate: float, frame_shift_ms: float, frame_length_ms: float, quality: float) -> tuple[int, int, int]:
-    """-> (window_shift, window_size, fft_size) in samples, validated."""
+    """-> (window_shift, window_size, fft_size) in samples, validated (finite numbers first)."""
+    sample_rate, quality = _finite("sample_rate", sample_rate), _finite("quality", quality)
+    frame_shift_ms = _finite("frame_shift_ms", frame_shift_ms)
+    frame_length_ms = _finite("frame_length_ms", frame_length_ms)
     if not sample_rate > 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
     if not quality > 0:
@@ -130,9 +160,13 @@ def mel_filterbank(
     """HTK-mel triangular filters as Kaldi builds them: ``[num_mel_bins, fft_size // 2 + 1]``.
 
     Computed in float64, then cast. ``high_freq <= 0`` is an offset from the Nyquist frequency.
-    Raises ``ValueError`` for ``num_mel_bins <= 3`` or frequencies outside ``[0, Nyquist]``.
+    Raises ``ValueError`` for ``num_mel_bins <= 3``, frequencies outside ``[0, Nyquist]`` or a
+    non-finite parameter (naming it), ``TypeError`` for a non-number.
     """
-    weights = _mel_filterbank_np(int(num_mel_bins), int(fft_size), float(sample_rate), float(low_freq), float(high_freq))
+    weights = _mel_filterbank_np(
+        _whole("num_mel_bins", num_mel_bins), _whole("fft_size", fft_size), _finite("sample_rate", sample_rate),
+        _finite("low_freq", low_freq), _finite("high_freq", high_freq),
+    )
     return torch.from_numpy(weights.copy()).to(device=device, dtype=dtype)
 
 
@@ -182,8 +216,9 @@ def fbank(
         ``waveform``, with ``frames = 1 + (num_samples - window) // shift``.
 
     Raises:
-        TypeError: ``waveform`` is not a float32/float64 tensor.
-        ValueError: wrong rank, a waveform shorter than one window, or bad options.
+        TypeError: ``waveform`` is not a float32/float64 tensor; an option that is not a number.
+        ValueError: wrong rank, a waveform shorter than one window, or bad options (NaN or
+            infinite ones included), naming the option.
     """
     if not isinstance(waveform, torch.Tensor):
         raise TypeError(f"waveform must be a torch.Tensor, got {type(waveform).__name__}")
@@ -191,16 +226,19 @@ def fbank(
         raise TypeError(f"waveform must be float32 or float64, got {waveform.dtype}")
     if waveform.dim() not in (1, 2):
         raise ValueError(f"waveform must be [num_samples] or [batch, num_samples], got shape {tuple(waveform.shape)}")
+    preemphasis = _finite("preemphasis", preemphasis)
     if not 0.0 <= preemphasis <= 1.0:
         raise ValueError(f"preemphasis must be in [0, 1], got {preemphasis}")
+    num_mel_bins = _whole("num_mel_bins", num_mel_bins)
+    low_freq, high_freq = _finite("low_freq", low_freq), _finite("high_freq", high_freq)
+    mean_std = None if normalize is None else _check_normalize(normalize)
     shift, size, fft_size = _frame_geometry(sample_rate, frame_shift_ms, frame_length_ms, quality)
     if waveform.shape[-1] < size:
         raise ValueError(
             f"waveform has {waveform.shape[-1]} samples, fewer than one {frame_length_ms} ms window ({size} samples)"
         )
     bank_t, window = _cached_constants(
-        int(num_mel_bins), fft_size, size, float(sample_rate), float(low_freq), float(high_freq),
-        waveform.device, waveform.dtype,
+        num_mel_bins, fft_size, size, float(sample_rate), low_freq, high_freq, waveform.device, waveform.dtype,
     )
 
     frames = waveform.unfold(-1, size, shift)  # [..., frames, size], a view
@@ -212,9 +250,8 @@ def fbank(
     power = torch.fft.rfft(frames, n=fft_size).abs().pow(2.0)  # n=fft_size zero-pads on the right
     energies = power @ bank_t  # [..., frames, num_mel_bins]
     features = energies.clamp_min(_LOG_FLOOR).log()
-    if normalize is not None:
-        mean, std = _check_normalize(normalize)
-        features = (features - mean) / std
+    if mean_std is not None:
+        features = (features - mean_std[0]) / mean_std[1]
     return features
 
 
@@ -223,8 +260,8 @@ def _check_normalize(normalize: object) -> tuple[float, float]:
         mean, std = (float(v) for v in normalize)  # type: ignore[union-attr]
     except (TypeError, ValueError):
         raise ValueError(f"normalize must be None or a (mean, std) pair, got {normalize!r}") from None
-    if not std > 0 or not math.isfinite(mean):
-        raise ValueError(f"normalize needs a finite mean and std > 0, got {normalize!r}")
+    if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
+        raise ValueError(f"normalize needs a finite mean and a finite std > 0, got {normalize!r}")
     return mean, std
 
 
@@ -251,6 +288,8 @@ def audio_to_spectrogram(
     """
     if isinstance(waveform, torch.Tensor) and waveform.dim() != 1:
         raise ValueError(f"waveform must be 1-D [num_samples], got shape {tuple(waveform.shape)}")
+    patch_size, num_mel_bins = _whole("patch_size", patch_size), _whole("num_mel_bins", num_mel_bins)
+    max_frames = None if max_frames is None else _whole("max_frames", max_frames)
     if patch_size < 1:
         raise ValueError(f"patch_size must be >= 1, got {patch_size}")
     if num_mel_bins % patch_size:

@@ -6,19 +6,24 @@ Python otherwise; both give identical plans. Rules (ties included) are documente
 """
 from __future__ import annotations
 
+import collections.abc
 import functools
 import operator
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from .. import layout
 from . import _fallback
 from ._native import native
 
 STRATEGIES = ("next_fit", "first_fit_decreasing", "best_fit_decreasing", "best_fit_window", "histogram")
 MAX_TOKENS_LIMIT = 2**31 - 1  # cu_seqlens are int32
+WINDOW_LIMIT = 2**63 - 1  # the native window is an int64
+_NOT_GIVEN: Any = object()  # marks pack_lengths(seed=...) as not passed
 
 
 @dataclass(frozen=True, repr=False, eq=False, init=False)
@@ -31,19 +36,21 @@ class PackPlan:
     unless a caller asks for one.
 
     Build one with ``PackPlan(bins, lengths, max_tokens, strategy)`` or, without per-pack arrays,
-    ``PackPlan.from_order(order, offsets, lengths, max_tokens, strategy)``. Nothing is validated
-    on construction; call :meth:`validate`.
+    ``PackPlan.from_order(order, offsets, lengths, max_tokens, strategy)``. Both copy their array
+    input, so changing the caller's arrays afterwards never changes the plan. Construction checks
+    only that the arrays hold integers (TypeError / ValueError naming the argument); call
+    :meth:`validate` for the partition and capacity rules.
 
     Attributes:
         bins: one int64 array of sample indices per pack, in pack order; ascending inside a pack
             for plans of :func:`pack_lengths`. Read-only views into ``order`` (built lazily).
-        lengths: int64 ``[num_samples]``, the input lengths (tokens per sample).
+        lengths: int64 ``[num_samples]`` (read-only, the plan's own copy): tokens per sample.
         max_tokens: capacity of every pack.
         strategy: the strategy that made the plan.
 
-    The plan is immutable: attributes cannot be reassigned and ``order``/``pack_offsets`` (hence
-    ``bins``) are read-only arrays. Compared by identity (``==`` on lists of arrays has no single
-    truth value).
+    The plan is immutable: attributes cannot be reassigned and ``lengths``, ``order`` and
+    ``pack_offsets`` (hence ``bins``) are read-only arrays the plan owns. Compared by identity
+    (``==`` on lists of arrays has no single truth value).
     """
 
     lengths: np.ndarray
@@ -53,40 +60,51 @@ class PackPlan:
     _offsets: np.ndarray = field(repr=False)
 
     def __init__(self, bins: Sequence[Any], lengths: Any, max_tokens: int, strategy: str) -> None:
-        """Plan from per-pack index arrays (any 1-D integer sequences; converted to int64)."""
-        arrays = [np.asarray(b, dtype=np.int64).reshape(-1) for b in bins]
+        """Plan from per-pack index arrays (any integer sequences; copied to int64). Errors as for
+        :meth:`from_order`, naming ``bins[p]`` or ``lengths``."""
+        arrays = [_int64_array(f"bins[{p}]", b, ndim=None).reshape(-1) for p, b in enumerate(bins)]
         order = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum([len(b) for b in arrays], out=offsets[1:])
-        self._set(order, offsets, lengths, max_tokens, strategy)
+        self._set(order, offsets, _int64_array("lengths", lengths), max_tokens, strategy)
 
     @classmethod
     def from_order(cls, order: Any, offsets: Any, lengths: Any, max_tokens: int, strategy: str) -> "PackPlan":
-        """Plan from its flat form (what :func:`pack_order` returns), without copying int64 input.
+        """Plan from its flat form (what :func:`pack_order` returns); the arrays are copied.
 
         Args:
             order: 1-D ints ``[sum of pack sizes]``, sample indices pack by pack.
             offsets: 1-D ints ``[num_packs + 1]``; pack p is ``order[offsets[p]:offsets[p + 1]]``.
+            lengths: 1-D ints ``[num_samples]``.
         Raises:
-            ValueError: ``order`` or ``offsets`` not 1-D, or ``offsets`` empty.
+            TypeError: an argument that is not array-like (a generator, a set) or is a meta or
+                half-precision tensor.
+            ValueError: ``order``, ``offsets`` or ``lengths`` not 1-D, ``offsets`` empty, a
+                non-integer dtype, a non-integral or out-of-int64 value (naming the index).
         """
-        order = np.asarray(order, dtype=np.int64)
-        offsets = np.asarray(offsets, dtype=np.int64)
-        if order.ndim != 1:
-            raise ValueError(f"order must be 1-D, got shape {order.shape}")
-        if offsets.ndim != 1 or len(offsets) == 0:
+        order = _int64_array("order", order)
+        offsets = _int64_array("offsets", offsets)
+        if len(offsets) == 0:
             raise ValueError(f"offsets must be 1-D with num_packs + 1 >= 1 entries, got shape {offsets.shape}")
+        return cls._from_owned(order, offsets, _int64_array("lengths", lengths), max_tokens, strategy)
+
+    @classmethod
+    def _from_owned(cls, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, max_tokens: int,
+                    strategy: str) -> "PackPlan":
+        """Plan from int64 arrays nobody else holds (fresh copies or native outputs): no copy."""
         plan = cls.__new__(cls)
         plan._set(order, offsets, lengths, max_tokens, strategy)
         return plan
 
-    def _set(self, order: np.ndarray, offsets: np.ndarray, lengths: Any, max_tokens: int, strategy: str) -> None:
-        # Read-only views: the plan owns no copy, and nobody can change it behind the cached bins.
-        order, offsets = order.view(), offsets.view()
-        order.flags.writeable = False
-        offsets.flags.writeable = False
-        for name, value in (("lengths", np.asarray(lengths, dtype=np.int64)), ("max_tokens", max_tokens),
-                            ("strategy", strategy), ("_order", order), ("_offsets", offsets)):
+    def _set(self, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, max_tokens: int, strategy: str) -> None:
+        # The arrays are the plan's own (copied by every public constructor); read-only, so the
+        # cached bins and every derived count stay true for the plan's lifetime.
+        for name, array in (("order", order), ("offsets", offsets), ("lengths", lengths)):
+            if array.ndim != 1:
+                raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+            array.flags.writeable = False
+        for name, value in (("lengths", lengths), ("max_tokens", max_tokens), ("strategy", strategy),
+                            ("_order", order), ("_offsets", offsets)):
             object.__setattr__(self, name, value)  # the frozen dataclass way of initialising
 
     def __getstate__(self) -> dict:
@@ -94,7 +112,9 @@ class PackPlan:
         return {name: getattr(self, name) for name in ("lengths", "max_tokens", "strategy", "_order", "_offsets")}
 
     def __setstate__(self, state: dict) -> None:
-        self._set(state["_order"], state["_offsets"], state["lengths"], state["max_tokens"], state["strategy"])
+        arrays = (_int64_array(name, state[key]) for name, key in (("order", "_order"), ("offsets", "_offsets"),
+                                                                    ("lengths", "lengths")))
+        self._set(*arrays, state["max_tokens"], state["strategy"])
 
     @functools.cached_property
     def bins(self) -> list[np.ndarray]:
@@ -130,10 +150,9 @@ class PackPlan:
         return self._offsets
 
     def pack_tokens(self) -> np.ndarray:
-        """int64 ``[num_packs]``: tokens in each pack."""
-        cum = np.zeros(len(self._order) + 1, dtype=np.int64)
-        np.cumsum(self.lengths[self._order], out=cum[1:])
-        return cum[self._offsets[1:]] - cum[self._offsets[:-1]]
+        """int64 ``[num_packs]``: tokens in each pack (the layout's shared rule, over the plan's
+        segments in pack order)."""
+        return layout.pack_token_counts(self.lengths[self._order], self._offsets)
 
     def cu_seqlens(self, i: int) -> torch.Tensor:
         """int32 CPU ``[len(bins[i]) + 1]``: cumulative token counts of pack ``i``'s samples.
@@ -184,34 +203,103 @@ def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) 
     return value
 
 
-def as_lengths(lengths: Any, max_tokens: int) -> np.ndarray:
-    """Validate ``lengths`` (1-D ints: list, numpy or CPU tensor) -> contiguous int64 numpy array.
+# Containers np.asarray would turn into a 0-d object array (or a wrong one) rather than the values.
+_NOT_ARRAY_LIKE = (collections.abc.Set, collections.abc.Mapping, collections.abc.MappingView,
+                   collections.abc.Iterator, str, bytes, bytearray)
+# Half-precision floats cannot hold every length exactly: refused rather than trusted.
+_HALF_TENSOR_DTYPES = (torch.float16, torch.bfloat16)
 
-    Raises ValueError naming the first offending index for a non-integer or a length outside
-    ``[1, max_tokens]``.
-    """
-    if isinstance(lengths, torch.Tensor):
-        lengths = lengths.detach().cpu().numpy()
+
+def _private_numpy(name: str, values: Any) -> np.ndarray:
+    """A numpy copy of ``values`` (sequence, numpy array or tensor) that nobody else can write."""
+    if isinstance(values, torch.Tensor):
+        if values.device.type == "meta":
+            raise TypeError(f"{name} is a meta tensor, which holds no values")
+        if values.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense tensor, got layout {values.layout}")
+        if values.dtype in _HALF_TENSOR_DTYPES:
+            raise TypeError(f"{name} must hold integers (or float32/float64), got {values.dtype}, "
+                            "which cannot represent every length exactly")
+        values = values.detach().cpu().numpy()
+    elif isinstance(values, _NOT_ARRAY_LIKE):
+        raise TypeError(f"{name} must be a sequence, numpy array or tensor of integers, got {type(values).__name__}"
+                        + (" (pass a list)" if isinstance(values, collections.abc.Iterator) else ""))
     try:
-        arr = np.asarray(lengths)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"lengths must be a 1-D sequence of integers: {err}") from None
-    if arr.ndim != 1:
-        raise ValueError(f"lengths must be 1-D, got shape {arr.shape}")
+        arr = np.array(values)  # always a copy: the checks below must see the values that get used
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ValueError(f"{name} must be a 1-D sequence of integers: {err}") from None
+    if arr.dtype == np.float16:
+        raise TypeError(f"{name} must hold integers (or float32/float64), got float16, "
+                        "which cannot represent every length exactly")
+    return arr
+
+
+def _object_to_int64(name: str, arr: np.ndarray, low: int, high: int, bounds: str) -> np.ndarray:
+    """Element by element, for object arrays (Python ints beyond int64, mixed types)."""
+    out = np.empty(arr.shape, dtype=np.int64)
+    for i, value in enumerate(arr.reshape(-1).tolist()):
+        if isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name}[{i}] = {value!r} is not an integer")
+        try:
+            number = operator.index(value)
+        except TypeError:
+            if not isinstance(value, float) or not value.is_integer():
+                raise ValueError(f"{name}[{i}] = {value!r} is not an integer") from None
+            number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"{name}[{i}] = {number} is outside {bounds}")
+        out.reshape(-1)[i] = number
+    return out
+
+
+def _integer_array(name: str, values: Any, low: int, high: int, bounds: str, ndim: int | None = None) -> np.ndarray:
+    """A private, C-contiguous int64 copy of integer data whose values all lie in ``[low, high]``.
+
+    Floats are accepted when they are finite and integral. Raises TypeError for a container that
+    is not array-like (a generator, a set), a meta or half-precision tensor; ValueError naming the
+    first offending index for a non-integer or a value outside ``bounds`` (checked before the cast
+    to int64, so huge values cannot wrap), or not ``ndim``-D when ``ndim`` is given.
+    """
+    arr = _private_numpy(name, values)
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
     if arr.size == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(arr.shape, dtype=np.int64)
+    if arr.dtype == object:
+        return _object_to_int64(name, arr, low, high, bounds)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"lengths must be integers, got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating):
-        bad = ~np.isfinite(arr) | (arr != np.floor(arr))
+        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    flat = arr.reshape(-1)
+    floating = np.issubdtype(arr.dtype, np.floating)
+    if floating:
+        bad = ~np.isfinite(flat) | (flat != np.floor(flat))
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"lengths[{i}] = {float(arr[i])!r} is not an integer")
-    bad = (arr < 1) | (arr > max_tokens)  # before the int64 cast, so huge values cannot wrap
+            raise ValueError(f"{name}[{i}] = {float(flat[i])!r} is not an integer")
+    # float(2**63 - 1) rounds up to 2**63: for floats, ">= high + 1" is the exact test
+    bad = (flat < low) | ((flat >= float(high) + 1.0) if floating else (flat > high))
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"lengths[{i}] = {int(arr[i])} is outside [1, max_tokens={max_tokens}]")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+        raise ValueError(f"{name}[{i}] = {int(flat[i])} is outside {bounds}")
+    return np.ascontiguousarray(arr.astype(np.int64, copy=False))
+
+
+def _int64_array(name: str, values: Any, ndim: int | None = 1) -> np.ndarray:
+    """A private int64 copy of the integers in ``values`` (any int64 value)."""
+    return _integer_array(name, values, -(2**63), 2**63 - 1, "the int64 range", ndim)
+
+
+def as_lengths(lengths: Any, max_tokens: int) -> np.ndarray:
+    """Validate ``lengths`` (1-D ints: sequence, numpy array or tensor) -> a private, contiguous
+    int64 numpy array (always a copy: later changes to the caller's data do not reach it).
+
+    Raises:
+        TypeError: ``lengths`` is not array-like (a generator, a set, a mapping), a meta tensor,
+            or half-precision floats.
+        ValueError: not 1-D, a non-integer (non-finite or fractional float, non-numeric dtype) or a
+            length outside ``[1, max_tokens]``, naming the first offending index.
+    """
+    return _integer_array("lengths", lengths, 1, max_tokens, f"[1, max_tokens={max_tokens}]", ndim=1)
 
 
 def _python_plan(strategy: str, lengths: np.ndarray, max_tokens: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +310,7 @@ def _python_plan(strategy: str, lengths: np.ndarray, max_tokens: int, window: in
 
 def _check_options(max_tokens: Any, strategy: Any, window: Any, backend: Any) -> tuple[int, int]:
     max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
-    window = _check_int("window", window, 1)
+    window = _check_int("window", window, 1, WINDOW_LIMIT)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     if backend not in ("auto", "native", "python"):
@@ -265,7 +353,7 @@ def pack_lengths(
     strategy: str = "next_fit",
     *,
     window: int = 256,
-    seed: int = 0,
+    seed: Any = _NOT_GIVEN,
     backend: str = "auto",
 ) -> PackPlan:
     """Partition samples with the given token ``lengths`` into packs of at most ``max_tokens``.
@@ -277,8 +365,9 @@ def pack_lengths(
             next sample would overflow), ``"first_fit_decreasing"``, ``"best_fit_decreasing"``,
             ``"best_fit_window"`` (streaming best fit with ``window`` pending samples) or
             ``"histogram"`` (exact-fill patterns on the length histogram; fastest and fullest).
-        window: pending samples of ``best_fit_window`` (>= 1).
-        seed: accepted for API stability; every strategy is deterministic and ignores it.
+        window: pending samples of ``best_fit_window``, in ``[1, 2**63 - 1]``.
+        seed: deprecated (DeprecationWarning when passed): every strategy is deterministic and
+            always ignored it.
         backend: "auto" (C++ when built), "native" or "python".
 
     Returns:
@@ -287,13 +376,18 @@ def pack_lengths(
         either backend.
 
     Raises:
-        ValueError: a length < 1, > max_tokens or not an integer (naming its index), max_tokens < 1,
-            window < 1, an unknown strategy or backend.
-        TypeError: max_tokens or window not an int.
+        ValueError: a length < 1, > max_tokens or not an integer (naming its index), lengths not
+            1-D, max_tokens or window out of range, an unknown strategy or backend.
+        TypeError: max_tokens or window not an int; lengths not array-like (a generator, a set),
+            a meta or half-precision tensor (see :func:`as_lengths`).
     """
-    _check_int("seed", seed, -(2**63))
+    if seed is not _NOT_GIVEN:
+        _check_int("seed", seed, -(2**63))
+        warnings.warn("pack_lengths(seed=...) is deprecated and has no effect: every strategy is deterministic "
+                      "and always ignored the seed", DeprecationWarning, stacklevel=2)
     max_tokens, window = _check_options(max_tokens, strategy, window, backend)
-    arr = as_lengths(lengths, max_tokens)
+    arr = as_lengths(lengths, max_tokens)  # a private copy: what the packer reads is what was checked
     order, offsets = _plan_arrays(arr, max_tokens, strategy, window, backend)
-    # Kept flat: PackPlan.bins (one array per pack) is built only if someone asks for it.
-    return PackPlan.from_order(order, offsets, arr, max_tokens, strategy)
+    # Kept flat: PackPlan.bins (one array per pack) is built only if someone asks for it. All three
+    # arrays are fresh (the copy above, the packer's outputs), so the plan takes them as they are.
+    return PackPlan._from_owned(order, offsets, arr, max_tokens, strategy)

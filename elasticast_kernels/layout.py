@@ -24,7 +24,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["SeqLayout", "host_to_device", "cumulative_lengths", "pack_token_counts", "segment_ids", "MAX_TOTAL_TOKENS"]
+__all__ = [
+    "SeqLayout", "host_to_device", "check_offsets", "cumulative_lengths", "pack_token_counts", "segment_ids",
+    "MAX_TOTAL_TOKENS",
+]
 
 MAX_TOTAL_TOKENS = 2**31 - 1  # cu_seqlens are int32
 
@@ -56,6 +59,19 @@ def pack_token_counts(seqlens: Any, pack_offsets: Any) -> np.ndarray:
     cum = cumulative_lengths(seqlens)
     offsets = np.asarray(pack_offsets, dtype=np.int64)
     return cum[offsets[1:]] - cum[offsets[:-1]]
+
+
+def check_offsets(values: Sequence[int], total: int, name: str = "cu_seqlens", total_name: str = "total_tokens") -> None:
+    """Raise ValueError unless ``values`` (host ints) start at 0, never decrease and end at ``total``."""
+    if values[0] != 0:
+        raise ValueError(f"{name}[0] must be 0, got {values[0]}")
+    for i in range(1, len(values)):
+        if values[i] < values[i - 1]:
+            raise ValueError(
+                f"{name} must be non-decreasing, but {name}[{i}]={values[i]} < {name}[{i - 1}]={values[i - 1]}"
+            )
+    if values[-1] != total:
+        raise ValueError(f"{name}[-1]={values[-1]} must equal {total_name}={total}")
 
 
 def segment_ids(cu_seqlens: torch.Tensor, total_tokens: int) -> torch.Tensor:

@@ -13,6 +13,8 @@ import numbers
 
 import torch
 
+from elasticast_kernels.layout import check_offsets
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -52,16 +54,7 @@ def check_cu_seqlens(
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but the data is on {device}")
     if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
-        values = cu_seqlens.tolist()
-        if values[0] != 0:
-            raise ValueError(f"cu_seqlens[0] must be 0, got {values[0]}")
-        for i in range(1, len(values)):
-            if values[i] < values[i - 1]:
-                raise ValueError(
-                    f"cu_seqlens must be non-decreasing, but cu_seqlens[{i}]={values[i]} < cu_seqlens[{i - 1}]={values[i - 1]}"
-                )
-        if values[-1] != total_tokens:
-            raise ValueError(f"cu_seqlens[-1]={values[-1]} must equal total_tokens={total_tokens}")
+        check_offsets(cu_seqlens.tolist(), total_tokens)
     return cu_seqlens
 
 

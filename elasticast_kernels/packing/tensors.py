@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from elasticast_kernels.layout import MAX_TOTAL_TOKENS, SeqLayout, cumulative_lengths
+from elasticast_kernels.layout import MAX_TOTAL_TOKENS, SeqLayout, check_offsets, cumulative_lengths
 
 from ._native import native, native_cuda
 from .batch import PackedBatch
@@ -245,13 +245,5 @@ def unpack(packed_tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> list[torch.
     if packed_tokens.dim() < 1:
         raise ValueError("packed_tokens must have a token dimension")
     bounds = cu_seqlens.tolist()
-    if bounds[0] != 0:
-        raise ValueError(f"cu_seqlens[0] must be 0, got {bounds[0]}")
-    for i in range(1, len(bounds)):
-        if bounds[i] < bounds[i - 1]:
-            raise ValueError(
-                f"cu_seqlens must be non-decreasing: cu_seqlens[{i}]={bounds[i]} < cu_seqlens[{i - 1}]={bounds[i - 1]}"
-            )
-    if bounds[-1] != packed_tokens.shape[0]:
-        raise ValueError(f"cu_seqlens[-1]={bounds[-1]} must equal packed_tokens.shape[0]={packed_tokens.shape[0]}")
+    check_offsets(bounds, packed_tokens.shape[0], total_name="packed_tokens.shape[0]")
     return [packed_tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

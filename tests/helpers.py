@@ -69,3 +69,11 @@ def reference_mean(x, cu_seqlens) -> torch.Tensor:
     rows = [x[a:b].double().mean(0) if b > a else x.new_zeros(x.shape[1:], dtype=torch.float64)
             for a, b in zip(bounds[:-1], bounds[1:])]
     return torch.stack(rows) if rows else x.new_zeros((0, *x.shape[1:]), dtype=torch.float64)
+
+
+def reference_patches(spec: torch.Tensor, p: int) -> torch.Tensor:
+    """``[C, F, T] -> [(F/p)*(T/p), C*p*p]`` by unfold: frequency-major tokens; token ``(f, t)``
+    holds ``spec[c, f*p + i, t*p + j]`` at column ``(c*p + i)*p + j``."""
+    channels = spec.shape[0]
+    windows = spec.unfold(1, p, p).unfold(2, p, p)  # [C, F/p, T/p, p (freq), p (time)]
+    return windows.permute(1, 2, 0, 3, 4).reshape(-1, channels * p * p)

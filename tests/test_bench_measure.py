@@ -12,6 +12,7 @@ from elasticast_kernels.bench import flops
 from elasticast_kernels.bench.baselines import nested_sdpa, padded_masked_pool, textbook_best_fit_decreasing, unfold_pack
 from elasticast_kernels.bench.groups.sweep import min_padded_tokens
 from elasticast_kernels.bench.timing import measure, peak_memory
+from helpers import cu_from, reference_pool
 
 
 def test_measure_reports_the_median():
@@ -46,21 +47,12 @@ def test_attention_flops_count_only_own_blocks():
     assert flops.gpu_limits("Tesla T4") is None
 
 
-def _float64_pool(query, k, v, seqlens):
-    out, start = [], 0
-    for n in seqlens:
-        weights = torch.einsum("hd,nhd->hn", query, k[start:start + n]).softmax(-1)
-        out.append(torch.einsum("hn,nhd->hd", weights, v[start:start + n]))
-        start += n
-    return torch.stack(out)
-
-
 @pytest.mark.parametrize("seqlens,offsets", [([5, 1, 9, 3], [0, 2, 4]), ([7], [0, 1]), ([2, 2, 2], [0, 3])])
 def test_padded_masked_pool_matches_float64(seqlens, offsets):
     gen = torch.Generator().manual_seed(0)
     k, v = (torch.randn(sum(seqlens), 3, 8, generator=gen, dtype=torch.float64) for _ in range(2))
     query = torch.randn(3, 8, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(padded_masked_pool(query, k, v, seqlens, offsets), _float64_pool(query, k, v, seqlens))
+    torch.testing.assert_close(padded_masked_pool(query, k, v, seqlens, offsets), reference_pool(query, k, v, cu_from(seqlens), 1.0))
 
 
 def test_nested_sdpa_matches_per_sample_attention():

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from elasticast_kernels.packing import STRATEGIES, has_native, pack_lengths, pack_order, pack_spectrograms
+from helpers import reference_patches
 
 BACKENDS = ["python"] + (["native"] if has_native() else [])
 # dtype -> an integer dtype of the same width, to compare bits (NaN == NaN, -0.0 != 0.0)
@@ -59,14 +60,6 @@ def test_plan_is_the_same_for_every_form_of_the_lengths(case, strategy):
              np.asarray(lengths, dtype=np.float64), tuple(lengths)]
     for form in forms:
         assert pack_lengths(form, max_tokens, strategy).order.tolist() == want
-
-
-def reference_patches(spec: torch.Tensor, p: int) -> torch.Tensor:
-    """[C, F, T] -> [(F/p)*(T/p), C*p*p] by unfold: token (f, t) holds spec[c, f*p + i, t*p + j]
-    at column (c*p + i)*p + j."""
-    channels = spec.shape[0]
-    windows = spec.unfold(1, p, p).unfold(2, p, p)  # [C, F/p, T/p, p (freq), p (time)]
-    return windows.permute(1, 2, 0, 3, 4).reshape(-1, channels * p * p)
 
 
 @contextlib.contextmanager

@@ -4,16 +4,10 @@ import pytest
 import torch
 
 from elasticast_kernels.packing import PackedBatch, has_native, has_native_cuda, pack_lengths, pack_spectrograms, unpack
+from helpers import reference_patches
 
 HAS_CUDA = torch.cuda.is_available()
 PATHS = ["torch"] + (["native"] if has_native() else [])
-
-
-def reference_patches(spec: torch.Tensor, p: int) -> torch.Tensor:
-    """[C, F, T] -> [(F/p)*(T/p), C*p*p] via unfold: frequency-major tokens, pixels (c, p1, p2)."""
-    c = spec.shape[0]
-    blocks = spec.unfold(1, p, p).unfold(2, p, p)  # [C, F/p, T/p, p, p]
-    return blocks.permute(1, 2, 0, 3, 4).reshape(-1, c * p * p)
 
 
 def make_specs(times, channels=1, freq=32, dtype=torch.float32, device="cpu"):

@@ -6,10 +6,16 @@ variant), speaking rate, pitch and loudness, with random leading/trailing silenc
 noise, so durations vary by about 5x. Without it, :func:`synthesise` falls back to a clearly
 labelled SYNTHETIC TONE dataset: each class is a fixed pattern of tone glides, played at a random
 speed and pitch offset, so lengths still vary. Either way: float32 mono waveforms, integer labels.
+
+:func:`write_dataset` stores a dataset the way real audio arrives: 16-bit wav files plus
+``train.csv`` / ``test.csv`` manifests (``path,label``), which the training example then reads
+through :class:`elasticast_kernels.data.ManifestDataset`, the same path as any real corpus.
 """
 from __future__ import annotations
 
+import csv
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -144,3 +150,35 @@ def synthesise(clips_per_word: int, seed: int = 0, use_espeak: bool = True, prog
     if binary is not None:
         return _espeak_dataset(binary, clips_per_word, seed, progress)
     return _tone_dataset(clips_per_word, seed, progress)
+
+
+def write_dataset(data: SpokenWords, out_dir: str, test_fraction: float = 0.2, seed: int = 0) -> tuple[str, str]:
+    """Write ``data`` as ``out_dir/audio/NNNNN.wav`` (16-bit PCM) plus ``train.csv`` and ``test.csv``.
+
+    The split is a seeded permutation; ``dataset.json`` records the source and description.
+    Needs ``soundfile``. Returns the two manifest paths.
+    """
+    import soundfile
+
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
+    order = np.random.default_rng(seed).permutation(len(data.waveforms))
+    num_test = int(round(len(order) * test_fraction))
+    splits = {"test": order[:num_test], "train": order[num_test:]}
+    paths = {}
+    for split, ids in splits.items():
+        paths[split] = os.path.join(out_dir, f"{split}.csv")
+        with open(paths[split], "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label"])
+            for clip in ids.tolist():
+                name = f"audio/{clip:05d}.wav"
+                peak = float(np.abs(data.waveforms[clip]).max())
+                wave = data.waveforms[clip] / peak * 0.99 if peak > 0.99 else data.waveforms[clip]  # no clipping
+                soundfile.write(os.path.join(out_dir, name), wave, data.sample_rate, subtype="PCM_16")
+                writer.writerow([name, data.class_names[int(data.labels[clip])]])
+    with open(os.path.join(out_dir, "dataset.json"), "w") as handle:
+        json.dump({"source": data.source, "description": data.description, "classes": list(data.class_names),
+                   "clips": len(data.waveforms), "test_fraction": test_fraction, "seed": seed}, handle, indent=1)
+    return paths["train"], paths["test"]

@@ -1,7 +1,9 @@
-"""examples/train_spoken.py runs end to end in its reduced mode, and its datasets synthesise.
+"""examples/train_spoken.py (= train.py) runs end to end in its reduced mode, and its datasets
+synthesise and are written as wav files plus manifests that ManifestDataset reads back.
 
 The training run uses the synthetic tone dataset (``--no-espeak``) so that it behaves the same on
 machines with and without espeak-ng; espeak-ng synthesis is checked on its own when installed.
+Resume, SIGKILL and 2-rank runs are in tests/test_training_resume.py.
 """
 from __future__ import annotations
 
@@ -39,9 +41,10 @@ def test_quick_training_run(tmp_path, torch_cpu_path):
     out = completed.stdout
     assert "SYNTHETIC TONE DATASET" in out  # the fallback is labelled as such
     assert "train:" in out and "samples/s" in out and "eval quality 1" in out and "eval quality 2" in out
+    assert "1 rank(s) on cpu (single process)" in out
 
     result = json.loads(result_file.read_text())
-    assert result["dataset"] == "synthetic tones" and result["classes"] == 10
+    assert result["dataset"] == "synthetic tones" and result["classes"] == 10 and not result["multi_label"]
     train = result["train"]
     assert train["steps"] > 0 and train["samples_per_s"] > 0 and np.isfinite(train["final_loss"])
     for quality in ("1", "2"):
@@ -49,6 +52,25 @@ def test_quick_training_run(tmp_path, torch_cpu_path):
         assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["samples"] > 0 and metrics["samples_per_s"] > 0
     # the tone patterns are easy: even the reduced run learns them (chance is 0.1)
     assert result["eval"]["1"]["accuracy"] >= 0.3, result["eval"]
+
+
+def test_demo_data_is_written_as_wav_files_plus_manifests(spoken_words, tmp_path):
+    pytest.importorskip("soundfile")
+    from elasticast_kernels.data import ManifestDataset
+
+    data = spoken_words.synthesise(2, seed=4, use_espeak=False)
+    train_csv, test_csv = spoken_words.write_dataset(data, str(tmp_path), test_fraction=0.25, seed=4)
+    train_set, test_set = ManifestDataset(train_csv), ManifestDataset(test_csv)
+    assert (train_set.num_clips, test_set.num_clips) == (15, 5)
+    assert set(train_set.classes) | set(test_set.classes) == set(data.class_names)
+    # the clips come back as written (16-bit PCM: to within one quantisation step)
+    for entry in train_set.entries[:3]:
+        clip = int(os.path.basename(entry.path).split(".")[0])
+        original = data.waveforms[clip]
+        assert entry.labels == (data.class_names[int(data.labels[clip])],) and entry.file_rate == data.sample_rate
+        np.testing.assert_allclose(train_set.load_waveform(entry), original, atol=2 / 32768)
+    info = json.loads((tmp_path / "dataset.json").read_text())
+    assert info["source"] == "synthetic tones" and info["clips"] == 20
 
 
 def test_tone_fallback_dataset(spoken_words):

@@ -264,3 +264,132 @@ def test_gloo_processes_agree(tmp_path):
         assert all(g[2] == gathered[0][2] for g in gathered)  # identical plans
         assert gathered[0][2].token_imbalance < 0.05
     assert [g[1] for g in result[0]] != [g[1] for g in result[1]]  # a new order per epoch
+
+
+# ---------------------------------------------------------------- resume (state_dict / load_state_dict)
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def build_or_skip(lengths, max_tokens, num_replicas, **kwargs):
+    """All ranks' samplers, or a hypothesis `assume` failure when the input has too few packs for the ranks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the single-sample-pack warning; checked by its own test
+        try:
+            if num_replicas == 1:
+                return [PackedBatchSampler(lengths, max_tokens, **kwargs)]
+            return all_ranks(lengths, max_tokens, num_replicas, **kwargs)
+        except ValueError as error:
+            assume("larger than the number of packs" not in str(error) and "leaves no step" not in str(error))
+            raise
+
+
+schedule_inputs = st.fixed_dictionaries({
+    "lengths": st.lists(st.integers(1, 64), min_size=1, max_size=80),
+    "max_tokens": st.integers(64, 160),
+    "num_replicas": st.integers(1, 4),
+    "packs_per_step": st.integers(1, 3),
+    "strategy": st.sampled_from(STRATEGIES),
+    "seed": st.integers(0, 2**16),
+    "drop_last": st.booleans(),
+})
+
+
+@PROPERTY_SETTINGS
+@given(schedule_inputs, st.integers(0, 3))
+def test_property_every_sample_once_within_budget(inputs, epoch):
+    lengths = np.array(inputs["lengths"])
+    samplers = build_or_skip(lengths, inputs["max_tokens"], inputs["num_replicas"], seed=inputs["seed"],
+                             strategy=inputs["strategy"], packs_per_step=inputs["packs_per_step"],
+                             drop_last=inputs["drop_last"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        per_rank = [epoch_steps(s, epoch) for s in samplers]
+        for sampler in samplers:
+            check_packs(sampler, epoch, lengths, inputs["max_tokens"])  # budget and packs per step
+    assert len({len(steps) for steps in per_rank}) == 1
+    union = [i for steps in per_rank for step in steps for i in step]
+    assert len(union) == len(set(union))  # no sample twice, on any rank
+    stats = samplers[0].stats
+    assert len(union) == stats.num_samples == len(lengths) - stats.num_dropped
+    if not inputs["drop_last"] and stats.num_dropped == 0:
+        assert sorted(union) == list(range(len(lengths)))
+
+
+@PROPERTY_SETTINGS
+@given(schedule_inputs, st.integers(0, 2), st.data())
+def test_property_resume_at_any_step_equals_uninterrupted(inputs, epoch, data):
+    lengths = np.array(inputs["lengths"])
+    options = dict(seed=inputs["seed"], strategy=inputs["strategy"], packs_per_step=inputs["packs_per_step"],
+                   drop_last=inputs["drop_last"])
+    samplers = build_or_skip(lengths, inputs["max_tokens"], inputs["num_replicas"], **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        uninterrupted = [epoch_steps(s, epoch) + epoch_steps(s, epoch + 1) for s in samplers]
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+        consumed = data.draw(st.integers(0, len(samplers[0])))
+        states = [s.state_dict(consumed_steps=consumed) for s in samplers]
+        fresh = build_or_skip(lengths, inputs["max_tokens"], inputs["num_replicas"], **options)
+        for sampler, state, expected in zip(fresh, pickle.loads(pickle.dumps(states)), uninterrupted):
+            sampler.load_state_dict(state)
+            sampler.set_epoch(epoch)  # what a training loop does at the top of the epoch: keeps the point
+            assert sampler.start_step == consumed and len(sampler) == len(samplers[0]) - consumed
+            resumed = list(sampler) + epoch_steps(sampler, epoch + 1)
+            assert expected[:consumed] + resumed == expected
+
+
+def test_resume_with_loader_workers_counts_consumed_not_prefetched():
+    """Workers prefetch steps the loop never used; the state counts the loop's steps, so none is lost."""
+    from torch.utils.data import DataLoader
+
+    lengths = random_lengths(31, n=200)
+    indices = lambda steps: [i for step in steps for i in step]  # noqa: E731
+
+    def loader_for(sampler):
+        return DataLoader(list(range(len(lengths))), batch_sampler=sampler, num_workers=2, prefetch_factor=4,
+                          collate_fn=lambda batch: batch, multiprocessing_context="fork")
+
+    reference = PackedBatchSampler(lengths, 512, seed=4)
+    reference.set_epoch(1)
+    expected = list(reference)
+    sampler = PackedBatchSampler(lengths, 512, seed=4)
+    sampler.set_epoch(1)
+    consumed, loader_iter = [], iter(loader_for(sampler))
+    for _ in range(5):
+        consumed.append(next(loader_iter))
+    state = sampler.state_dict(consumed_steps=len(consumed))  # the workers have fetched more than 5
+    del loader_iter
+
+    restored = PackedBatchSampler(lengths, 512, seed=4)
+    restored.load_state_dict(state)
+    restored.set_epoch(1)
+    rest = list(loader_for(restored))
+    assert indices(consumed + rest) == indices(expected) and len(rest) == len(expected) - 5
+    restored.set_epoch(2)  # the next epoch is whole again
+    assert restored.start_step == 0 and len(restored) == restored.stats.num_steps
+
+
+def test_state_dict_refuses_other_schedules_and_bad_counts():
+    lengths = random_lengths(8, n=120)
+    sampler = PackedBatchSampler(lengths, 512, seed=1)
+    with pytest.raises(ValueError, match="consumed_steps"):
+        sampler.state_dict(consumed_steps=len(sampler) + 1)
+    with pytest.raises(ValueError, match="consumed_steps"):
+        sampler.state_dict(consumed_steps=-1)
+    state = sampler.state_dict(consumed_steps=2)
+    with pytest.raises(ValueError, match="seed"):
+        PackedBatchSampler(lengths, 512, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="max_tokens"):
+        PackedBatchSampler(lengths, 400, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="lengths_crc32"):
+        PackedBatchSampler(lengths[::-1].copy(), 512, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="version"):
+        sampler.load_state_dict({"epoch": 0})
+    ranks = all_ranks(lengths, 512, 2, seed=1)
+    with pytest.raises(ValueError, match="num_replicas"):
+        ranks[0].load_state_dict(state)  # mid-epoch on another world size: another schedule
+    ranks[0].load_state_dict(sampler.state_dict(consumed_steps=0))  # an epoch start resumes on any world size
+    assert ranks[0].start_step == 0

@@ -6,9 +6,12 @@
   :class:`~elasticast_kernels.packing.PackedBatch` in the data-loader worker.
 - :func:`fbank`, :func:`audio_to_spectrogram`, :func:`num_frames`, :func:`num_tokens`: features
   as the AST / ElasticAST recipes compute them, with the quality (time-resolution) multiplier.
+- :class:`ManifestDataset`: wav/flac files listed in a CSV or JSONL manifest (``path`` +
+  ``label`` or ``labels``), features computed in the loader workers; :class:`ManifestError`.
 """
 from .collate import PackedCollator, collate_packed
 from .features import AUDIOSET_NORM, audio_to_spectrogram, fbank, mel_filterbank, num_frames, num_tokens
+from .manifest import ManifestDataset, ManifestEntry, ManifestError
 from .samplers import DistributedPackedBatchSampler, EpochStats, PackedBatchSampler
 
 __all__ = [
@@ -23,4 +26,7 @@ __all__ = [
     "num_tokens",
     "mel_filterbank",
     "AUDIOSET_NORM",
+    "ManifestDataset",
+    "ManifestEntry",
+    "ManifestError",
 ]

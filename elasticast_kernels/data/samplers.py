@@ -12,11 +12,25 @@ Every rank computes the whole schedule from the seed, so no communication is nee
 keeps only its own steps. A step is yielded as a list of sample indices, pack after pack, which is
 what ``torch.utils.data.DataLoader(batch_sampler=...)`` expects; :func:`collate_packed` turns the
 fetched samples into a :class:`~elasticast_kernels.packing.PackedBatch`.
+
+Resuming mid-epoch: the training loop, not the sampler, knows how many steps were *used* (a
+``DataLoader`` with workers draws ``num_workers * prefetch_factor`` steps ahead of the loop), so
+the loop passes that count to :meth:`PackedBatchSampler.state_dict`, and
+:meth:`~PackedBatchSampler.load_state_dict` makes the next pass over that epoch yield exactly
+the steps that were not used yet::
+
+    sampler.set_epoch(epoch)
+    for step_in_epoch, batch in enumerate(loader, start=sampler.start_step):
+        train_step(batch)
+        checkpoint["sampler"] = sampler.state_dict(consumed_steps=step_in_epoch + 1)
+    ...
+    sampler.load_state_dict(checkpoint["sampler"])  # then set_epoch(same epoch) and iterate
 """
 from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -24,11 +38,16 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from elasticast_kernels.packing import pack_lengths
+
 from ._balance import balanced_groups, split_pack
 
 __all__ = ["EpochStats", "PackedBatchSampler", "DistributedPackedBatchSampler"]
 
 _OVERSIZE_MODES = ("error", "drop")
+_STATE_VERSION = 1
+# Options that shape the schedule: a state only resumes a sampler built with the same ones.
+_SCHEDULE_OPTIONS = ("max_tokens", "strategy", "shuffle", "seed", "drop_last", "packs_per_step", "oversize", "window")
 
 
 @dataclass(frozen=True)
@@ -116,7 +135,8 @@ class PackedBatchSampler(Sampler[list[int]]):
 
     Every kept index appears exactly once per epoch. Call :meth:`set_epoch` before each epoch.
     ``len(sampler)`` is the number of steps of the current epoch (the pack count can change a
-    little between epochs because the shuffled order packs differently).
+    little between epochs because the shuffled order packs differently). :meth:`state_dict` /
+    :meth:`load_state_dict` resume an epoch where training stopped (see the module docstring).
 
     Raises:
         ValueError / TypeError: empty or malformed ``lengths``, bad options, every sample oversize.
@@ -160,6 +180,8 @@ class PackedBatchSampler(Sampler[list[int]]):
         self.drop_last = bool(drop_last)
         self.oversize = oversize
         self.epoch = 0
+        self._start_step = 0
+        self._crc32: int | None = None
         self._cached: _Schedule | None = None
 
         too_long = np.flatnonzero(self.lengths > self.max_tokens)
@@ -190,15 +212,91 @@ class PackedBatchSampler(Sampler[list[int]]):
         """Select the epoch whose schedule ``__iter__`` and ``__len__`` use (same on every rank)."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        if int(epoch) != self.epoch:
+            self._start_step = 0  # a resume point belongs to the epoch it was saved in
         self.epoch = int(epoch)
+
+    @property
+    def start_step(self) -> int:
+        """Index of the first step the next pass over the current epoch yields (0 unless resumed)."""
+        return self._start_step
+
+    def state_dict(self, consumed_steps: int) -> dict:
+        """Where training stands in the current epoch, to resume it with :meth:`load_state_dict`.
+
+        Args:
+            consumed_steps: steps of the current epoch the training loop has finished, counted
+                from the epoch's first step (after a resume, include the steps before it:
+                ``start_step + steps since``). Pass what the loop *used*, not what the sampler
+                yielded: loader workers prefetch steps that a crash would lose.
+
+        Returns:
+            A dict of plain Python values (``torch.save``/JSON friendly): the epoch, the consumed
+            steps, and the options and a CRC of ``lengths`` that the schedule depends on.
+
+        Raises:
+            ValueError: ``consumed_steps`` outside ``[0, steps in the epoch]``.
+        """
+        num_steps = self._schedule(self.epoch).stats.num_steps
+        if isinstance(consumed_steps, bool) or not isinstance(consumed_steps, (int, np.integer)) \
+                or not 0 <= consumed_steps <= num_steps:
+            raise ValueError(f"consumed_steps must be an int in [0, {num_steps}] (steps in epoch {self.epoch}), "
+                             f"got {consumed_steps!r}")
+        return {
+            "version": _STATE_VERSION,
+            "epoch": self.epoch,
+            "consumed_steps": int(consumed_steps),
+            "num_replicas": self.num_replicas,
+            "num_samples": int(self.lengths.size),
+            "lengths_crc32": self._lengths_crc32(),
+            **{name: getattr(self, name) for name in _SCHEDULE_OPTIONS},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`: select its epoch and skip the steps it consumed.
+
+        The next pass over that epoch yields exactly the steps an uninterrupted run would still
+        have yielded (``len()`` counts only those); :meth:`set_epoch` with the same epoch keeps
+        the resume point, another epoch drops it.
+
+        Raises:
+            ValueError: not a sampler state, or built for other lengths or options (the schedule
+                would differ); another ``num_replicas``, unless the state is at an epoch's start.
+        """
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError(f"state is not a sampler state_dict of version {_STATE_VERSION}: {state!r:.200}")
+        mine = {"num_samples": int(self.lengths.size), "lengths_crc32": self._lengths_crc32(),
+                **{name: getattr(self, name) for name in _SCHEDULE_OPTIONS}}
+        for name, value in mine.items():
+            if state.get(name) != value:
+                raise ValueError(f"state was saved with {name}={state.get(name)!r}, this sampler has {value!r}: "
+                                 "resuming would follow another schedule")
+        if state.get("num_replicas") != self.num_replicas and state["consumed_steps"] != 0:
+            raise ValueError(
+                f"state was saved on num_replicas={state.get('num_replicas')} in the middle of epoch "
+                f"{state['epoch']}; this sampler has num_replicas={self.num_replicas}, whose schedule differs "
+                "(resume on the same world size, or from a state saved at the start of an epoch)"
+            )
+        epoch, consumed = state["epoch"], state["consumed_steps"]
+        num_steps = self._schedule(epoch).stats.num_steps
+        if not 0 <= consumed <= num_steps:
+            raise ValueError(f"state has consumed_steps={consumed}, but epoch {epoch} has {num_steps} steps")
+        self.epoch = int(epoch)
+        self._start_step = int(consumed)
+
+    def _lengths_crc32(self) -> int:
+        if self._crc32 is None:
+            self._crc32 = zlib.crc32(np.ascontiguousarray(self.lengths).tobytes())
+        return self._crc32
 
     # ------------------------------------------------------------------ public
     def __iter__(self) -> Iterator[list[int]]:
-        for step in self._schedule(self.epoch).steps[self.rank]:
+        for step in self._schedule(self.epoch).steps[self.rank][self._start_step :]:
             yield np.concatenate(step).tolist()
 
     def __len__(self) -> int:
-        return self._schedule(self.epoch).stats.num_steps
+        """Steps the next pass yields: the epoch's steps, less those consumed before a resume."""
+        return self._schedule(self.epoch).stats.num_steps - self._start_step
 
     @property
     def stats(self) -> EpochStats:
@@ -213,14 +311,8 @@ class PackedBatchSampler(Sampler[list[int]]):
     # ------------------------------------------------------------------ schedule
     def _plan_packs(self, rng: np.random.Generator) -> list[np.ndarray]:
         """All packs of one epoch as arrays of dataset indices, in (shuffled) pack order."""
-        # Imported here so `import elasticast_kernels.data` (features only) needs no native extension.
-        from elasticast_kernels.packing import pack_lengths
-
         order = rng.permutation(self._kept) if self.shuffle else self._kept
-        plan = pack_lengths(
-            self.lengths[order], self.max_tokens, self.strategy,
-            window=self.window, seed=int(rng.integers(0, 2**31 - 1)),
-        )
+        plan = pack_lengths(self.lengths[order], self.max_tokens, self.strategy, window=self.window)
         packs = [order[np.asarray(b, dtype=np.int64)] for b in plan.bins if len(b)]
         if self.shuffle:
             packs = [packs[i] for i in rng.permutation(len(packs))]

@@ -16,9 +16,10 @@ Data flow of ``forward``::
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +45,22 @@ _PRETRAIN_KEYWORDS = {
     "SSAST_pretrain": "elasticast_kernels.convert.from_ssast(model, 'ssast.pth')",
     "AST_pretrain": "elasticast_kernels.convert.from_ssast(model, 'ast.pth', grid=(12, 101))",
 }
+
+
+def _host_side(fn: Callable) -> Callable:
+    """``torch.compiler.disable(fn)``, applied at the first call: host-side planning and packing is
+    never traced, and importing the model does not pay for importing torch._dynamo (~2 s, in
+    every process of a distributed run) until something runs."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nonlocal disabled
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return call
 
 
 def _pair(value: object, name: str) -> tuple[int, int]:
@@ -230,7 +247,7 @@ class ElasticAST(nn.Module):
             eval_token_dropout=self.eval_token_dropout,
         )
 
-    @torch.compiler.disable  # host-side planning and packing: never traced
+    @_host_side
     def _pack(self, batched_samples, group_samples: bool, group_max_seq_len: int):
         """Validate, drop tokens, pack. Returns ``(PackedBatch, time positional table)``."""
         specs, rows = flatten_samples(batched_samples, group_samples)
@@ -282,7 +299,7 @@ class ElasticAST(nn.Module):
             layout=SeqLayout(kept, batch.pack_offsets, device=device),
         )
 
-    @torch.compiler.disable  # host-side planning and packing: never traced
+    @_host_side
     def _prepare_packed(self, batch: PackedBatch) -> PackedBatch:
         """Checks on a caller's `PackedBatch`, then token dropout within its segments."""
         batch.validate()  # fields may have been reassigned since it was built
@@ -353,7 +370,7 @@ class ElasticAST(nn.Module):
         return replace(batch, time_idx=time_idx), torch.cat(tables)
 
     @staticmethod
-    @torch.compiler.disable
+    @_host_side
     def _to_input_order(logits: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
         order = np.asarray(sample_index, dtype=np.int64)
         if np.array_equal(order, np.arange(len(order))):

@@ -1,120 +1,102 @@
-"""Ahead-of-time compile of the varlen attention kernels for sm_80 (A100) and sm_90 (H100).
+"""Ahead-of-time compiles of the varlen attention kernels for sm_80 (A100) and sm_90 (H100).
 
-No GPU needed: the kernels compile with Triton's NVIDIA backend and the resource usage is read
-from the cubin (tests/aot.py). Each kernel's default config (the first autotune candidate of the
-arch's family) at head_dim 64 and, for the backward, 128, in fp16 and bf16, must compile without
-spilling registers; the table of registers and shared memory is printed (``pytest -s`` shows it).
+No GPU needed: the static kernel report's compiler (``elasticast_kernels.bench.static``) builds
+each kernel with Triton's NVIDIA backend in worker subprocesses and reads the machine code.
+Asserted for every autotune candidate (bf16, non-causal) and for the defaults in fp16/bf16 at
+head_dim 64 and 128 (causal forward, and causal bf16 at head_dim 32, included): no register
+spill, shared memory within the arch's limit, the arch's tensor-core instructions (wgmma on
+sm_90, mma.sync on sm_80), and exactly the minimum tensor-core work (MMA ratio 1.0). A
+regression guard: the default forward's SASS instructions per 128x64 tile (hd64 bf16 sm_90) may
+not grow more than 3% over the figure stored in ``aot_varlen_instructions.json`` for this Triton
+version, and its registers stay within the stored cap (2 CTAs per SM need at most 128).
 
 Set ``ELASTICAST_AOT_PYTHONS`` to other interpreters (``os.pathsep``-separated) to compile with
-their Triton as well, e.g. a Triton 3.6 environment. ``ELASTICAST_AOT_ALL=1`` also compiles every
-autotune candidate, causal and not (about 70 compiles: minutes, so off by default).
+their Triton as well, e.g. a Triton 3.6 environment. ``ELASTICAST_AOT_ALL=1`` adds every candidate
+in fp16 and causal at head_dim 32/64/128 (about 180 compiles: minutes, so off by default; the full sweep with the
+report is ``elasticast-bench --suite static``).
 """
 from __future__ import annotations
 
-import inspect
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-triton = pytest.importorskip("triton")
-if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
+from elasticast_kernels.bench.static import compile as static_compile
+
+if not static_compile.triton_tools_present():
     pytest.skip("this triton has no NVIDIA backend tools", allow_module_level=True)
 
-from aot import AotRequest, _raw_function, compile_reports  # noqa: E402
-from elasticast_kernels.ops import varlen_attention_kernels as kernels  # noqa: E402
+from elasticast_kernels.bench.static import report, specs  # noqa: E402
 
-ARCHS = (80, 90)
-DTYPES = ("fp16", "bf16")
-# kernel name -> (kernel, head_dims checked by default)
-KERNELS = {
-    "fwd": (kernels._fwd_kernel, (64,)),
-    "dkdv": (kernels._bwd_dkdv_kernel, (64, 128)),
-    "dq": (kernels._bwd_dq_kernel, (64, 128)),
-}
 PYTHONS = [None] + [p for p in os.environ.get("ELASTICAST_AOT_PYTHONS", "").split(os.pathsep) if p]
+BASELINE = Path(__file__).with_name("aot_varlen_instructions.json")
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+MMA_KIND = {80: "mma.sync", 90: "wgmma"}
+GUARD = ("fwd", 90, "bf16", 64, False)  # (kernel, arch, dtype, head_dim, causal) of the guarded default
 
 
-def signature(kernel, dtype: str) -> tuple[dict[str, str], list[str]]:
-    """Triton types of every argument, and the ones Triton's runtime would mark 16-divisible.
-
-    Data pointers are torch allocations (aligned); every stride is a multiple of 16 at the
-    kernel head_dims (token strides are multiples of heads * head_dim, the log-sum-exp rows are
-    padded to 16), so they are marked too, as the runtime specialisation would.
-    """
-    types = {}
-    for name, param in inspect.signature(_raw_function(kernel)).parameters.items():
-        if "constexpr" in str(param.annotation):
-            types[name] = "constexpr"
-        elif name in ("LSE", "DELTA"):
-            types[name] = "*fp32"
-        elif name == "CU_SEQLENS":
-            types[name] = "*i32"
-        elif name.isupper():
-            types[name] = f"*{dtype}"
-        elif name.endswith("scale"):
-            types[name] = "fp32"
-        else:
-            types[name] = "i32"
-    divisible = [n for n, t in types.items() if t.startswith("*") or n.startswith("stride")]
-    return types, divisible
+def _key(case) -> tuple:
+    return (case.kernel, case.arch, case.dtype, case.head_dim, case.causal, case.block_m, case.block_n,
+            case.num_warps, case.num_stages)
 
 
-def request(kind: str, head_dim: int, dtype: str, arch: int, config, causal: bool = False) -> AotRequest:
-    kernel = KERNELS[kind][0]
-    types, divisible = signature(kernel, dtype)
-    constexprs = dict(HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION="tf32", **config.kwargs)
-    return AotRequest(kernel, types, constexprs, arch, config.num_warps, config.num_stages, divisible)
+def selected_cases(everything: bool) -> list:
+    """Defaults (fp16/bf16, head_dim 64/128, causal fwd, causal at head_dim 32) plus every candidate in
+    bf16, non-causal."""
+    wanted = [c for c in specs.varlen_cases(head_dims=(64, 128), causals=(False,), defaults_only=True)]
+    wanted += [c for c in specs.varlen_cases(dtypes=("bf16",), head_dims=(64, 128), causals=(True,), defaults_only=True)
+               if c.kernel == "fwd"]
+    wanted += [c for c in specs.varlen_cases(dtypes=("bf16",), head_dims=(64, 128), causals=(False,))]
+    wanted += [c for c in specs.varlen_cases(dtypes=("bf16",), head_dims=(32,), causals=(True,), defaults_only=True)]
+    if everything:
+        wanted += list(specs.varlen_cases(head_dims=(32, 64, 128)))
+    unique = {}
+    for case in wanted:
+        unique.setdefault(_key(case), case)
+    return list(unique.values())
 
 
-def default_config(kind: str, head_dim: int, arch: int):
-    return kernels.gpu_configs(kind, head_dim, kernels.arch_family((arch // 10, arch % 10)))[0]
+@pytest.fixture(scope="module", params=PYTHONS, ids=lambda p: "this-triton" if p is None else p)
+def rows(request):
+    cases = selected_cases(os.environ.get("ELASTICAST_AOT_ALL") == "1")
+    compiled = static_compile.run_jobs([c.job for c in cases], workers=2, python=request.param)
+    return [report.metrics(case, result) for case, result in zip(cases, compiled)]
 
 
-def default_requests() -> list[AotRequest]:
-    requests = []
-    for kind, (_, head_dims) in KERNELS.items():
-        for head_dim in head_dims:
-            requests += [request(kind, head_dim, dtype, arch, default_config(kind, head_dim, arch))
-                         for dtype in DTYPES for arch in ARCHS]
-    # causal adds the diagonal masks: check its register use once per arch
-    requests += [request("fwd", 64, "bf16", arch, default_config("fwd", 64, arch), causal=True) for arch in ARCHS]
-    preprocess_types = {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "stride_ot": "i32", "stride_oh": "i32",
-                        "stride_dot": "i32", "stride_doh": "i32", "stride_delta_h": "i32", "total_tokens": "i32",
-                        "HEAD_DIM": "constexpr", "BLOCK": "constexpr"}
-    requests += [AotRequest(kernels._bwd_preprocess_kernel, preprocess_types, {"HEAD_DIM": 64, "BLOCK": 64}, arch, 4, 1)
-                 for arch in ARCHS]
-    return requests
+def _describe(row: dict) -> str:
+    return (f"{row['kernel']} sm_{row['arch']} {row['dtype']} d{row['head_dim']} causal={row['causal']} "
+            f"{row['block_m']}x{row['block_n']} w{row['num_warps']}s{row['num_stages']} (triton {row['triton']}): "
+            f"regs={row['registers']} spill={row['spill_bytes']}B smem={row['shared']}B mma={row['mma_kind']} "
+            f"ratio={row.get('mma_ratio')} instr/tile={row.get('instr_per_tile')}")
 
 
-def check_reports(reports) -> None:
+def test_every_candidate_is_spill_free_with_minimal_mma(rows):
     print()
-    for report in reports:
-        print(report)
-    spilled = [str(report) for report in reports if report.spills]
-    assert not spilled, "kernels spill registers:\n" + "\n".join(spilled)
-    for report in reports:
-        limit = 227 * 1024 if report.arch >= 90 else 163 * 1024
-        assert report.shared <= limit, f"{report}: shared memory over the sm_{report.arch} limit"
-        if report.arch >= 90 and report.name != "_bwd_preprocess_kernel":
-            assert report.uses_wgmma, f"{report}: no wgmma on sm_90"
+    for row in rows:
+        print(_describe(row))
+    problems = [_describe(r) for r in rows if r["spill_bytes"] > 0 or r["shared"] > SHARED_LIMIT[r["arch"]]]
+    assert not problems, "spills or shared memory over the limit:\n" + "\n".join(problems)
+    attention = [r for r in rows if r["kernel"] != "preprocess"]
+    wrong_kind = [_describe(r) for r in attention if r["mma_kind"] != MMA_KIND[r["arch"]]]
+    assert not wrong_kind, "unexpected tensor-core instructions:\n" + "\n".join(wrong_kind)
+    duplicated = [_describe(r) for r in attention if r["mma_ratio"] != 1.0]
+    assert not duplicated, "tensor-core work above the minimum:\n" + "\n".join(duplicated)
 
 
-@pytest.mark.parametrize("python", PYTHONS, ids=lambda p: "this-triton" if p is None else p)
-def test_default_configs_compile_without_spills(python):
-    check_reports(compile_reports(default_requests(), python=python, workers=2))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("ELASTICAST_AOT_ALL") != "1", reason="set ELASTICAST_AOT_ALL=1 (minutes)")
-@pytest.mark.parametrize("python", PYTHONS, ids=lambda p: "this-triton" if p is None else p)
-def test_every_autotune_config_compiles_without_spills(python):
-    requests = [
-        request(kind, head_dim, "bf16", arch, config, causal)
-        for arch in ARCHS
-        for kind, table in kernels.GPU_CONFIGS[kernels.arch_family((arch // 10, 0))].items()
-        for head_dim, configs in table.items()
-        for config in configs
-        for causal in (False, True)
-    ]
-    check_reports(compile_reports(requests, python=python, workers=2))
+def test_default_forward_instructions_do_not_grow(rows):
+    guarded = [r for r in rows if r["default"] and tuple(r[f] for f in ("kernel", "arch", "dtype", "head_dim",
+                                                                        "causal")) == GUARD]
+    assert len(guarded) == 1
+    row = guarded[0]
+    version = ".".join(row["triton"].split(".")[:2])
+    baseline = json.loads(BASELINE.read_text())
+    stored = baseline["instr_per_tile"]
+    if version not in stored:
+        pytest.skip(f"no stored figure for triton {version} in {BASELINE.name}: add one from this run "
+                    f"({row['instr_per_tile']})")
+    assert row["instr_per_tile"] <= 1.03 * stored[version], (
+        f"default forward: {row['instr_per_tile']} instructions per 128x64 tile, more than 3% over the stored "
+        f"{stored[version]} (triton {version}); if intended, update {BASELINE.name}")
+    assert row["registers"] <= baseline["registers_max"][version], _describe(row)

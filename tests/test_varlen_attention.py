@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from elasticast_kernels.ops import varlen_attention
-from test_varlen_attention_reference import cu_seqlens_of, reference_varlen_attention
+from helpers import assert_close, cu_from, reference_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -30,7 +30,7 @@ LENGTHS = {
 
 
 def make_inputs(lengths, heads=2, head_dim=32, dtype=torch.float32, scale_inputs=1.0):
-    cu_seqlens = cu_seqlens_of(lengths, DEVICE)
+    cu_seqlens = cu_from(lengths, DEVICE)
     total = sum(lengths)
     q, k, v, dout = (torch.randn(total, heads, head_dim, device=DEVICE) for _ in range(4))
     q, k, v = (scale_inputs * x for x in (q, k, v))
@@ -43,14 +43,6 @@ def run_with_grads(fn, q, k, v, dout):
     return (out, *torch.autograd.grad(out, (q, k, v), dout))
 
 
-def assert_close(actual, expected, tol, what):
-    assert actual.dtype == expected.dtype or expected.dtype == torch.float64
-    assert actual.shape == expected.shape, what
-    magnitude = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    error = (actual.double() - expected).abs().max().item() if expected.numel() else 0.0
-    assert error <= tol * magnitude, f"{what}: max error {error:.3g} > {tol:.1g} * {magnitude:.3g}"
-
-
 def check_against_reference(q, k, v, dout, cu_seqlens, softmax_scale=1.0, causal=False, max_seqlen=None, tol=None):
     """Run ours and the float64 reference; compare output and all three gradients."""
     ours = run_with_grads(
@@ -59,7 +51,7 @@ def check_against_reference(q, k, v, dout, cu_seqlens, softmax_scale=1.0, causal
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     cpu = [x.detach().cpu() for x in (q, k, v, dout)]
     expected = run_with_grads(
-        lambda q, k, v: reference_varlen_attention(q, k, v, cu_seqlens.cpu(), scale, causal),
+        lambda q, k, v: reference_attention(q, k, v, cu_seqlens.cpu(), scale, causal),
         *[x.double() for x in cpu],
     )
     assert ours[0].dtype == q.dtype
@@ -80,9 +72,28 @@ def test_matches_reference_fp16(lengths, causal):
     check_against_reference(*make_inputs(LENGTHS[lengths], dtype=torch.float16), softmax_scale=1.0, causal=causal)
 
 
-@pytest.mark.parametrize("softmax_scale", [None, 1.0, 0.3])
+@pytest.mark.parametrize("softmax_scale", [None, 1.0, 0.3, -0.7, 0.0])
 def test_softmax_scale(softmax_scale):
+    """Negative scales take the kernels' min-based row extreme (max(c * s) = c * min(s) for c < 0)."""
     check_against_reference(*make_inputs(LENGTHS["mixed"]), softmax_scale=softmax_scale)
+
+
+@pytest.mark.parametrize("lengths", ["one_sample", "huge_and_tiny"])
+def test_negative_scale_causal(lengths):
+    check_against_reference(*make_inputs(LENGTHS[lengths]), softmax_scale=-0.5, causal=True)
+
+
+@pytest.mark.parametrize("lengths", [[5, 40, 0, 40, 1], [], [0, 0], [7]], ids=["ties", "batch0", "empty", "one"])
+def test_longest_first_schedule(lengths):
+    """The device-side launch order: samples by decreasing length, ties in sample order, and the
+    cumulative lengths in that order (what the kernels bisect)."""
+    from elasticast_kernels.ops.varlen_attention_kernels import _longest_first
+
+    order, order_cu = _longest_first(cu_from(lengths))
+    expected = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    assert order.dtype == order_cu.dtype == torch.int32
+    assert order.tolist() == expected
+    assert order_cu.tolist() == cu_from([lengths[i] for i in expected]).tolist()
 
 
 @pytest.mark.parametrize("head_dim", [32, 64, 128, 48, 16])
@@ -93,14 +104,17 @@ def test_head_dims(head_dim):
 
 # The interpreter warns when exp2 overflows in rows past a sample's end, which the kernels mask out
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")
+@pytest.mark.parametrize("softmax_scale", [1.0, -1.0], ids=["scale1", "negative"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_large_scores_stay_finite(causal):
+def test_large_scores_stay_finite(causal, softmax_scale):
     """Unscaled scores in the thousands (ElasticAST's softmax_scale=1.0): the fp32 log2-domain
     online softmax must neither overflow nor lose the small probabilities. The tolerance is the
     conditioning of fp32 itself: a score near 1000 carries an absolute error near 1e-4, and so
-    does every probability computed from it (any fp32 implementation shares this)."""
+    does every probability computed from it (any fp32 implementation shares this). With a
+    negative scale the row max of the scaled scores comes from the smallest raw score: taking
+    the largest would overflow exp2 here."""
     q, k, v, dout, cu_seqlens = make_inputs([20, 35, 7], scale_inputs=8.0)
-    check_against_reference(q, k, v, dout, cu_seqlens, softmax_scale=1.0, causal=causal, tol=5e-4)
+    check_against_reference(q, k, v, dout, cu_seqlens, softmax_scale=softmax_scale, causal=causal, tol=5e-4)
 
 
 def test_max_seqlen_is_only_a_hint():
@@ -113,7 +127,7 @@ def test_max_seqlen_is_only_a_hint():
 def test_strided_qkv_views():
     """q, k, v as views into one fused [total, 3, heads, head_dim] projection (token stride 3x)."""
     lengths = [5, 23, 12]
-    cu_seqlens = cu_seqlens_of(lengths, DEVICE)
+    cu_seqlens = cu_from(lengths, DEVICE)
     qkv = torch.randn(sum(lengths), 3, 2, 32, device=DEVICE)
     q, k, v = qkv.unbind(1)
     dout = torch.randn_like(q)
@@ -123,7 +137,7 @@ def test_strided_qkv_views():
 
 def test_non_unit_head_dim_stride():
     lengths = [6, 11]
-    cu_seqlens = cu_seqlens_of(lengths, DEVICE)
+    cu_seqlens = cu_from(lengths, DEVICE)
     q, k, v = (torch.randn(sum(lengths), 32, 2, device=DEVICE).transpose(1, 2) for _ in range(3))
     check_against_reference(q, k, v, torch.randn_like(q), cu_seqlens)
 
@@ -161,7 +175,7 @@ def test_bf16_cpu_takes_the_torch_path():
     q, k, v, dout, cu_seqlens = (x.cpu() for x in make_inputs([5, 20], dtype=torch.bfloat16))
     ours = run_with_grads(lambda q, k, v: varlen_attention(q, k, v, cu_seqlens), q, k, v, dout)
     expected = run_with_grads(
-        lambda q, k, v: reference_varlen_attention(q, k, v, cu_seqlens, 32 ** -0.5),
+        lambda q, k, v: reference_attention(q, k, v, cu_seqlens, 32 ** -0.5),
         *[x.double() for x in (q, k, v, dout)],
     )
     for name, actual, reference in zip(("out", "dq", "dk", "dv"), ours, expected):
@@ -177,7 +191,7 @@ def test_torch_cpu_path_matches_reference(torch_cpu_path, dtype, causal):
     q, k, v, dout, cu_seqlens = (x.cpu() for x in make_inputs(LENGTHS["mixed"], dtype=dtype))
     ours = run_with_grads(lambda q, k, v: varlen_attention(q, k, v, cu_seqlens, causal=causal), q, k, v, dout)
     expected = run_with_grads(
-        lambda q, k, v: reference_varlen_attention(q, k, v, cu_seqlens, 32 ** -0.5, causal),
+        lambda q, k, v: reference_attention(q, k, v, cu_seqlens, 32 ** -0.5, causal),
         *[x.double() for x in (q, k, v, dout)],
     )
     tol = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
@@ -191,8 +205,36 @@ def test_torch_cpu_path_long_sample_is_chunked(torch_cpu_path):
     q, k, v, dout, cu_seqlens = (x.cpu() for x in make_inputs([700, 3], heads=1, head_dim=16))
     ours = run_with_grads(lambda q, k, v: varlen_attention(q, k, v, cu_seqlens, causal=True), q, k, v, dout)
     expected = run_with_grads(
-        lambda q, k, v: reference_varlen_attention(q, k, v, cu_seqlens, 16 ** -0.5, True),
+        lambda q, k, v: reference_attention(q, k, v, cu_seqlens, 16 ** -0.5, True),
         *[x.double() for x in (q, k, v, dout)],
     )
     for name, actual, reference in zip(("out", "dq", "dk", "dv"), ours, expected):
         assert_close(actual, reference, 1e-5, name)
+
+
+# --- autotune hygiene (checked at import; the rule must hold for every candidate) ------------------
+
+
+@pytest.mark.parametrize("kernel, tile, warps, message", [
+    ("dkdv", (32, 64), 8, r"rows >= 16 \* num_warps"),  # 64 keys per program over 8 warps: 1.5x MMA
+    ("fwd", (64, 64), 8, r"rows >= 16 \* num_warps"),  # 2x MMA on sm_80
+    ("dkdv", (16, 64), 4, r"per-step block >= 32"),  # 1.5x dK/dV MMA on sm_80
+    ("fwd", (64, 128), 4, "multiple of the per-step block"),
+])
+def test_tile_rules_reject_bad_candidates(kernel, tile, warps, message):
+    from elasticast_kernels.ops.varlen_attention_kernels import _check_tile, _config
+
+    with pytest.raises(ValueError, match=message):
+        _check_tile(kernel, _config(*tile, warps, 2), gpu=True)
+
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy
+def test_row_whose_scores_are_all_minus_inf_is_nan():
+    """Causal row 0 sees one key; an inf in q makes that score -inf: the softmax is 0/0 and the
+    output must say so (NaN), not come back as a silent 0 like a padding row."""
+    q, k, v, _, cu_seqlens = make_inputs([3, 20])
+    q[3, 0, 0], k[3, 0, 0] = float("inf"), -1.0  # sample 1, first token, head 0
+    out = varlen_attention(q, k, v, cu_seqlens, softmax_scale=1.0, causal=True)
+    assert torch.isnan(out[3, 0]).all()
+    assert torch.isfinite(out[:3]).all() and torch.isfinite(out[4:]).all() and torch.isfinite(out[3, 1]).all()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from elasticast_kernels.ops import flash_attn_varlen_func, varlen_attention
-from test_varlen_attention_reference import cu_seqlens_of, reference_varlen_attention
+from helpers import cu_from, reference_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -13,7 +13,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def inputs(lengths=(3, 5), heads=1, head_dim=32, dtype=torch.float32):
     total = sum(lengths)
     q, k, v = (torch.randn(total, heads, head_dim, device=DEVICE, dtype=dtype) for _ in range(3))
-    return q, k, v, cu_seqlens_of(lengths, DEVICE)
+    return q, k, v, cu_from(lengths, DEVICE)
 
 
 # --- bad input: a ValueError/TypeError that names the argument -----------------------------------
@@ -83,9 +83,9 @@ def test_flash_attn_unsupported_features(kwargs):
 def test_flash_attn_unequal_q_k_lengths():
     q, k, v, cu = inputs((3, 5))
     with pytest.raises(ValueError, match="cu_seqlens_k"):
-        flash_attn_varlen_func(q, k, v, cu, cu_seqlens_of([5, 3], DEVICE), 5, 5)
+        flash_attn_varlen_func(q, k, v, cu, cu_from([5, 3], DEVICE), 5, 5)
     with pytest.raises(ValueError, match="cu_seqlens_k"):
-        flash_attn_varlen_func(q, k, v, cu, cu_seqlens_of([8], DEVICE), 5, 5)
+        flash_attn_varlen_func(q, k, v, cu, cu_from([8], DEVICE), 5, 5)
     with pytest.raises(ValueError, match="max_seqlen"):
         flash_attn_varlen_func(q, k, v, cu, cu, 5, 7)
 
@@ -103,7 +103,7 @@ def _compiled_matches_eager(causal):
     out = compiled(*leaves, cu)
     out.sum().backward()
     ref_leaves = [x.double().requires_grad_() for x in (q, k, v)]
-    ref = reference_varlen_attention(*ref_leaves, cu.cpu(), 1.0, causal) * 2.0
+    ref = reference_attention(*ref_leaves, cu.cpu(), 1.0, causal) * 2.0
     ref.sum().backward()
     torch.testing.assert_close(out.double().cpu(), ref, atol=1e-4, rtol=1e-4)
     for leaf, ref_leaf in zip(leaves, ref_leaves):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from elasticast_kernels.ops import varlen_attention
-from test_varlen_attention_reference import cu_seqlens_of
+from helpers import cu_from
 
 pytestmark = pytest.mark.gpu
 
@@ -39,7 +39,8 @@ def forward_backward(fn, q, k, v, dout):
 
 
 def reference_attention(q, k, v, scale, causal):
-    """float64 softmax attention on one sample, [1, heads, len, dim]."""
+    """float64 softmax attention on one sample, [1, heads, len, dim], on q's device (helpers'
+    packed reference builds its causal mask on the CPU, so it cannot serve CUDA tensors)."""
     scores = (q @ k.transpose(-1, -2)) * scale
     if causal:
         n = scores.shape[-1]
@@ -52,7 +53,7 @@ def reference_attention(q, k, v, scale, causal):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_error_within_twice_sdpa(dtype, causal, softmax_scale):
     lengths = realistic_lengths()
-    cu_seqlens = cu_seqlens_of(lengths, "cuda")
+    cu_seqlens = cu_from(lengths, "cuda")
     total = sum(lengths)
     q, k, v, dout = (torch.randn(total, HEADS, HEAD_DIM, device="cuda") for _ in range(4))
     scale = HEAD_DIM ** -0.5 if softmax_scale is None else softmax_scale
@@ -84,7 +85,7 @@ def test_error_within_twice_sdpa(dtype, causal, softmax_scale):
 def test_no_host_sync():
     """Forward and backward on CUDA never synchronise with the host (max_seqlen omitted too)."""
     lengths = realistic_lengths(count=5)
-    cu_seqlens = cu_seqlens_of(lengths, "cuda")
+    cu_seqlens = cu_from(lengths, "cuda")
     q, k, v = (torch.randn(sum(lengths), HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16,
                            requires_grad=True) for _ in range(3))
     varlen_attention(q, k, v, cu_seqlens).sum().backward()  # autotuning benchmarks (syncs) happen once
@@ -104,7 +105,7 @@ def test_beyond_int32_offsets():
         pytest.skip("needs about 25 GB of free GPU memory")
     heads, head_dim, length = 16, 128, 2048
     samples = (2 ** 31) // (heads * head_dim * length) + 2  # just past 2^31 elements
-    cu_seqlens = cu_seqlens_of([length] * samples, "cuda")
+    cu_seqlens = cu_from([length] * samples, "cuda")
     total = samples * length
     q, k, v = (torch.empty(total, heads, head_dim, device="cuda", dtype=torch.float16).normal_() for _ in range(3))
     out = varlen_attention(q, k, v, cu_seqlens, length)

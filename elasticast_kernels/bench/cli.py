@@ -6,6 +6,7 @@ Examples::
     elasticast-bench --suite full --device cuda --out results/h100
     elasticast-bench --group attention --workload epic  # one group, one workload
     elasticast-bench --compare old/results.json new/results.json
+    elasticast-bench --suite static --out results/static   # compile-time kernel report, no GPU needed
 
 Exit status: 0 all cases ran (some may be skipped as unavailable), 1 a case failed,
 2 bad arguments or unreadable files, 3 the run was cut short (time budget or interrupt).
@@ -24,14 +25,15 @@ DEFAULT_OUT = "bench-report"
 
 
 def _parser() -> argparse.ArgumentParser:
-    from elasticast_kernels.bench.config import GROUPS
+    from elasticast_kernels.bench.config import GROUPS, SUITES
 
     from elasticast_kernels import __version__
 
     p = argparse.ArgumentParser(prog="elasticast-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"elasticast-kernels {__version__}")
-    p.add_argument("--suite", choices=("quick", "full"), default="quick", help="quick (minutes) or full")
+    p.add_argument("--suite", choices=SUITES, default="quick",
+                   help="quick (minutes), full, or static (compile every kernel config, read SASS; no GPU)")
     p.add_argument("--workload", choices=WORKLOADS, default=None,
                    help="run only this workload (default: voxceleb for quick, all for full)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when present, else cpu")
@@ -44,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="tiny sizes (seconds; for tests and smoke checks)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--baseline", default=None, metavar="STATIC.json",
+                   help="static suite: an earlier static report to summarise before/after against")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print the change from A to B and exit")
     return p
 
@@ -60,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(report_mod.compare(a, b, "A", "B"))
         return 0
+
+    if args.suite == "static":
+        return _static(args)
 
     # Benchmarks time the CPU torch paths, never the Triton interpreter.
     os.environ.pop("TRITON_INTERPRET", None)
@@ -97,6 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     if cut:
         print(f"elasticast-bench: INCOMPLETE, {len(cut)} task(s) not run ({cut[0]['reason']})", file=sys.stderr)
         return 3
+    return 0
+
+
+def _static(args: argparse.Namespace) -> int:
+    """The static kernel report (``--tiny``: default configs at head_dim 64 only)."""
+    from elasticast_kernels.bench.static.compile import CompileError
+    from elasticast_kernels.bench.static.run import run
+
+    out = Path(args.out if args.out != DEFAULT_OUT else f"{DEFAULT_OUT}-static")
+    print("elasticast-bench: static suite (compile-time estimates from SASS; no GPU runs)", file=sys.stderr)
+    try:
+        json_path, md_path = run(out, tiny=args.tiny, baseline=None if args.baseline is None else Path(args.baseline))
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"elasticast-bench: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, CompileError) else 2
+    print(md_path.read_text())
+    print(f"Report written to {json_path.resolve()} and {md_path.resolve()}")
     return 0
 
 

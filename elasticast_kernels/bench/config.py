@@ -13,6 +13,8 @@ import torch
 
 from elasticast_kernels.bench.workloads import PACK_TOKENS, SAMPLES_PER_STEP, WORKLOADS
 
+# "static" compiles the kernels and reads their machine code (bench/static); it takes no BenchConfig
+SUITES = ("quick", "full", "static")
 STRATEGIES = ("next_fit", "first_fit_decreasing", "best_fit_decreasing", "best_fit_window", "histogram")
 GROUPS = ("packing", "attention", "pooling", "model", "end_to_end", "sweep")
 # Attention implementations compared in the attention group; "sdpa_masked" is the paper's way and

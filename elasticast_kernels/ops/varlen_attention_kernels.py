@@ -8,12 +8,17 @@ recomputes probabilities with one ``exp2``. Its rows are padded to a multiple of
 (``lse_columns``) so their stride is 16-divisible.
 
 Scheduling without a host sync: a kernel that works on blocks of ``BLOCK`` tokens of each sample
-gives sample ``b`` the program slots ``[b + cu[b] // BLOCK, b + 1 + cu[b + 1] // BLOCK)``. That
-range holds at least ``ceil(len_b / BLOCK)`` slots, so launching ``total_tokens // BLOCK + batch``
-programs covers every block of every sample, whatever the lengths, and wastes at most one program
-per sample (it exits at once). Each program finds its sample by a binary search over
-``cu_seqlens`` (``ceil(log2(batch + 1))`` scalar loads). Only host facts (tensor shapes) size the
-grid, so neither ``max_seqlen`` nor any ``.item()`` is needed.
+ranks the samples by decreasing length on the device (``_longest_first``: ``order`` and the
+cumulative lengths ``c`` in that order) and gives the sample of rank ``r`` the program slots
+``[r + c[r] // BLOCK, r + 1 + c[r + 1] // BLOCK)``. That range holds at least
+``ceil(len / BLOCK)`` slots, so ``total_tokens // BLOCK + batch`` slots cover every block of every
+sample, whatever the lengths, and waste at most one program per sample (it exits at once). Each
+program finds its rank by a binary search over ``c`` (``ceil(log2(batch + 1))`` scalar loads).
+The grid is one axis of ``slots * heads`` programs with the head varying fastest
+(``GRID_ORDER``): the heaviest programs (longest samples, all heads) start first and the launch
+ends on light ones, which keeps a ragged grid of a few waves from idling SMs at its tail. Only
+host facts (tensor shapes) size the grid, so neither ``max_seqlen`` nor any ``.item()`` is needed;
+outputs do not depend on the order.
 
 Kernels (FlashAttention-2 structure):
 - ``_fwd_kernel``: one program per (query block, head); online softmax over the sample's key
@@ -41,15 +46,20 @@ from elasticast_kernels.ops._common import LOG2E, lse_columns, triton_interpret
 from elasticast_kernels.ops._triton_common import tile_offsets
 
 # --- autotune configs -------------------------------------------------------------------------
-# Tiles come from ahead-of-time compiles for sm_80/sm_90 with Triton 3.6 and 3.9
-# (tests/test_aot_varlen.py): every candidate below compiles without spilling registers for its
-# arch family, causal or not, at head_dim 64 and 128 in bf16. Forward 128x64 with 8 warps at
-# head_dim 64 is FlashAttention-2's choice; the backward uses 32x64 .. 64x128 tiles. sm_80-class
-# GPUs get a subset: several bigger tiles spill there (mostly with Triton 3.6). Every config keeps
-# the per-program block a multiple of the per-step block, which the split into unmasked and masked
-# ranges relies on (checked below).
+# Candidates come from the static kernel report (``elasticast-bench --suite static``: every
+# candidate compiled for sm_80/sm_90 under Triton 3.6 and 3.9, read from SASS) and the AOT tests
+# (tests/test_aot_varlen.py). Every candidate below is spill-free for its arch family at
+# head_dim 32/64/128, fp16/bf16, causal or not, and issues exactly the minimum tensor-core work
+# (MMA ratio 1.0; ``_check_tile`` rejects the tilings that replicate it). A candidate was dropped
+# when another one of the same list, under both Triton versions, issues no more SASS
+# instructions per 128x64 tile, keeps at least as many warps resident per SM and owns no more rows
+# per program: it cannot win on any of the three, so it only lengthens first-call autotuning.
 # Under the interpreter several configs fail ("0 active drivers") and small blocks keep the tests
 # exercising multi-block samples at tiny sizes: one fixed config each.
+
+# Launch order of every kernel's programs, as the static report's grid simulation models it
+# (elasticast_kernels/bench/static/schedule.py).
+GRID_ORDER = "heads_fastest_longest_first"
 
 
 def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> triton.Config:
@@ -57,36 +67,42 @@ def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> trit
 
 
 # arch family (90: sm_90 and newer, 80: sm_8x) -> kernel -> head_dim -> configs. The first config
-# of each list is the default that the AOT test reports on. head_dim 32 uses the 64 lists.
+# of each list is the default that the AOT test reports on. head_dim 32 uses the 64 list unless
+# it has its own.
 # fwd/dq: BLOCK_M queries per program, BLOCK_N keys per step; dkdv: BLOCK_N keys per program,
 # BLOCK_M queries per step.
 GPU_CONFIGS = {
     90: {
         "fwd": {
-            64: [_config(128, 64, 8, 3), _config(128, 128, 8, 3), _config(64, 64, 4, 3), _config(128, 32, 4, 4)],
-            128: [_config(128, 64, 8, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2)],
+            64: [_config(128, 64, 8, 3), _config(128, 128, 8, 3), _config(64, 64, 4, 3), _config(128, 64, 4, 3)],
+            128: [_config(128, 64, 8, 3)],
         },
         "dkdv": {
-            64: [_config(32, 64, 4, 3), _config(32, 128, 8, 3), _config(64, 128, 8, 2), _config(64, 64, 8, 3)],
-            128: [_config(32, 64, 8, 2), _config(64, 64, 8, 2), _config(32, 64, 8, 3)],
+            64: [_config(32, 64, 4, 3), _config(64, 64, 4, 3), _config(64, 128, 8, 2)],
+            128: [_config(32, 64, 4, 2), _config(32, 128, 8, 2)],
         },
         "dq": {
-            64: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2), _config(64, 64, 4, 3)],
-            128: [_config(64, 32, 8, 2), _config(128, 32, 8, 2), _config(64, 64, 8, 2)],
+            64: [_config(64, 32, 4, 3), _config(64, 64, 4, 3)],
+            128: [_config(128, 64, 8, 2), _config(64, 32, 4, 2)],
         },
     },
     80: {
         "fwd": {
-            64: [_config(128, 64, 8, 3), _config(64, 64, 8, 3), _config(128, 32, 4, 4)],
-            128: [_config(128, 32, 8, 3), _config(128, 32, 8, 2)],
+            # head_dim 32: ptxas caps these tiles at 128 registers: 128x64 w8 spills when causal, and
+            # the 64-row tiles spill under one Triton version or the other
+            32: [_config(128, 64, 4, 3)],
+            64: [_config(128, 64, 8, 3), _config(64, 64, 4, 3)],
+            128: [_config(128, 32, 8, 3)],  # s2 issues fewer instructions but spills when causal
         },
         "dkdv": {
+            32: [_config(32, 128, 8, 3), _config(32, 64, 4, 1)],
             64: [_config(32, 64, 4, 3), _config(32, 128, 8, 3)],
-            128: [_config(32, 64, 8, 2), _config(32, 64, 8, 3)],
+            # unpipelined: every pipelined tile with minimal MMA work spills here under 3.6 or 3.9
+            128: [_config(32, 64, 4, 1)],
         },
         "dq": {
             64: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2), _config(64, 64, 4, 3)],
-            128: [_config(64, 32, 8, 2), _config(128, 32, 8, 2), _config(64, 64, 8, 2)],
+            128: [_config(128, 32, 8, 2)],
         },
     },
 }
@@ -94,21 +110,38 @@ INTERPRETER_CONFIGS = {"fwd": _config(32, 16, 4, 1), "dkdv": _config(16, 32, 4, 
 
 
 def _check_tiles() -> None:
-    """The loops split blocks into unmasked and masked ranges assuming the per-program block is a
-    multiple of the per-step block (fwd/dq: BLOCK_M % BLOCK_N, dkdv: BLOCK_N % BLOCK_M)."""
+    """Reject, at import, a candidate that breaks a tiling rule (see ``_check_tile``)."""
     for kernel, config in INTERPRETER_CONFIGS.items():
-        _check_tile(kernel, config)
+        _check_tile(kernel, config, gpu=False)
     for family in GPU_CONFIGS.values():
         for kernel, tables in family.items():
             for config in (c for table in tables.values() for c in table):
-                _check_tile(kernel, config)
+                _check_tile(kernel, config, gpu=True)
 
 
-def _check_tile(kernel: str, config: triton.Config) -> None:
-    outer, inner = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+def _check_tile(kernel: str, config: triton.Config, gpu: bool) -> None:
+    """Two rules, in the terms of the program's own block (``rows``: BLOCK_M for fwd/dq, BLOCK_N for
+    dkdv) and its per-step block (``step``):
+
+    1. ``rows % step == 0``: the loops split blocks into unmasked and masked ranges assuming it.
+    2. GPU configs only: ``rows >= 16 * num_warps`` and ``step >= 32``. Triton spreads a program's
+       warps over the rows of its MMA tiles (16 rows per warp for mma.sync, 64 per 4-warp group
+       for wgmma); when the rows run out it replicates the tensor-core work (measured 1.5-2x in
+       the static report), and a 16-wide step replicates dK/dV's MMA on sm_80.
+
+    Raises:
+        ValueError: a rule is broken (the message states the rule).
+    """
+    rows, step = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
     if kernel == "dkdv":
-        outer, inner = inner, outer
-    assert outer % inner == 0, f"{kernel} config {config}: {outer} is not a multiple of {inner}"
+        rows, step = step, rows
+    if rows % step:
+        raise ValueError(f"{kernel} config {config}: the program block ({rows}) must be a multiple of the "
+                         f"per-step block ({step}) for the unmasked/masked split")
+    if gpu and (rows < 16 * config.num_warps or step < 32):
+        raise ValueError(f"{kernel} config {config}: duplicates tensor-core work; a GPU config needs program "
+                         f"rows >= 16 * num_warps and a per-step block >= 32 (rows {rows}, num_warps "
+                         f"{config.num_warps}, step {step})")
 
 
 _check_tiles()
@@ -121,7 +154,10 @@ def arch_family(capability: tuple[int, int]) -> int:
 
 def gpu_configs(kernel: str, head_dim: int, family: int = 90) -> list[triton.Config]:
     """The autotuning candidates of ``kernel`` ("fwd", "dkdv", "dq") for ``head_dim`` on an arch family."""
-    return GPU_CONFIGS[family][kernel][64 if head_dim <= 64 else 128]
+    tables = GPU_CONFIGS[family][kernel]
+    if head_dim <= 32 and 32 in tables:
+        return tables[32]
+    return tables[64 if head_dim <= 64 else 128]
 
 
 @functools.lru_cache(maxsize=None)
@@ -150,24 +186,34 @@ _VARYING_INTS = ["batch", "n_search", "SEQ_BUCKET"]
 
 
 @triton.jit
-def _locate_block(CU_SEQLENS, pid, batch, n_search, BLOCK: tl.constexpr):
-    """Program slot ``pid`` -> (first token of its block, sample start, sample end).
+def _program(heads):
+    """This program's (slot, head): heads vary fastest, so the heads of one block start together."""
+    pid = tl.program_id(0)
+    return pid // heads, (pid % heads).to(tl.int64)
 
-    Sample ``b`` owns slots ``b + cu[b] // BLOCK ...``; find the last sample whose first slot is
-    ``<= pid`` by bisection. The block is past the sample's end (``start >= end``) for the one
-    spare slot a sample may get, and for empty samples: the caller exits then.
+
+@triton.jit
+def _locate_block(CU_SEQLENS, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK: tl.constexpr):
+    """Program slot -> (first token of its block, sample start, sample end).
+
+    Samples are laid out longest first: ``SCHED_ORDER[r]`` is the sample of rank ``r`` and
+    ``SCHED_CU`` the cumulative lengths in rank order. Rank ``r`` owns slots
+    ``r + SCHED_CU[r] // BLOCK ...``; find the last rank whose first slot is ``<= slot`` by
+    bisection. The block is past the sample's end (``start >= end``) for the one spare slot a
+    sample may get, and for empty samples: the caller exits then.
     """
     lo = tl.full([], 0, tl.int32)
     hi = tl.full([], 0, tl.int32) + batch
     for _ in range(n_search):
         mid = (lo + hi) // 2
-        first_slot = mid + tl.load(CU_SEQLENS + mid) // BLOCK
-        right = first_slot <= pid
+        first_slot = mid + tl.load(SCHED_CU + mid) // BLOCK
+        right = first_slot <= slot
         lo = tl.where(right, mid, lo)
         hi = tl.where(right, hi, mid)
-    seq_start = tl.load(CU_SEQLENS + lo)
-    seq_end = tl.load(CU_SEQLENS + lo + 1)
-    block_start = seq_start + (pid - lo - seq_start // BLOCK) * BLOCK
+    rank_start = tl.load(SCHED_CU + lo)
+    seq_start = tl.load(CU_SEQLENS + tl.load(SCHED_ORDER + lo))
+    seq_end = seq_start + (tl.load(SCHED_CU + lo + 1) - rank_start)
+    block_start = seq_start + (slot - lo - rank_start // BLOCK) * BLOCK
     return block_start, seq_start, seq_end
 
 
@@ -205,39 +251,57 @@ def _heaviest_first(block_start, seq_start, seq_end, BLOCK: tl.constexpr):
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, lo, hi, offs_m, seq_end, qk_scale,
                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-               DOT_PRECISION: tl.constexpr):
-    """Online softmax over key blocks ``[lo, hi)``; MASKED blocks may cross the sample end or the diagonal."""
+               NEG_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online softmax over key blocks ``[lo, hi)``; MASKED blocks may cross the sample end or the diagonal.
+
+    ``m_i`` is the running row max of the scaled scores (log2 domain). Unmasked blocks take the row
+    extreme of the raw scores and fold the scale into the exp2 argument (one FMA per score instead
+    of a multiply and a subtract); the extreme is the min when the scale is negative (NEG_SCALE),
+    since ``max(c * s) = c * min(s)`` for ``c < 0``.
+    """
     k_tile = tile_offsets(stride_kt, BLOCK_N, HEAD_DIM)
     v_tile = tile_offsets(stride_vt, BLOCK_N, HEAD_DIM)
+    # unmasked blocks: K/V pointers set once and advanced by a block per step (no int64 rebuild);
+    # the few masked blocks rebuild theirs (carrying pointers there too spilled on sm_80 at
+    # head_dim 128, causal)
+    k_ptrs = K_head + tl.cast(lo, tl.int64) * stride_kt + k_tile
+    v_ptrs = V_head + tl.cast(lo, tl.int64) * stride_vt + v_tile
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_block = K_head + tl.cast(start_n, tl.int64) * stride_kt
-        v_block = V_head + tl.cast(start_n, tl.int64) * stride_vt
         if MASKED:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
             key_ok = offs_n < seq_end
-            k = tl.load(k_block + k_tile, mask=key_ok[:, None], other=0.0)
+            k = tl.load(K_head + tl.cast(start_n, tl.int64) * stride_kt + k_tile, mask=key_ok[:, None], other=0.0)
         else:
-            k = tl.load(k_block + k_tile)
-        # scores in the log2 domain: the softmax scale and log2(e) are folded into one multiply
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            k = tl.load(k_ptrs)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASKED:
+            # few boundary blocks: scale first, then -inf masks right for any scale (negative or 0 too)
+            s = s * qk_scale
             valid = key_ok[None, :]
             if CAUSAL:
                 valid = valid & (offs_n[None, :] <= offs_m[:, None])
             s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_sub = m_new
-        if MASKED:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
             # a row with no valid key so far keeps m = -inf: subtract 0 instead (exp2(-inf) = 0, no NaN)
             m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_sub[:, None])
+            p = tl.math.exp2(s - m_sub[:, None])
+        else:
+            if NEG_SCALE:
+                row_extreme = tl.min(s, 1)
+            else:
+                row_extreme = tl.max(s, 1)
+            m_new = tl.maximum(m_i, row_extreme * qk_scale)
+            m_sub = m_new
+            p = tl.math.exp2(tl.fma(s, qk_scale, -m_new[:, None]))
         # rescale what was accumulated under the old running max
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED:
-            v = tl.load(v_block + v_tile, mask=key_ok[:, None], other=0.0)
+            v = tl.load(V_head + tl.cast(start_n, tl.int64) * stride_vt + v_tile, mask=key_ok[:, None], other=0.0)
         else:
-            v = tl.load(v_block + v_tile)
+            v = tl.load(v_ptrs)
+            k_ptrs += BLOCK_N * stride_kt
+            v_ptrs += BLOCK_N * stride_vt
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -245,13 +309,13 @@ def _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, lo, hi, o
 
 @triton.autotune(key=_TUNE_KEY, **_autotune_args("fwd"))
 @triton.jit(do_not_specialize=_VARYING_INTS)
-def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
+def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS, SCHED_ORDER, SCHED_CU,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                stride_lse_h, batch, n_search, qk_scale, SEQ_BUCKET,
-                HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                stride_lse_h, heads, batch, n_search, qk_scale, SEQ_BUCKET,
+                HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, NEG_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    head = tl.program_id(1).to(tl.int64)
-    q_start, seq_start, seq_end = _locate_block(CU_SEQLENS, tl.program_id(0), batch, n_search, BLOCK_M)
+    slot, head = _program(heads)
+    q_start, seq_start, seq_end = _locate_block(CU_SEQLENS, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK_M)
     if q_start >= seq_end:
         return
     if CAUSAL:
@@ -267,14 +331,18 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_SEQLENS,
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     K_head = K + head * stride_kh
     V_head = V + head * stride_vh
+    # the unmasked/masked split ends the unmasked keys on a BLOCK_N boundary of the query block
+    tl.static_assert(BLOCK_M % BLOCK_N == 0, "BLOCK_M must be a multiple of BLOCK_N")
     full_end, masked_end = _key_ranges(q_start, seq_start, seq_end, CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, seq_start, full_end,
-                               offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION)
+                               offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, False, NEG_SCALE, DOT_PRECISION)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_head, V_head, stride_kt, stride_vt, full_end, masked_end,
-                               offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PRECISION)
+                               offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, True, NEG_SCALE, DOT_PRECISION)
 
-    # every real row saw at least one key (itself when causal); the guard only covers padding rows
-    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    # padding rows (past the sample) saw no key: divide by 1 there. A real row always sees a key
+    # (itself when causal), so l = 0 there means every score was -inf (an inf in q or k): 0 / 0 = NaN
+    # then, as in any softmax, rather than a silent 0
+    l_i = tl.where(row_ok, l_i, 1.0)
     out = acc / l_i[:, None]
     tl.store(_row_tile(O, head, stride_oh, first_row, stride_ot, BLOCK_M, HEAD_DIM),
              out.to(O.dtype.element_ty), mask=row_ok[:, None])
@@ -340,14 +408,14 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_
 
 @triton.autotune(key=_TUNE_KEY, **_autotune_args("dkdv"))
 @triton.jit(do_not_specialize=_VARYING_INTS)
-def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS,
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS, SCHED_ORDER, SCHED_CU,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                      stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
-                     batch, n_search, qk_scale, sm_scale, SEQ_BUCKET,
+                     heads, batch, n_search, qk_scale, sm_scale, SEQ_BUCKET,
                      HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    head = tl.program_id(1).to(tl.int64)
-    k_start, seq_start, seq_end = _locate_block(CU_SEQLENS, tl.program_id(0), batch, n_search, BLOCK_N)
+    slot, head = _program(heads)
+    k_start, seq_start, seq_end = _locate_block(CU_SEQLENS, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK_N)
     if k_start >= seq_end:
         return
     offs_n = k_start + tl.arange(0, BLOCK_N)
@@ -363,6 +431,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS,
     DO_head = DO + head * stride_doh
     LSE_head = LSE + head * stride_lse_h
     DELTA_head = DELTA + head * stride_lse_h
+    # the diagonal range [k_start, k_start + BLOCK_N) must hold whole query steps
+    tl.static_assert(BLOCK_N % BLOCK_M == 0, "BLOCK_N must be a multiple of BLOCK_M")
     if CAUSAL:
         # queries of the diagonal block see only part of it; later queries see all of it
         diag_end = tl.minimum(k_start + BLOCK_N, seq_end)
@@ -418,14 +488,14 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, l
 
 @triton.autotune(key=_TUNE_KEY, **_autotune_args("dq"))
 @triton.jit(do_not_specialize=_VARYING_INTS)
-def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS, SCHED_ORDER, SCHED_CU,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                    stride_dqt, stride_dqh, stride_lse_h,
-                   batch, n_search, qk_scale, sm_scale, SEQ_BUCKET,
+                   heads, batch, n_search, qk_scale, sm_scale, SEQ_BUCKET,
                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    head = tl.program_id(1).to(tl.int64)
-    q_start, seq_start, seq_end = _locate_block(CU_SEQLENS, tl.program_id(0), batch, n_search, BLOCK_M)
+    slot, head = _program(heads)
+    q_start, seq_start, seq_end = _locate_block(CU_SEQLENS, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK_M)
     if q_start >= seq_end:
         return
     if CAUSAL:
@@ -442,6 +512,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS,
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     K_head = K + head * stride_kh
     V_head = V + head * stride_vh
+    # the unmasked/masked split ends the unmasked keys on a BLOCK_N boundary of the query block
+    tl.static_assert(BLOCK_M % BLOCK_N == 0, "BLOCK_M must be a multiple of BLOCK_N")
     full_end, masked_end = _key_ranges(q_start, seq_start, seq_end, CAUSAL, BLOCK_M, BLOCK_N)
     dq = _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, seq_start, full_end,
                        offs_m, seq_end, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PRECISION)
@@ -472,6 +544,18 @@ def _schedule(cu_seqlens: torch.Tensor) -> tuple[int, int]:
     return batch, max(1, batch.bit_length())
 
 
+def _longest_first(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Device-side launch order (no host sync): ``order`` int32 ``[batch]``, the samples by
+    decreasing length (ties in sample order), and ``order_cu`` int32 ``[batch + 1]``, the
+    cumulative lengths in that order. Heavy programs then start first and the grid ends on light
+    ones, which shortens the tail of a ragged launch (see ``GRID_ORDER``)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    order = torch.argsort(lengths, descending=True, stable=True)
+    order_cu = torch.zeros_like(cu_seqlens)
+    torch.cumsum(lengths.index_select(0, order), 0, dtype=torch.int32, out=order_cu[1:])
+    return order.to(torch.int32), order_cu
+
+
 def _stride2(t: torch.Tensor) -> tuple[int, int]:
     """(token stride, head stride) of a [total, heads, head_dim] tensor."""
     return t.stride(0), t.stride(1)
@@ -491,12 +575,12 @@ def varlen_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     batch, n_search = _schedule(cu_seqlens)
     if total == 0 or batch == 0 or heads == 0:
         return out.zero_(), lse  # no sample owns a token (invalid unless total == 0): never garbage
-    grid = lambda meta: (total // meta["BLOCK_M"] + batch, heads)  # noqa: E731
+    grid = lambda meta: ((total // meta["BLOCK_M"] + batch) * heads,)  # noqa: E731
     _fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens,
+        q, k, v, out, lse, cu_seqlens, *_longest_first(cu_seqlens),
         *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(out), lse.stride(0),
-        batch, n_search, softmax_scale * LOG2E, seqlen_bucket(seq_hint),
-        HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype),
+        heads, batch, n_search, softmax_scale * LOG2E, seqlen_bucket(seq_hint),
+        HEAD_DIM=head_dim, CAUSAL=causal, NEG_SCALE=softmax_scale < 0, DOT_PRECISION=_dot_precision(q.dtype),
     )
     return out, lse
 
@@ -525,18 +609,19 @@ def varlen_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tens
     qk_scale = softmax_scale * LOG2E
     bucket = seqlen_bucket(seq_hint)
     precision = _dot_precision(q.dtype)
-    dkdv_grid = lambda meta: (total // meta["BLOCK_N"] + batch, heads)  # noqa: E731
+    order = _longest_first(cu_seqlens)
+    dkdv_grid = lambda meta: ((total // meta["BLOCK_N"] + batch) * heads,)  # noqa: E731
     _bwd_dkdv_kernel[dkdv_grid](
-        q, k, v, dout, dk, dv, lse, delta, cu_seqlens,
+        q, k, v, dout, dk, dv, lse, delta, cu_seqlens, *order,
         *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(dout), *_stride2(dk), *_stride2(dv), lse.stride(0),
-        batch, n_search, qk_scale, softmax_scale, bucket,
+        heads, batch, n_search, qk_scale, softmax_scale, bucket,
         HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=precision,
     )
-    dq_grid = lambda meta: (total // meta["BLOCK_M"] + batch, heads)  # noqa: E731
+    dq_grid = lambda meta: ((total // meta["BLOCK_M"] + batch) * heads,)  # noqa: E731
     _bwd_dq_kernel[dq_grid](
-        q, k, v, dout, dq, lse, delta, cu_seqlens,
+        q, k, v, dout, dq, lse, delta, cu_seqlens, *order,
         *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(dout), *_stride2(dq), lse.stride(0),
-        batch, n_search, qk_scale, softmax_scale, bucket,
+        heads, batch, n_search, qk_scale, softmax_scale, bucket,
         HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=precision,
     )
     return dq, dk, dv

@@ -38,7 +38,7 @@ def reference_attention(q, k, v, cu_seqlens, softmax_scale, causal=False) -> tor
         scores = qs @ ks.transpose(-1, -2) * softmax_scale
         if causal:
             n = end - start
-            scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+            scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
         outs.append((scores.softmax(-1) @ vs).transpose(0, 1))
     return torch.cat(outs) if outs else q.new_zeros(q.shape, dtype=torch.float64)
 

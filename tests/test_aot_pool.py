@@ -1,12 +1,11 @@
 """Ahead-of-time compiles of the pooling kernels for sm_80/sm_90 (no GPU needed): no spills.
 
 Compiles exactly the configurations the launchers pick (``pool_config``, ``mean_config``), under
-this environment's Triton and, when ``/work/venv36`` (or ``$ELASTICAST_TRITON36_PYTHON``) exists,
+this environment's Triton and, when ``.venv-t36`` (or ``$ELASTICAST_TRITON36_PYTHON``) exists,
 under Triton 3.6, the GPU machine's version. All compiles of one environment share one subprocess.
 """
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 
@@ -14,42 +13,19 @@ import pytest
 import torch
 
 from aot import AotRequest, compile_reports
+from elasticast_kernels.bench.static.specs import pool_signature, raw_function
 from elasticast_kernels.ops import segment_pool_kernels as kernels
 
 CUDA = torch.device("cuda")  # only read by the config helpers; nothing runs on it
-TRITON36_PYTHON = os.environ.get("ELASTICAST_TRITON36_PYTHON", "/work/venv36/bin/python")
-
-# Pointer arguments holding data in the op's dtype; every other pointer is int32 (CU) or fp32.
-DATA_POINTERS = {"Q", "K", "V", "OUT", "DOUT", "DK", "DV", "X", "DX"}
-FLOAT_SCALARS = {"qk_scale_log2", "softmax_scale"}
-CONSTEXPRS = {"MEAN", "INT64_INDEX", "HEAD_DIM"}
-
-
-def signature(kernel, dtype: str) -> dict[str, str]:
-    params = inspect.signature(_raw(kernel)).parameters
-    sig = {}
-    for name in params:
-        if name.startswith("BLOCK_") or name in CONSTEXPRS:
-            sig[name] = "constexpr"
-        elif name.isupper():
-            sig[name] = f"*{dtype}" if name in DATA_POINTERS else ("*i32" if name == "CU" else "*fp32")
-        else:
-            sig[name] = "fp32" if name in FLOAT_SCALARS else "i32"
-    return sig
-
-
-def _raw(kernel):
-    while not inspect.isfunction(kernel):
-        kernel = kernel.fn
-    return kernel
-
+TRITON36_PYTHON = os.environ.get(
+    "ELASTICAST_TRITON36_PYTHON", str(Path(__file__).resolve().parent.parent / ".venv-t36" / "bin" / "python")
+)
 
 def request(kernel, dtype, arch, constexprs, num_warps):
-    sig = signature(kernel, dtype)
     # As Triton's runtime specialises them for torch tensors: aligned pointers, 16-multiple
     # strides and head_dim (head_dim 64/128, dim 768).
-    aligned = [n for n, t in sig.items() if t.startswith("*") or n.startswith("stride") or n == "width"]
-    return AotRequest(kernel, sig, constexprs, arch, num_warps=num_warps, num_stages=1, divisible_by_16=aligned)
+    signature, aligned = pool_signature(kernel, dtype)
+    return AotRequest(kernel, signature, constexprs, arch, num_warps=num_warps, num_stages=1, divisible_by_16=aligned)
 
 
 def pool_requests(head_dim, dtype, arch, int64_index=False):
@@ -77,7 +53,7 @@ def aux_requests(dtype, arch):
 
 def current_requests():
     reqs = [r for arch in (80, 90) for dtype in ("fp16", "bf16") for r in pool_requests(64, dtype, arch)]
-    reqs += [r for head_dim in (32, 128, 256) for r in pool_requests(head_dim, "bf16", 90)]
+    reqs += [r for head_dim in (32, 128, 256) for arch in (80, 90) for r in pool_requests(head_dim, "bf16", arch)]
     reqs += pool_requests(64, "bf16", 90, int64_index=True)  # tensors past 2^31 elements
     reqs += aux_requests("bf16", 90) + aux_requests("fp16", 80)
     return reqs
@@ -88,8 +64,7 @@ def triton36_requests():
 
 
 def describe(req):
-    dtype = next(t for n, t in req.signature.items() if n in DATA_POINTERS)
-    return f"{_raw(req.kernel).__name__}-sm{req.arch}-{dtype}"
+    return f"{raw_function(req.kernel).__name__}-sm{req.arch}-{req.signature['K' if 'K' in req.signature else 'X']}"
 
 
 @pytest.fixture(scope="module")

@@ -367,12 +367,13 @@ def _pick_chunk(total_tokens: int, programs_per_chunk: int, block_n: int, device
 
 
 def pool_config(head_dim: int, device: torch.device, backward: bool) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_D, num_warps) for the pooling 
+    """(BLOCK_N, BLOCK_D, num_warps) for the pooling kernels.
 
-    Sized by elements of a [BLOCK_N, BLOCK_D] tile per thread: 16 in the forward with 4 warps
-    (48-72 registers; an 8-warp variant spilled on sm_80), 8 in the backward, which keeps four
-    tiles live (64-80 registers with 8 warps). Spill-free for head_dim 32..256 on sm_80/sm_90 under
-    Triton 3.6 and 3.9 (tests/test_aot_pool.py). Under the interpreter, small tiles.
+    Sized by elements of a [BLOCK_N, BLOCK_D] tile per thread. Forward: 16 with 4 warps up to
+    head_dim 64 (48-72 registers); from head_dim 128 on, the same rows with 8 warps, 8 elements
+    per thread (16 spilled 8 bytes on sm_80 in bf16 under Triton 3.9). Backward: 8, which keeps
+    four tiles live (64-80 registers with 8 warps). Spill-free for head_dim 32..256 on
+    sm_80/sm_90 under Triton 3.6 and 3.9 (tests/test_aot_pool.py). Under the interpreter, small tiles.
     """
     block_d = max(16, next_pow2(head_dim))
     if device.type != "cuda":
@@ -380,7 +381,7 @@ def pool_config(head_dim: int, device: torch.device, backward: bool) -> tuple[in
     if backward:
         num_warps = 8 if block_d >= 64 else 4
         return min(128, 8 * 32 * num_warps // block_d), block_d, num_warps
-    return min(128, 16 * 32 * 4 // block_d), block_d, 4
+    return min(128, 16 * 32 * 4 // block_d), block_d, 8 if block_d >= 128 else 4
 
 
 def segment_attention_pool_forward(q, k, v, cu_seqlens, softmax_scale):
@@ -463,7 +464,7 @@ def _slot_sum_block(width: int, device: torch.device) -> int:
 
 
 def mean_config(width: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_W, num_warps) for the segment-mean """
+    """(BLOCK_N, BLOCK_W, num_warps) for the segment-mean kernels."""
     if device.type != "cuda":
         return 32, min(64, max(16, next_pow2(width))), 4
     return 32, min(256, max(16, next_pow2(width))), 4

@@ -369,11 +369,13 @@ def _pick_chunk(total_tokens: int, programs_per_chunk: int, block_n: int, device
 def pool_config(head_dim: int, device: torch.device, backward: bool) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_D, num_warps) for the pooling kernels.
 
-    Sized by elements of a [BLOCK_N, BLOCK_D] tile per thread. Forward: 16 with 4 warps up to
-    head_dim 64 (48-72 registers); from head_dim 128 on, the same rows with 8 warps, 8 elements
-    per thread (16 spilled 8 bytes on sm_80 in bf16 under Triton 3.9). Backward: 8, which keeps
-    four tiles live (64-80 registers with 8 warps). Spill-free for head_dim 32..256 on
-    sm_80/sm_90 under Triton 3.6 and 3.9 (tests/test_aot_pool.py). Under the interpreter, small tiles.
+    Sized by elements of a [BLOCK_N, BLOCK_D] tile per thread: 16 in the forward with 4 warps
+    (48-72 registers), 8 in the backward, which keeps four tiles live (64-80 registers with 8
+    warps). Spill-free on sm_90, and on sm_80 except the bf16 head_dim-128 forward under Triton 3.9
+    (8 bytes of stack in a loop that calls a conversion routine): its alternatives, 8x128 w4 and
+    16x128 w8, issue 1.9x and 2.5x the warp-instructions per token (static report), a worse trade
+    for a bandwidth-bound kernel. tests/test_aot_pool.py checks the rest. Under the interpreter,
+    small tiles.
     """
     block_d = max(16, next_pow2(head_dim))
     if device.type != "cuda":
@@ -381,7 +383,7 @@ def pool_config(head_dim: int, device: torch.device, backward: bool) -> tuple[in
     if backward:
         num_warps = 8 if block_d >= 64 else 4
         return min(128, 8 * 32 * num_warps // block_d), block_d, num_warps
-    return min(128, 16 * 32 * 4 // block_d), block_d, 8 if block_d >= 128 else 4
+    return min(128, 16 * 32 * 4 // block_d), block_d, 4
 
 
 def segment_attention_pool_forward(q, k, v, cu_seqlens, softmax_scale):

@@ -7,8 +7,8 @@ They differ in how they get there, which is what the benchmarks compare:
 ===============  =================================================================================
 ``triton``       our varlen kernel (``elasticast_kernels.ops.varlen_attention``); CUDA, or CPU
                  under ``TRITON_INTERPRET=1`` (slow, for testing only)
-``torch``        ``scaled_dot_product_attention`` without padding: one batched call per group of
-                 equal-length samples (one call in all when every sample has the same length)
+``torch``        ``scaled_dot_product_attention`` without padding: one batched call per run of
+                 consecutive equal-length samples (one call in all when every sample has the same length)
 ``flex``         ``torch.nn.attention.flex_attention`` with a document mask (compiled on CUDA; on
                  CPU it runs eagerly, unfused, materialising ``[heads, total, total]`` scores,
                  and has no backward there: inference only on CPU). **Does not isolate
@@ -60,71 +60,49 @@ def _heads_first(x: torch.Tensor, segments: int, length: int) -> torch.Tensor:
     return x.view(segments, length, *x.shape[1:]).transpose(1, 2)
 
 
-def _length_groups(layout: SeqLayout) -> list[tuple[int, int, torch.Tensor | None, tuple[int, int] | None]]:
-    """Segments grouped by length: ``(length, count, token index or None, contiguous span or None)``.
-
-    A group whose segments sit back to back in the packed tensor is a contiguous span (a view, no
-    copy); any other group gathers its tokens with an int64 index on the layout's device.
-    """
-    starts = layout.segment_starts()
-    members: dict[int, list[int]] = {}
-    for segment, length in enumerate(layout.seqlens):
-        if length > 0:
-            members.setdefault(length, []).append(segment)
-    groups = []
-    for length, segments in members.items():
-        first = starts[segments[0]]
-        if all(starts[s] == first + i * length for i, s in enumerate(segments)):
-            groups.append((length, len(segments), None, (first, first + len(segments) * length)))
+def _equal_length_runs(layout: SeqLayout) -> list[tuple[int, int]]:
+    """``(length, count)`` of each maximal run of consecutive non-empty segments of one length, in
+    token order (a batch of equal-length clips is one run; all lengths distinct, one run each)."""
+    runs: list[list[int]] = []
+    for length in layout.seqlens:
+        if length == 0:
+            continue  # owns no token: nothing to attend
+        if runs and runs[-1][0] == length:
+            runs[-1][1] += 1
         else:
-            index = torch.cat([torch.arange(starts[s], starts[s] + length) for s in segments])
-            groups.append((length, len(segments), host_to_device(index, layout.device), None))
-    return groups
+            runs.append([length, 1])
+    return [(length, count) for length, count in runs]
 
 
 def _torch_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
-    # Samples of equal length form one [count, heads, length, head_dim] batch: one fused SDPA
-    # call per distinct length, no padding, no mask (one call in all for equal-length clips).
-    # 4-D inputs matter: the CPU flash kernel only takes them (3-D falls back to the unfused math
-    # path, about 6x slower).
-    groups = layout.cached(("length_groups", q.device), lambda: _length_groups(layout))
-    if not groups:  # no token at all: an empty [0, heads, head_dim] result, still on q's graph
+    # Consecutive samples of equal length form one [count, heads, length, head_dim] batch: one
+    # fused SDPA call per run, no padding, no mask (one call in all for a batch of equal-length
+    # clips). 4-D inputs matter: the CPU flash kernel only takes them (3-D falls back to the
+    # unfused math path, about 6x slower). One split, not a slice per run, keeps the backward a
+    # single concatenation. Runs are never gathered from across the batch: on the CPU the
+    # gathers cost more than the batching saves (measured).
+    runs = layout.cached("equal_length_runs", lambda: _equal_length_runs(layout))
+    if not runs:  # no token at all: an empty [0, heads, head_dim] result, still on q's graph
         return q.clone()
-    if len(groups) == 1 and groups[0][3] == (0, q.shape[0]):  # every token in one view
-        length, count = groups[0][0], groups[0][1]
-        out = F.scaled_dot_product_attention(*(_heads_first(x, count, length) for x in (q, k, v)), scale=softmax_scale)
-        return _keep_nan_queries(out.transpose(1, 2).reshape(q.shape), q)
-    spans, gathers = [], []
-    for length, count, index, span in groups:
-        if span is not None:
-            parts = [x[span[0]:span[1]] for x in (q, k, v)]
-        else:
-            parts = [x.index_select(0, index) for x in (q, k, v)]
+    sizes = [length * count for length, count in runs]
+    outputs = []
+    for (length, count), *parts in zip(runs, *(x.split(sizes) for x in (q, k, v))):
         result = F.scaled_dot_product_attention(*(_heads_first(x, count, length) for x in parts), scale=softmax_scale)
-        result = result.transpose(1, 2).reshape(count * length, *q.shape[1:])
-        if span is not None:
-            spans.append((span[0], result))
-        else:
-            gathers.append((index, result))
-    if not gathers:  # every group back to back (e.g. all lengths distinct): concatenate in token order
-        out = torch.cat([result for _, result in sorted(spans, key=lambda item: item[0])])
-    else:
-        out = q.new_zeros(q.shape)  # empty samples own no token, so every token is written below
-        for start, result in spans:
-            out[start:start + result.shape[0]] = result
-        for index, result in gathers:
-            out.index_copy_(0, index, result)
-    return _keep_nan_queries(out, q)
+        # back to tokens first: a view for one sample, one copy for a batch of them
+        outputs.append(result[0].transpose(0, 1) if count == 1 else result.transpose(1, 2).reshape(-1, *q.shape[1:]))
+    out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    return out + _nan_rows(q)
 
 
-def _keep_nan_queries(out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``out`` with NaN in every row whose query holds a NaN.
+def _nan_rows(q: torch.Tensor) -> torch.Tensor:
+    """``[total, heads, 1]``: NaN where a query row holds a NaN, else 0 (no gradient).
 
     PyTorch's CPU flash SDPA returns zeros for a query row with a NaN (it treats the row as fully
-    masked), which would hide the NaN. Adding ``0 * sum(q)`` per row restores it for that token
-    alone (0 * NaN = NaN, 0 * finite = 0) at the cost of one reduction over q.
+    masked), which would hide the NaN; adding this to the output restores it for that token alone
+    (0 * NaN = NaN, 0 * finite = 0) at the cost of one reduction over q.
     """
-    return out + q.sum(-1, keepdim=True) * 0
+    with torch.no_grad():
+        return q.sum(-1, keepdim=True).mul_(0)
 
 
 @functools.lru_cache(maxsize=None)

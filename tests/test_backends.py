@@ -30,7 +30,7 @@ LAYOUTS = [
     ((5, 12, 1, 9), (0, 2, 3, 4)),
     ((33, 3, 17, 17, 8), (0, 1, 3, 5)),
     ((6, 6, 6, 6), (0, 2, 4)),  # equal lengths: one batched call
-    ((4, 9, 4, 0, 9, 4), (0, 6)),  # interleaved equal-length groups and an empty sample: gathers
+    ((4, 9, 4, 0, 9, 9, 4), (0, 7)),  # equal lengths apart and adjacent, an empty sample: runs
 ]
 
 

@@ -40,7 +40,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from elasticast_kernels.layout import SeqLayout, host_to_device
+from elasticast_kernels.layout import SeqLayout
 from elasticast_kernels.ops._common import triton_available, triton_interpret
 from elasticast_kernels.ops._validation import resolve_softmax_scale
 

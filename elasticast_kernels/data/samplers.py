@@ -247,9 +247,7 @@ class PackedBatchSampler(Sampler[list[int]]):
             "epoch": self.epoch,
             "consumed_steps": int(consumed_steps),
             "num_replicas": self.num_replicas,
-            "num_samples": int(self.lengths.size),
-            "lengths_crc32": self._lengths_crc32(),
-            **{name: getattr(self, name) for name in _SCHEDULE_OPTIONS},
+            **self._schedule_identity(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -265,9 +263,7 @@ class PackedBatchSampler(Sampler[list[int]]):
         """
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise ValueError(f"state is not a sampler state_dict of version {_STATE_VERSION}: {state!r:.200}")
-        mine = {"num_samples": int(self.lengths.size), "lengths_crc32": self._lengths_crc32(),
-                **{name: getattr(self, name) for name in _SCHEDULE_OPTIONS}}
-        for name, value in mine.items():
+        for name, value in self._schedule_identity().items():
             if state.get(name) != value:
                 raise ValueError(f"state was saved with {name}={state.get(name)!r}, this sampler has {value!r}: "
                                  "resuming would follow another schedule")
@@ -284,10 +280,12 @@ class PackedBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
         self._start_step = int(consumed)
 
-    def _lengths_crc32(self) -> int:
+    def _schedule_identity(self) -> dict:
+        """What the schedule depends on: the lengths (count and CRC) and the schedule options."""
         if self._crc32 is None:
             self._crc32 = zlib.crc32(np.ascontiguousarray(self.lengths).tobytes())
-        return self._crc32
+        return {"num_samples": int(self.lengths.size), "lengths_crc32": self._crc32,
+                **{name: getattr(self, name) for name in _SCHEDULE_OPTIONS}}
 
     # ------------------------------------------------------------------ public
     def __iter__(self) -> Iterator[list[int]]:

@@ -164,7 +164,7 @@ def _pool_forward_op(
     ``lse2`` is the base-2 log-sum-exp with the scale folded in (-inf for an empty sample), the
     layout ``segment_pool_kernels`` defines.
     """
-    kernels = _kernels(k, k, v)
+    kernels = _kernels(k, v)
     if kernels is not None:
         with on_device(k):
             return kernels.segment_attention_pool_forward(q, k, v, cu_seqlens, softmax_scale)
@@ -190,7 +190,7 @@ def _pool_backward_op(
     softmax_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(dq, dk, dv)`` shaped and typed like ``q``, ``k``, ``v`` (contiguous)."""
-    kernels = _kernels(k, k, v)  # dk and dv are dense: their rows are no wider than k's
+    kernels = _kernels(k, v)  # dk and dv are dense: their rows are no wider than k's
     if kernels is not None:
         with on_device(k):
             return kernels.segment_attention_pool_backward(dout, q, k, v, out, lse, cu_seqlens, softmax_scale)

@@ -29,17 +29,51 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what:
     assert error <= tol * magnitude, f"{what}: max error {error:.3g} > {tol:.1g} * {magnitude:.3g}"
 
 
-def reference_attention(q, k, v, cu_seqlens, softmax_scale, causal=False) -> torch.Tensor:
-    """Per-sample softmax attention in float64 (differentiable): ``[total, heads, head_dim]``."""
-    bounds = cu_seqlens.tolist()
+def visible_keys(seqlen_q: int, seqlen_k: int, causal: bool = False, window: tuple[int, int] = (-1, -1),
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """bool ``[seqlen_q, seqlen_k]``: which keys each query of one sample may see (flash-attn's rule).
+
+    Query ``i`` is aligned with key ``i + seqlen_k - seqlen_q`` (bottom-right). ``causal`` is the
+    window ``(left, 0)``; ``window = (left, right)`` lets query ``i`` see keys
+    ``[i + seqlen_k - seqlen_q - left, i + seqlen_k - seqlen_q + right]``, ``-1`` meaning unbounded.
+    """
+    left, right = window
+    if causal:
+        right = 0
+    rows = torch.arange(seqlen_q, device=device)[:, None] + (seqlen_k - seqlen_q)
+    cols = torch.arange(seqlen_k, device=device)[None, :]
+    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if right >= 0:
+        visible &= cols <= rows + right
+    if left >= 0:
+        visible &= cols >= rows - left
+    return visible
+
+
+def reference_attention(q, k, v, cu_seqlens, softmax_scale, causal=False, *, cu_seqlens_k=None,
+                        window=(-1, -1), softcap=0.0) -> torch.Tensor:
+    """Per-sample softmax attention in float64 (differentiable): ``[total_q, heads, head_dim]``.
+
+    flash-attn's semantics: ``k``/``v`` may have fewer heads (``heads % heads_k == 0``, query head
+    ``h`` reads key head ``h // (heads // heads_k)``); ``cu_seqlens_k`` (default: ``cu_seqlens``)
+    gives the keys of each sample (cross-attention); ``causal``/``window`` as `visible_keys`;
+    ``softcap > 0`` replaces the scaled scores ``s`` by ``softcap * tanh(s / softcap)``. A query
+    that sees no key at all (a window or a causal mask past the keys, or no keys) gives 0.
+    """
+    bounds_q = cu_seqlens.tolist()
+    bounds_k = bounds_q if cu_seqlens_k is None else cu_seqlens_k.tolist()
+    group = q.shape[1] // k.shape[1]
     outs = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        qs, ks, vs = (t[start:end].double().transpose(0, 1) for t in (q, k, v))  # [heads, n, d]
+    for (q0, q1), (k0, k1) in zip(zip(bounds_q[:-1], bounds_q[1:]), zip(bounds_k[:-1], bounds_k[1:])):
+        qs = q[q0:q1].double().transpose(0, 1)  # [heads, n_q, d]
+        ks, vs = (t[k0:k1].double().repeat_interleave(group, dim=1).transpose(0, 1) for t in (k, v))
         scores = qs @ ks.transpose(-1, -2) * softmax_scale
-        if causal:
-            n = end - start
-            scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-        outs.append((scores.softmax(-1) @ vs).transpose(0, 1))
+        if softcap > 0:
+            scores = softcap * torch.tanh(scores / softcap)
+        visible = visible_keys(q1 - q0, k1 - k0, causal, window, q.device)
+        probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        probs = probs.masked_fill(~visible.any(-1, keepdim=True), 0.0)  # rows that see nothing: 0, not NaN
+        outs.append((probs @ vs).transpose(0, 1))
     return torch.cat(outs) if outs else q.new_zeros(q.shape, dtype=torch.float64)
 
 

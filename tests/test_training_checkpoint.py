@@ -72,7 +72,7 @@ def test_load_rejects_truncated_foreign_and_incomplete_files(tmp_path):
     data = path.read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated.pt is unreadable or truncated"):
+    with pytest.raises(CheckpointError, match="truncated.pt is unreadable, truncated"):
         load_checkpoint(truncated)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": {}, "step": 1}, foreign)  # complete, but not written by save_checkpoint

@@ -87,9 +87,9 @@ def test_negative_scale_causal(lengths):
 def test_longest_first_schedule(lengths):
     """The device-side launch order: samples by decreasing length, ties in sample order, and the
     cumulative lengths in that order (what the kernels bisect)."""
-    from elasticast_kernels.ops.varlen_attention_kernels import _longest_first
+    from elasticast_kernels.ops._common import longest_first
 
-    order, order_cu = _longest_first(cu_from(lengths))
+    order, order_cu = longest_first(cu_from(lengths))
     expected = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     assert order.dtype == order_cu.dtype == torch.int32
     assert order.tolist() == expected

@@ -32,3 +32,40 @@ def test_reference_with_negative_scale():
     out = reference_attention(q, k, v, cu_from([2]), -3.0)
     weights = torch.softmax(torch.tensor([-3.0, 3.0], dtype=torch.float64), 0)
     assert torch.allclose(out[:, 0, 0], (weights * torch.tensor([10.0, 20.0], dtype=torch.float64)).sum().expand(2))
+
+
+@pytest.mark.parametrize("causal, window", [(False, (-1, -1)), (True, (-1, -1)), (False, (2, 1)), (True, (3, -1)),
+                                            (False, (0, 0))])
+def test_reference_cross_gqa_window_against_dense_masked_sdpa(causal, window):
+    """GQA (4 query heads on 2 key heads), cross-attention (other key lengths) and windows,
+    against SDPA with an explicit mask built independently from flash-attn's rule: query ``i``
+    of a sample sees key ``j`` iff ``i + Lk - Lq - left <= j <= i + Lk - Lq + right``."""
+    lengths_q, lengths_k = [3, 5, 1, 4], [6, 2, 0, 4]
+    cu_q, cu_k = cu_from(lengths_q), cu_from(lengths_k)
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(sum(lengths_q), 4, 8, dtype=torch.float64, generator=generator)
+    k, v = (torch.randn(sum(lengths_k), 2, 8, dtype=torch.float64, generator=generator) for _ in range(2))
+    out = reference_attention(q, k, v, cu_q, 0.7, causal, cu_seqlens_k=cu_k, window=window)
+    left, right = window[0], 0 if causal else window[1]
+    for b, (lq, lk) in enumerate(zip(lengths_q, lengths_k)):
+        qs = q[cu_q[b]:cu_q[b + 1]].transpose(0, 1)
+        ks, vs = (t[cu_k[b]:cu_k[b + 1]].repeat_interleave(2, dim=1).transpose(0, 1) for t in (k, v))
+        mask = torch.zeros(lq, lk, dtype=torch.bool)
+        for i in range(lq):
+            for j in range(lk):
+                aligned = i + lk - lq
+                mask[i, j] = (right < 0 or j <= aligned + right) and (left < 0 or j >= aligned - left)
+        expected = torch.zeros(lq, 4, 8, dtype=torch.float64)
+        rows = mask.any(1)
+        if rows.any():
+            attended = torch.nn.functional.scaled_dot_product_attention(
+                qs[:, rows], ks, vs, attn_mask=mask[rows], scale=0.7).transpose(0, 1)
+            expected[rows] = attended
+        torch.testing.assert_close(out[cu_q[b]:cu_q[b + 1]], expected)
+
+
+def test_reference_softcap():
+    q, k, v = (torch.randn(5, 1, 4, dtype=torch.float64) for _ in range(3))
+    out = reference_attention(q, k, v, cu_from([5]), 2.0, softcap=3.0)
+    scores = 3.0 * torch.tanh(q[:, 0] @ k[:, 0].T * 2.0 / 3.0)
+    torch.testing.assert_close(out[:, 0], scores.softmax(-1) @ v[:, 0])

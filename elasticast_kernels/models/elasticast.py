@@ -153,6 +153,15 @@ class ElasticAST(nn.Module):
         if packing not in STRATEGIES:
             raise ValueError(f"packing must be one of the pack_lengths strategies {list(STRATEGIES)}, got {packing!r}")
 
+        # the constructor's arguments, as a saved model rebuilds it (`elasticast_kernels.saved_model`)
+        self._config = dict(
+            sample_size=[max_freq, max_time], patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth,
+            heads=heads, channels=channels, dropout=float(dropout), emb_dropout=float(emb_dropout),
+            token_dropout_prob=None if token_dropout_prob is None else float(token_dropout_prob),
+            avg_pool_tk=bool(avg_pool_tk), random_token_dropout=float(random_token_dropout),
+            eval_token_dropout=float(eval_token_dropout), attention_backend=attention_backend, packing=packing,
+            softmax_scale=float(softmax_scale), pos_embed_interpolation=bool(pos_embed_interpolation),
+        )
         self.patch_size = patch_size
         self.channels = channels
         self.num_classes = num_classes
@@ -177,6 +186,12 @@ class ElasticAST(nn.Module):
         self.attn_pool = AttentionPool(dim, heads, softmax_scale=self.softmax_scale, learnable_query=False)
         self.mlp_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.head = nn.Linear(dim, num_classes)
+
+    @property
+    def config(self) -> dict:
+        """The constructor's keyword arguments (plain Python values): ``ElasticAST(**model.config)``
+        builds the same architecture with the same softmax scale and options."""
+        return {key: list(value) if isinstance(value, list) else value for key, value in self._config.items()}
 
     # --------------------------------------------------------------------------------------------
     def forward(self, batched_samples, group_samples: bool = True, group_max_seq_len: int = 2048) -> torch.Tensor:

@@ -55,3 +55,15 @@ def use_triton(tensor: torch.Tensor) -> bool:
 def on_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
     """Triton launches on the current CUDA device: make it ``tensor``'s (multi-GPU safety)."""
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def longest_first(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Device-side launch order (no host sync): ``order`` int32 ``[batch]``, the samples by
+    decreasing length (ties in sample order), and ``order_cu`` int32 ``[batch + 1]``, the
+    cumulative lengths in that order. Heavy programs then start first and the grid ends on light
+    ones, which shortens the tail of a ragged launch (``GRID_ORDER`` of the kernels module)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    order = torch.argsort(lengths, descending=True, stable=True)
+    order_cu = torch.zeros_like(cu_seqlens)
+    torch.cumsum(lengths.index_select(0, order), 0, dtype=torch.int32, out=order_cu[1:])
+    return order.to(torch.int32), order_cu

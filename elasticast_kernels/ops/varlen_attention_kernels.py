@@ -8,7 +8,7 @@ recomputes probabilities with one ``exp2``. Its rows are padded to a multiple of
 (``lse_columns``) so their stride is 16-divisible.
 
 Scheduling without a host sync: a kernel that works on blocks of ``BLOCK`` tokens of each sample
-ranks the samples by decreasing length on the device (``_longest_first``: ``order`` and the
+ranks the samples by decreasing length on the device (`ops._common.longest_first`: ``order`` and the
 cumulative lengths ``c`` in that order) and gives the sample of rank ``r`` the program slots
 ``[r + c[r] // BLOCK, r + 1 + c[r + 1] // BLOCK)``. That range holds at least
 ``ceil(len / BLOCK)`` slots, so ``total_tokens // BLOCK + batch`` slots cover every block of every
@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from elasticast_kernels.ops._common import LOG2E, lse_columns, triton_interpret
+from elasticast_kernels.ops._common import LOG2E, longest_first, lse_columns, triton_interpret
 from elasticast_kernels.ops._triton_common import tile_offsets
 
 # --- autotune configs -------------------------------------------------------------------------
@@ -544,18 +544,6 @@ def _schedule(cu_seqlens: torch.Tensor) -> tuple[int, int]:
     return batch, max(1, batch.bit_length())
 
 
-def _longest_first(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Device-side launch order (no host sync): ``order`` int32 ``[batch]``, the samples by
-    decreasing length (ties in sample order), and ``order_cu`` int32 ``[batch + 1]``, the
-    cumulative lengths in that order. Heavy programs then start first and the grid ends on light
-    ones, which shortens the tail of a ragged launch (see ``GRID_ORDER``)."""
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    order = torch.argsort(lengths, descending=True, stable=True)
-    order_cu = torch.zeros_like(cu_seqlens)
-    torch.cumsum(lengths.index_select(0, order), 0, dtype=torch.int32, out=order_cu[1:])
-    return order.to(torch.int32), order_cu
-
-
 def _stride2(t: torch.Tensor) -> tuple[int, int]:
     """(token stride, head stride) of a [total, heads, head_dim] tensor."""
     return t.stride(0), t.stride(1)
@@ -577,7 +565,7 @@ def varlen_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         return out.zero_(), lse  # no sample owns a token (invalid unless total == 0): never garbage
     grid = lambda meta: ((total // meta["BLOCK_M"] + batch) * heads,)  # noqa: E731
     _fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens, *_longest_first(cu_seqlens),
+        q, k, v, out, lse, cu_seqlens, *longest_first(cu_seqlens),
         *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(out), lse.stride(0),
         heads, batch, n_search, softmax_scale * LOG2E, seqlen_bucket(seq_hint),
         HEAD_DIM=head_dim, CAUSAL=causal, NEG_SCALE=softmax_scale < 0, DOT_PRECISION=_dot_precision(q.dtype),
@@ -609,7 +597,7 @@ def varlen_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tens
     qk_scale = softmax_scale * LOG2E
     bucket = seqlen_bucket(seq_hint)
     precision = _dot_precision(q.dtype)
-    order = _longest_first(cu_seqlens)
+    order = longest_first(cu_seqlens)
     dkdv_grid = lambda meta: ((total // meta["BLOCK_N"] + batch) * heads,)  # noqa: E731
     _bwd_dkdv_kernel[dkdv_grid](
         q, k, v, dout, dk, dv, lse, delta, cu_seqlens, *order,

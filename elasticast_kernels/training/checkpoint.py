@@ -1,23 +1,22 @@
 """Checkpoints that survive a kill, and the RNG states that make a resumed run repeat itself.
 
-:func:`save_checkpoint` writes to a temporary file in the same directory, flushes and fsyncs it,
-then renames it over the target with ``os.replace`` (atomic on POSIX and Windows) and fsyncs the
-directory. A crash at any moment therefore leaves either the previous complete checkpoint or the
-new complete one under the target name, never a partial file. :func:`load_checkpoint` also checks
-a format marker and the keys a training state needs, so a file that is not such a checkpoint, or
-lacks a part, is an error rather than a silent half-resume.
+:func:`save_checkpoint` writes atomically with a content digest
+(`elasticast_kernels.serialization`): a crash at any moment leaves either the previous complete
+checkpoint or the new one under the target name, and a file corrupted afterwards is refused on
+load. :func:`load_checkpoint` also checks a format marker and the keys a training state needs,
+so a file that is not such a checkpoint, or lacks a part, is an error rather than a silent
+half-resume.
 """
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import tempfile
-import zipfile
 from typing import Any, Iterable
 
 import numpy as np
 import torch
+
+from elasticast_kernels.serialization import CheckpointError, atomic_save, read_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -28,16 +27,14 @@ __all__ = [
     "restore_rng_state",
 ]
 
-#: Marker stored in every checkpoint: ``(name, version)``.
-CHECKPOINT_FORMAT = ("elasticast-training-checkpoint", 1)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable, truncated, of another format, or lacks a required part."""
+#: Marker stored in every checkpoint: ``(name, version)``. Version 2 adds the content digest;
+#: version 1 files (no digest) still load.
+CHECKPOINT_FORMAT = ("elasticast-training-checkpoint", 2)
+_READABLE_VERSIONS = (1, 2)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` (plus the format marker) to ``path`` atomically.
+    """Write ``state`` (plus the format marker and a content digest) to ``path`` atomically.
 
     Args:
         path: target file; its directory is created if needed. Other files in it are not touched
@@ -46,52 +43,18 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
             ``weights_only=True``: no arbitrary objects).
 
     Raises:
-        TypeError: ``state`` is not a dict. OSError: from the file system (the target is then
-        unchanged).
+        TypeError: ``state`` is not a dict, or holds something other than tensors and plain
+        values. OSError: from the file system (the target is then unchanged).
     """
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is an ordinary file
-        with os.fdopen(handle, "wb") as stream:
-            torch.save({**state, "format": CHECKPOINT_FORMAT}, stream)
-            stream.flush()
-            os.fsync(stream.fileno())  # the bytes are on disk before the name points at them
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(directory)  # the rename itself survives a power loss
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened; the rename is durable there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_save(path, {**state, "format": CHECKPOINT_FORMAT})
 
 
 def load_checkpoint(
     path: str | os.PathLike, required: Iterable[str] = (), map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``), digest verified.
 
     Args:
         path: the checkpoint file.
@@ -100,23 +63,26 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: the file is truncated or not a torch file, has no format marker or
-            another version, or lacks one of ``required`` (the message names the file and key).
+        CheckpointError: the file is truncated, corrupt (digest mismatch) or not a torch file,
+            has no format marker or an unknown version, or lacks one of ``required`` (the
+            message names the file and key).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated: {error}") from None
-    if not isinstance(state, dict) or tuple(state.get("format", ())) != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT} (found {found!r})")
+    state = read_file(path, "checkpoint", map_location, require_digest=lambda payload: (_version(payload) or 0) >= 2)
+    if _version(state) not in _READABLE_VERSIONS:
+        raise CheckpointError(f"{os.fspath(path)} is not a training checkpoint of format {CHECKPOINT_FORMAT} "
+                              f"(found {state.get('format')!r})")
     missing = [key for key in required if key not in state]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}")
+        raise CheckpointError(f"checkpoint {os.fspath(path)} lacks {missing}")
     return state
+
+
+def _version(state: dict) -> int | None:
+    marker = state.get("format")
+    if (isinstance(marker, (tuple, list)) and len(marker) == 2 and marker[0] == CHECKPOINT_FORMAT[0]
+            and isinstance(marker[1], int)):
+        return marker[1]
+    return None
 
 
 def capture_rng_state() -> dict[str, Any]:

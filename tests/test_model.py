@@ -165,6 +165,21 @@ def test_packed_batch_input_equals_list_input(torch_cpu_path):
         assert_logits_close(model(batch), model(specs), rel=1e-6)
 
 
+def test_embed_is_what_the_head_sees(torch_cpu_path):
+    """``forward == head(embed)`` in input order, for lists and PackedBatches alike; the config
+    rebuilds the same architecture."""
+    model, _ = build()
+    specs = [s.float() for s in make_specs(mixed_lengths(), freq_bins=32)]
+    with torch.no_grad():
+        embeddings = model.embed(specs, group_max_seq_len=96)
+        assert embeddings.shape == (len(specs), CONFIG["dim"])
+        torch.testing.assert_close(model.head(embeddings), model(specs, group_max_seq_len=96), rtol=0, atol=0)
+        plan = pack_lengths([s.shape[1] // 16 * s.shape[2] // 16 for s in specs], 96, strategy="best_fit_decreasing")
+        assert_logits_close(model.embed(pack_spectrograms(specs, 16, plan=plan)), embeddings, rel=1e-6)
+    rebuilt = ElasticAST(**model.config)
+    assert rebuilt.config == model.config and rebuilt.softmax_scale == model.softmax_scale
+
+
 def test_strict_save_load_round_trip(torch_cpu_path):
     model, _ = build()
     buffer = io.BytesIO()

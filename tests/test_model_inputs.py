@@ -102,13 +102,13 @@ def test_keep_counts_follow_the_spec():
 def test_training_token_dropout_packs_the_kept_tokens(torch_cpu_path, monkeypatch):
     model = ElasticAST(**CONFIG, token_dropout_prob=0.5).train()
     seen = {}
-    original = model.forward_packed
+    original = model.embed_packed
 
     def spy(batch, time_table=None):
         seen["batch"] = batch
         return original(batch, time_table)
 
-    monkeypatch.setattr(model, "forward_packed", spy)
+    monkeypatch.setattr(model, "embed_packed", spy)
     specs = specs_of(128, 32, 64)  # 16, 4, 8 tokens -> keep 8, 2, 4
     logits = model(specs, group_max_seq_len=10)
     batch = seen["batch"]

@@ -209,18 +209,28 @@ class ElasticAST(nn.Module):
                 more than ``group_max_seq_len`` tokens, a sample longer than the time positional
                 table without ``pos_embed_interpolation``.
         """
+        return self.head(self.embed(batched_samples, group_samples, group_max_seq_len))
+
+    def embed(self, batched_samples, group_samples: bool = True, group_max_seq_len: int = 2048) -> torch.Tensor:
+        """The pooled, normalised embedding of every sample, ``[num_samples, dim]`` in the input
+        order: what the classifier ``head`` sees (``forward(x) == head(embed(x))``). Arguments
+        and errors as `forward`."""
         if isinstance(batched_samples, PackedBatch):
             batch, time_table = self._prepare_packed(batched_samples), self.pos_embed_time
         else:
             batch, time_table = self._pack(batched_samples, group_samples, group_max_seq_len)
-        logits = self.forward_packed(batch, time_table)
-        return self._to_input_order(logits, batch.sample_index)
+        embeddings = self.embed_packed(batch, time_table)
+        return self._to_input_order(embeddings, batch.sample_index)
 
     def forward_packed(self, batch: PackedBatch, time_table: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[num_samples, num_classes]`` of a `PackedBatch`, in its segment order.
 
         ``time_table`` replaces ``pos_embed_time`` (the forward passes an interpolated one).
         """
+        return self.head(self.embed_packed(batch, time_table))
+
+    def embed_packed(self, batch: PackedBatch, time_table: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings ``[num_samples, dim]`` of a `PackedBatch` in its segment order (see `embed`)."""
         layout = batch.layout
         time_table = self.pos_embed_time if time_table is None else time_table
         x = (
@@ -235,7 +245,7 @@ class ElasticAST(nn.Module):
             pooled = segment_mean(x, layout.cu_seqlens, layout.max_seqlen)
         else:
             pooled = self.attn_pool(x, layout.cu_seqlens, layout.max_seqlen, query=self.attn_pool_queries)
-        return self.head(self.mlp_norm(pooled))
+        return self.mlp_norm(pooled)
 
     def _encode(self, x: torch.Tensor, layout: SeqLayout, attend: BackendFn) -> torch.Tensor:
         """The blocks on the packed tokens ``x [total_tokens, dim]``."""

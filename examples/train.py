@@ -36,9 +36,8 @@ from elasticast_kernels.models import ElasticAST  # noqa: E402
 from elasticast_kernels.saved_model import FeatureSettings, model_card, save_model  # noqa: E402
 from elasticast_kernels.training import (CheckpointError, CheckpointManager, MetricsLog, NonFiniteError,  # noqa: E402
                                          NonFiniteSteps, RunningTotals, StopRequest, evaluate, gather_objects,
-                                         ignore_sigterm, init_distributed, reduce_sums, scale_to_global_mean,
-                                         resumable_batches, seed_rng, unsharded_model, unwrap_model, warmup_cosine,
-                                         wrap_model)
+                                         global_mean_update, ignore_sigterm, init_distributed, resumable_batches,
+                                         seed_rng, unsharded_model, unwrap_model, warmup_cosine, wrap_model)
 
 try:
     from tqdm.auto import tqdm
@@ -102,34 +101,20 @@ def build_model(args, num_classes: int, max_time_patches: int) -> ElasticAST:
     return model
 
 
-def train_step(run: dict, batch, ctx, args, flags: dict) -> tuple[dict, float, str | None]:
-    """Forward, ONE all-reduce (samples, logged totals, ``flags``), backward, clip, update.
-
-    -> (totals over all ranks, gradient norm, None or what was not finite). A NaN/inf loss or
-    gradient norm (the same on every rank) skips the update; the scheduler steps regardless.
-    """
-    model, optimizer, multi_label = run["model"], run["optimizer"], run["train_set"].multi_label
+def train_step(run: dict, batch, ctx, args, flags: dict):
+    """Forward and loss sum here; the global-mean backward, clip and update (skipped when the loss or
+    the gradient norm is NaN/inf) in ``global_mean_update``. -> (totals of all ranks, grad norm, problem)."""
     batch = batch.to(ctx.device, non_blocking=True)
     with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.device.type == "cuda" and args.bf16):
-        logits = model(batch).float()
-    if multi_label:
-        loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none").mean(dim=1).sum()
+        logits = run["model"](batch).float()
+    if run["train_set"].multi_label:
+        loss_sum, correct = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none").mean(1).sum(), 0
     else:
         loss_sum = F.cross_entropy(logits, batch.labels, label_smoothing=args.label_smoothing, reduction="sum")
-    correct = 0 if multi_label else (logits.argmax(1) == batch.labels).sum()
-    totals = reduce_sums(dict(samples=batch.num_samples, tokens=batch.total_tokens, packs=batch.num_packs,
-                              loss_sum=loss_sum, correct=correct, **flags), ctx)
-    optimizer.zero_grad(set_to_none=True)
-    problem, grad_norm = f"loss ({totals['loss_sum']})", math.nan
-    if math.isfinite(totals["loss_sum"]):
-        scale_to_global_mean(loss_sum, totals["samples"], ctx.world_size).backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
-        problem = None if math.isfinite(grad_norm) else f"gradient norm ({grad_norm})"
-        if problem is None:
-            optimizer.step()
-    run["scheduler"].step()
-    return totals, grad_norm, problem
+        correct = (logits.argmax(1) == batch.labels).sum()
+    return global_mean_update(run["model"], run["optimizer"], loss_sum, batch.num_samples, ctx, clip_grad=args.clip_grad,
+                              scheduler=run["scheduler"], totals=dict(tokens=batch.total_tokens, packs=batch.num_packs,
+                                                                      correct=correct, **flags))
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -138,7 +123,8 @@ def log_line(run: dict, step: int, epoch: int, grad_norm: float, args) -> dict:
     window = run["totals"].take()
     samples, seconds = max(window["samples"], 1.0), max(window["seconds"], 1e-9)
     record = {"step": step, "epoch": epoch, "lr": run["scheduler"].get_last_lr()[0], "grad_norm": grad_norm,
-              "loss": window["loss_sum"] / samples, "samples_per_s": window["samples"] / seconds,
+              "loss": window["loss_sum"] / window["samples"] if window["samples"] else math.nan,
+              "samples_per_s": window["samples"] / seconds,
               "tokens_per_s": window["tokens"] / seconds, "nonfinite_skipped": run["nonfinite"].skipped,
               # what a fixed-size row layout of the same packs would pad: the unused budget of the packs
               "padding_pct": 100.0 * (1.0 - window["tokens"] / max(window["packs"] * args.max_tokens, 1.0))}
@@ -160,8 +146,10 @@ def train_loop(run: dict, args, ctx, stop, say) -> str | None:
         if problem:  # stop naming the files of the step on every rank, or count it (--skip-nonfinite)
             this_step = sampler.step_indices(sampler.consumed_steps - 1)
             run["nonfinite"].handle(problem, step, map(run["train_set"].describe, this_step), f"epoch {epoch}")
-        run["totals"].add(totals, seconds=time.perf_counter() - tick)
-        tick, run["final_loss"], run["steps_done"] = time.perf_counter(), totals["loss_sum"] / totals["samples"], step
+        else:  # the logged loss and throughput are those of the steps trained on
+            run["totals"].add(totals, seconds=time.perf_counter() - tick)
+            run["final_loss"] = totals["loss_sum"] / totals["samples"]
+        tick, run["steps_done"] = time.perf_counter(), step
         if bar is not None:
             bar.set_postfix(epoch=epoch, loss=f"{run['final_loss']:.3f}")
             bar.update(1)

@@ -292,7 +292,7 @@ def test_estimate_normalization_matches_all_features_and_checks_finiteness(tmp_p
     soundfile.write(tmp_path / "audio" / "huge.wav", huge, RATE, subtype="FLOAT")
     with pytest.raises(ManifestError, match=r"line 2, file .*nan\.wav: holds NaN"):
         estimate_normalization(ManifestDataset(write_csv(tmp_path / "n.csv", "path,label", ["audio/nan.wav,0"])))
-    with pytest.raises(ValueError, match=r"features of .*huge\.wav \(h\.csv line 2, quality 1\) are not finite"):
+    with pytest.raises(ManifestError, match=r"h\.csv, line 2, file .*huge\.wav: its features at quality 1 are not finite"):
         estimate_normalization(ManifestDataset(write_csv(tmp_path / "h.csv", "path,label", ["audio/huge.wav,0"])))
     soundfile.write(tmp_path / "audio" / "silent.wav", np.zeros(8000, dtype=np.float32), RATE)
     with pytest.raises(ValueError, match="std 0"):

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .manifest import ManifestDataset
+from .manifest import ManifestDataset, ManifestError
 
 __all__ = ["estimate_normalization"]
 
@@ -35,10 +35,10 @@ def estimate_normalization(dataset: ManifestDataset, clips: int = 200, seed: int
 
     Raises:
         TypeError / ValueError: bad ``clips`` or ``seed``.
-        ManifestError: a chosen clip's audio does not decode or holds NaN/inf samples (names
-            the manifest line and the file).
-        ValueError: a clip's features are not finite (e.g. samples so large that their power
-            overflows float32), naming the file; or every feature value is the same (std 0).
+        ManifestError: a chosen clip's audio does not decode or holds NaN/inf samples, or its
+            features are not finite (e.g. samples so large that their power overflows float32);
+            the message names the manifest line and the file.
+        ValueError: every feature value is the same (std 0).
     """
     for name, value in (("clips", clips), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -50,8 +50,9 @@ def estimate_normalization(dataset: ManifestDataset, clips: int = 200, seed: int
     for clip in chosen.tolist():
         values = dataset.spectrogram(clip).double().flatten()
         if not bool(values.isfinite().all()):
-            raise ValueError(f"features of {dataset.describe(clip)} are not finite (NaN or inf); "
-                             "check the audio's sample values")
+            entry, quality = dataset.locate(clip)
+            raise ManifestError(dataset.manifest, entry.line, entry.path, f"its features at quality {quality:g} are "
+                                "not finite (NaN or inf): check the audio's sample values")
         n, clip_mean = values.numel(), float(values.mean())
         clip_m2 = float(((values - clip_mean) ** 2).sum())
         delta, total = clip_mean - mean, count + n

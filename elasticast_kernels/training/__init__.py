@@ -7,8 +7,9 @@ DDP/FSDP2 wrapping, keeping NaN out of a run, warm-up + cosine LR, scores and a 
 - :func:`resumable_batches`: the epochs of a run, with the sampler's position counted as the loop
   takes batches and the loader workers' seeds the same after a resume.
 - :func:`init_distributed`, :class:`DistributedContext`: ``torchrun`` env or a plain process.
-- :func:`reduce_sums`, :func:`scale_to_global_mean`: one all-reduce of the step's sample count, so
-  R ranks with unequal sample counts get the gradient one process would get over their union.
+- :func:`global_mean_update` (on :func:`reduce_sums`, :func:`scale_to_global_mean`): one all-reduce
+  of the step's sample count, so R ranks with unequal sample counts get the gradient one process
+  would get over their union; a NaN/inf loss or gradient norm skips the update on every rank.
 - :func:`wrap_model`, :func:`unwrap_model`, :func:`full_model_state`, :func:`full_training_state`,
   :func:`load_training_state`, :func:`unsharded_model`: DDP (default) or FSDP2 ``fully_shard``;
   full state dicts under the model's published keys.
@@ -41,12 +42,14 @@ from .parallel import (full_model_state, full_training_state, load_training_stat
                        wrap_model)
 from .schedule import WarmupCosine, warmup_cosine
 from .stop import StopRequest, ignore_sigterm
+from .update import StepOutcome, global_mean_update
 
-from . import checkpoint, distributed, finite, log, loop, manager, metrics, parallel, schedule, stop
+from . import checkpoint, distributed, finite, log, loop, manager, metrics, parallel, schedule, stop, update
 
 __all__ = [
     *manager.__all__,
     *loop.__all__,
+    *update.__all__,
     *distributed.__all__,
     *parallel.__all__,
     *finite.__all__,

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -20,28 +19,16 @@ soundfile = pytest.importorskip("soundfile")
 from elasticast_kernels.data import DistributedPackedBatchSampler, ManifestDataset  # noqa: E402
 from elasticast_kernels.saved_model import load_model  # noqa: E402
 from elasticast_kernels.training import load_checkpoint  # noqa: E402
+from example_scripts import import_train_example, write_tone_manifests  # noqa: E402
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 TINY = ["--quick", "--dim", "32", "--workers", "0", "--threads", "1", "--train-qualities", "1", "--eval-qualities", "1"]
 
 
 @pytest.fixture(scope="module")
-def train_module():
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import train
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return train
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, train_module):
+def data(tmp_path_factory):
     """Tone clips and manifests, plus the odd files: huge samples, NaN samples, long clips."""
-    from spoken_words import synthesise, write_dataset
-
     out = tmp_path_factory.mktemp("tones")
-    train_csv, test_csv = write_dataset(synthesise(3, seed=5, use_espeak=False), str(out), 0.2, seed=5)
+    train_csv, test_csv = write_tone_manifests(out, 3)
     t = np.arange(16000) / 16000
     tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     soundfile.write(out / "audio" / "huge.wav", tone * np.float32(1e30), 16000, subtype="FLOAT")  # power overflows
@@ -58,6 +45,11 @@ def data(tmp_path_factory, train_module):
         return str(path)
 
     return {"train": train_csv, "test": test_csv, "manifest": manifest, "dir": out}
+
+
+@pytest.fixture(scope="module")
+def train_module():
+    return import_train_example()
 
 
 def run(train_module, *argv) -> tuple[int, str, str]:

@@ -1,7 +1,7 @@
 """PackedBatchSampler / DistributedPackedBatchSampler invariants over random inputs.
 
 Invariants: every kept index exactly once per epoch (coverage), every pack within max_tokens
-(capacity), the same schedule from the same (seed, epoch) (determinism), len() equal to what is
+(capacity), the same steps from the same (seed, epoch) (determinism), len() equal to what is
 yielded, and for the distributed sampler: the same number of steps on every rank, no index on two
 ranks, balanced tokens. The gloo test runs the sampler in real local processes.
 """
@@ -287,7 +287,7 @@ def build_or_skip(lengths, max_tokens, num_replicas, **kwargs):
             raise
 
 
-schedule_inputs = st.fixed_dictionaries({
+sampler_inputs = st.fixed_dictionaries({
     "lengths": st.lists(st.integers(1, 64) | st.integers(150, 400), min_size=1, max_size=80),  # some oversize
     "max_tokens": st.integers(64, 160),
     "num_replicas": st.integers(1, 4),
@@ -299,7 +299,7 @@ schedule_inputs = st.fixed_dictionaries({
 
 
 @PROPERTY_SETTINGS
-@given(schedule_inputs, st.integers(0, 3))
+@given(sampler_inputs, st.integers(0, 3))
 def test_property_every_sample_once_within_budget(inputs, epoch):
     lengths = np.array(inputs["lengths"])
     samplers = build_or_skip(lengths, inputs["max_tokens"], inputs["num_replicas"], seed=inputs["seed"],
@@ -320,7 +320,7 @@ def test_property_every_sample_once_within_budget(inputs, epoch):
 
 
 @PROPERTY_SETTINGS
-@given(schedule_inputs, st.integers(0, 2), st.data())
+@given(sampler_inputs, st.integers(0, 2), st.data())
 def test_property_resume_at_any_step_equals_uninterrupted(inputs, epoch, data):
     lengths = np.array(inputs["lengths"])
     options = dict(seed=inputs["seed"], strategy=inputs["strategy"], packs_per_step=inputs["packs_per_step"],
@@ -379,7 +379,7 @@ def test_resume_with_loader_workers_counts_consumed_not_prefetched():
     assert restored.start_step == restored.consumed_steps == 0 and len(restored) == restored.stats.num_steps
 
 
-def test_state_dict_refuses_other_schedules_and_bad_counts():
+def test_state_dict_refuses_other_steps_and_bad_counts():
     lengths = random_lengths(8, n=120)
     sampler = PackedBatchSampler(lengths, 512, seed=1)
     with pytest.raises(ValueError, match="passes the end of epoch 0"):
@@ -399,7 +399,7 @@ def test_state_dict_refuses_other_schedules_and_bad_counts():
         sampler.load_state_dict({"epoch": 0})
     ranks = all_ranks(lengths, 512, 2, seed=1)
     with pytest.raises(ValueError, match="num_replicas"):
-        ranks[0].load_state_dict(state)  # mid-epoch on another world size: another schedule
+        ranks[0].load_state_dict(state)  # mid-epoch on another world size: other steps
     ranks[0].load_state_dict({**state, "consumed_steps": 0})  # an epoch start resumes on any world size
     assert ranks[0].start_step == 0
 
@@ -453,7 +453,7 @@ def test_oversize_samples_get_packs_of_their_own(num_replicas):
         assert sorted(flat) == list(range(len(lengths)))  # nothing dropped or repeated
         stats = samplers[0].stats
         assert stats.num_dropped == 0 and stats.num_oversize_packs == 3
-    # a state saved without any oversize sample resumes whatever the mode (same schedule)
+    # a state saved without any oversize sample resumes whatever the mode (same steps)
     short = np.array([100, 200, 300, 50])
     state = PackedBatchSampler(short, 512, oversize="error").state_dict()
     PackedBatchSampler(short, 512).load_state_dict(state)

@@ -8,7 +8,7 @@ A step is one or more *packs*; a pack is a set of samples whose token counts sum
 3. shuffles the packs, and groups them into steps of at most ``packs_per_step`` packs,
 4. in the distributed sampler, hands every rank the same number of steps with balanced tokens.
 
-Every rank computes the whole schedule from the seed, so no communication is needed, and a rank
+Every rank computes the steps of every rank from the seed, so no communication is needed, and a rank
 keeps only its own steps. A step is yielded as a list of sample indices, pack after pack, which is
 what ``torch.utils.data.DataLoader(batch_sampler=...)`` expects; :func:`collate_packed` turns the
 fetched samples into a :class:`~elasticast_kernels.packing.PackedBatch`.
@@ -57,20 +57,20 @@ __all__ = ["EpochStats", "PackedBatchSampler", "DistributedPackedBatchSampler"]
 
 _OVERSIZE_MODES = ("own_pack", "drop", "error")
 _STATE_VERSION = 1
-# Options that shape the schedule: a state only resumes a sampler built with the same ones.
-_SCHEDULE_OPTIONS = ("max_tokens", "strategy", "shuffle", "seed", "drop_last", "packs_per_step", "oversize", "window")
+# Options that shape the steps: a state only resumes a sampler built with the same ones.
+_STEP_OPTIONS = ("max_tokens", "strategy", "shuffle", "seed", "drop_last", "packs_per_step", "oversize", "window")
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    """What one epoch's schedule looks like, over all ranks.
+    """What one epoch's steps look like, over all ranks.
 
     Attributes:
         epoch: the epoch it describes.
         num_steps: steps per rank (the same on every rank).
         num_packs: packs over all ranks.
-        num_samples: samples scheduled over all ranks.
-        num_dropped: samples not scheduled this epoch: longer than ``max_tokens`` (``oversize="drop"``)
+        num_samples: samples in the steps of all ranks.
+        num_dropped: samples in no step this epoch: longer than ``max_tokens`` (``oversize="drop"``)
             plus those in packs left out by ``drop_last`` or by the equal-steps rule.
         num_oversize_packs: packs holding one sample longer than ``max_tokens`` (``oversize="own_pack"``).
         rank_tokens: tokens per rank, ``num_replicas`` entries.
@@ -94,7 +94,7 @@ class EpochStats:
 
 
 @dataclass(frozen=True)
-class _Schedule:
+class _EpochSteps:
     epoch: int
     steps: list[list[list[np.ndarray]]]  # [rank][step] -> packs (int64 index arrays)
     stats: EpochStats
@@ -136,7 +136,7 @@ _STATE_COUNTS = ("version", "epoch", "consumed_steps", "num_replicas")
 
 
 def _checked_state(state: object, identity: dict, num_oversize: int) -> tuple[int, int, int]:
-    """Validate a sampler state against this sampler's schedule identity.
+    """Validate a sampler state against what this sampler's steps depend on.
 
     Returns ``(epoch, consumed_steps, num_replicas)``. Raises TypeError / ValueError naming the
     field: a restored state passes the same checks as the arguments of a new sampler.
@@ -153,11 +153,11 @@ def _checked_state(state: object, identity: dict, num_oversize: int) -> tuple[in
         raise ValueError(f"state has version {counts['version']}; this sampler reads version {_STATE_VERSION}")
     for name, value in identity.items():
         if name == "oversize" and num_oversize == 0:
-            continue  # no sample is oversize: every mode gives the same schedule
+            continue  # no sample is oversize: every mode gives the same steps
         saved = state[name]
         if type(saved) is not type(value) or saved != value:  # True == 1, but a bool is not an int here
             raise ValueError(f"state was saved with {name}={saved!r}, this sampler has {value!r}: "
-                             "resuming would follow another schedule")
+                             "resuming would follow other steps")
     return counts["epoch"], counts["consumed_steps"], counts["num_replicas"]
 
 
@@ -171,7 +171,7 @@ class PackedBatchSampler(Sampler[list[int]]):
         max_tokens: token budget of one pack (the model's ``group_max_seq_len``).
         strategy: any strategy of :func:`~elasticast_kernels.packing.pack_lengths`.
         shuffle: shuffle samples before packing and packs before stepping, from ``(seed, epoch)``.
-        seed: non-negative int; the schedule is a pure function of ``(seed, epoch)``.
+        seed: non-negative int; the steps are a pure function of ``(seed, epoch)``.
         drop_last: drop the final step when it has fewer than ``packs_per_step`` packs (its
             samples are counted in :attr:`stats`); with ``packs_per_step=1`` nothing is dropped.
         packs_per_step: packs per step (gradient-accumulation-free larger steps); each step has
@@ -208,7 +208,7 @@ class PackedBatchSampler(Sampler[list[int]]):
         self._init_common(lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window)
         self.num_replicas = 1
         self.rank = 0
-        self._schedule(self.epoch)  # fail early on a bad strategy or too few packs
+        self._epoch_steps(self.epoch)  # fail early on a bad strategy or too few packs
 
     # ------------------------------------------------------------------ setup
     def _init_common(
@@ -233,7 +233,7 @@ class PackedBatchSampler(Sampler[list[int]]):
         self._start_step = 0  # first step of the current epoch the next pass yields
         self._consumed = 0  # steps of the current epoch the training loop has finished
         self._crc32: int | None = None
-        self._cached: _Schedule | None = None
+        self._cached: _EpochSteps | None = None
 
         too_long = np.flatnonzero(self.lengths > self.max_tokens)
         if too_long.size and oversize == "error":
@@ -260,7 +260,7 @@ class PackedBatchSampler(Sampler[list[int]]):
         return int(self.oversize_indices.size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose schedule ``__iter__`` and ``__len__`` use (same on every rank).
+        """Select the epoch whose steps ``__iter__`` and ``__len__`` use (the same on every rank).
 
         Another epoch starts at its first step; the same epoch again continues after the steps
         counted by :meth:`advance` (or restored by :meth:`load_state_dict`).
@@ -292,7 +292,7 @@ class PackedBatchSampler(Sampler[list[int]]):
             TypeError / ValueError: ``steps`` not an int >= 0, or more steps than the epoch has.
         """
         steps = _int_at_least("steps", steps, 0)
-        num_steps = self._schedule(self.epoch).stats.num_steps
+        num_steps = self._epoch_steps(self.epoch).stats.num_steps
         if self._consumed + steps > num_steps:
             raise ValueError(f"advance({steps}) after {self._consumed} steps passes the end of epoch {self.epoch} "
                              f"({num_steps} steps)")
@@ -306,13 +306,13 @@ class PackedBatchSampler(Sampler[list[int]]):
 
         Returns:
             A dict of plain Python values (``torch.save``/JSON friendly): the epoch, the steps the
-            loop finished, and the options and a CRC of ``lengths`` that the schedule depends on.
+            loop finished, and the options and a CRC of ``lengths`` that the steps depend on.
         """
         consumed = self._consumed
         if consumed_steps is not None:
             warnings.warn("state_dict(consumed_steps=...) is deprecated: call sampler.advance() after each step "
                           "and state_dict() without arguments", DeprecationWarning, stacklevel=2)
-            num_steps = self._schedule(self.epoch).stats.num_steps
+            num_steps = self._epoch_steps(self.epoch).stats.num_steps
             consumed = _int_at_least("consumed_steps", consumed_steps, 0)
             if consumed > num_steps:
                 raise ValueError(f"consumed_steps must be in [0, {num_steps}] (steps in epoch {self.epoch}), "
@@ -322,7 +322,7 @@ class PackedBatchSampler(Sampler[list[int]]):
             "epoch": self.epoch,
             "consumed_steps": consumed,
             "num_replicas": self.num_replicas,
-            **self._schedule_identity(),
+            **self._steps_identity(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -335,63 +335,63 @@ class PackedBatchSampler(Sampler[list[int]]):
         Raises:
             TypeError: ``state`` is not a dict, or a field has the wrong type (names the field;
                 a bool is not an int). ValueError: missing or unknown fields, a count out of
-                range, a state built for other lengths or options (the schedule would differ),
+                range, a state built for other lengths or options (the steps would differ),
                 or another ``num_replicas`` unless the state is at an epoch's start.
         """
-        epoch, consumed, replicas = _checked_state(state, self._schedule_identity(), self.num_oversize)
+        epoch, consumed, replicas = _checked_state(state, self._steps_identity(), self.num_oversize)
         if replicas != self.num_replicas and consumed != 0:
             raise ValueError(
                 f"state was saved on num_replicas={replicas} in the middle of epoch {epoch}; this sampler has "
-                f"num_replicas={self.num_replicas}, whose schedule differs (resume on the same world size, "
+                f"num_replicas={self.num_replicas}, whose steps differ (resume on the same world size, "
                 "or from a state saved at the start of an epoch)"
             )
-        num_steps = self._schedule(epoch).stats.num_steps
+        num_steps = self._epoch_steps(epoch).stats.num_steps
         if consumed > num_steps:
             raise ValueError(f"state has consumed_steps={consumed}, but epoch {epoch} has {num_steps} steps")
         self.epoch = epoch
         self._start_step = self._consumed = consumed
 
-    def _schedule_identity(self) -> dict:
-        """What the schedule depends on: the lengths (count and CRC) and the schedule options."""
+    def _steps_identity(self) -> dict:
+        """What the steps depend on: the lengths (count and CRC) and the step options."""
         if self._crc32 is None:
             self._crc32 = zlib.crc32(np.ascontiguousarray(self.lengths).tobytes())
         return {"num_samples": int(self.lengths.size), "lengths_crc32": self._crc32,
-                **{name: getattr(self, name) for name in _SCHEDULE_OPTIONS}}
+                **{name: getattr(self, name) for name in _STEP_OPTIONS}}
 
     # ------------------------------------------------------------------ public
     def __iter__(self) -> Iterator[list[int]]:
-        for step in self._schedule(self.epoch).steps[self.rank][self._start_step :]:
+        for step in self._epoch_steps(self.epoch).steps[self.rank][self._start_step :]:
             yield np.concatenate(step).tolist()
 
     def __len__(self) -> int:
         """Steps the next pass yields: the epoch's steps, less those consumed before a resume."""
-        return self._schedule(self.epoch).stats.num_steps - self._start_step
+        return self._epoch_steps(self.epoch).stats.num_steps - self._start_step
 
     @property
     def stats(self) -> EpochStats:
         """:class:`EpochStats` of the current epoch (all ranks)."""
-        return self._schedule(self.epoch).stats
+        return self._epoch_steps(self.epoch).stats
 
     def packs(self, epoch: int | None = None) -> list[list[list[int]]]:
         """This rank's steps for ``epoch`` (default: current) as ``[step][pack] -> indices``."""
-        schedule = self._schedule(self.epoch if epoch is None else epoch)
-        return [[pack.tolist() for pack in step] for step in schedule.steps[self.rank]]
+        steps = self._epoch_steps(self.epoch if epoch is None else epoch).steps[self.rank]
+        return [[pack.tolist() for pack in step] for step in steps]
 
     def step_indices(self, step: int, epoch: int | None = None) -> list[int]:
         """The sample indices of this rank's ``step`` (0-based, counted from the epoch's first
-        step) in ``epoch`` (default: current): what ``__iter__`` yields for it. The schedule is a
+        step) in ``epoch`` (default: current): what ``__iter__`` yields for it. The steps are a
         function of the seed, so this names the samples of any step without the loader.
 
         Raises:
             TypeError / ValueError: ``step`` not an int in ``[0, steps in the epoch)``.
         """
-        steps = self._schedule(self.epoch if epoch is None else _int_at_least("epoch", epoch, 0)).steps[self.rank]
+        steps = self._epoch_steps(self.epoch if epoch is None else _int_at_least("epoch", epoch, 0)).steps[self.rank]
         step = _int_at_least("step", step, 0)
         if step >= len(steps):
             raise ValueError(f"step must be in [0, {len(steps)}), got {step}")
         return np.concatenate(steps[step]).tolist()
 
-    # ------------------------------------------------------------------ schedule
+    # ------------------------------------------------------------------ steps
     def _plan_packs(self, rng: np.random.Generator) -> list[np.ndarray]:
         """All packs of one epoch as arrays of dataset indices, in (shuffled) pack order; with
         ``oversize="own_pack"`` each sample longer than ``max_tokens`` is a pack of its own."""
@@ -404,7 +404,7 @@ class PackedBatchSampler(Sampler[list[int]]):
             packs = [packs[i] for i in rng.permutation(len(packs))]
         return packs
 
-    def _schedule(self, epoch: int) -> _Schedule:
+    def _epoch_steps(self, epoch: int) -> _EpochSteps:
         if self._cached is not None and self._cached.epoch == epoch:
             return self._cached
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
@@ -414,7 +414,7 @@ class PackedBatchSampler(Sampler[list[int]]):
             steps = [[packs[i : i + self.packs_per_step] for i in range(0, len(packs), self.packs_per_step)]]
         else:
             steps = self._assign_ranks(packs, num_steps, rng)
-        self._cached = _Schedule(epoch, steps, self._stats(epoch, steps, left_out))
+        self._cached = _EpochSteps(epoch, steps, self._stats(epoch, steps, left_out))
         return self._cached
 
     def _fit_to_ranks(self, packs: list[np.ndarray], epoch: int) -> tuple[list[np.ndarray], int, int]:
@@ -509,7 +509,7 @@ class PackedBatchSampler(Sampler[list[int]]):
 class DistributedPackedBatchSampler(PackedBatchSampler):
     """:class:`PackedBatchSampler` for data parallelism: each rank gets its own share of the packs.
 
-    Every rank builds the same schedule from ``(seed, epoch)`` and keeps its own steps: no index is
+    Every rank computes every rank's steps from ``(seed, epoch)`` and keeps its own: no index is
     on two ranks, and every rank has the same number of steps (so collective ops stay in step).
     Packs are spread by tokens (largest first to the rank with the fewest tokens), and steps are
     aligned so that step ``s`` is about the same size on every rank; :attr:`stats` reports the
@@ -556,4 +556,4 @@ class DistributedPackedBatchSampler(PackedBatchSampler):
         self._init_common(lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window)
         self.num_replicas = num_replicas
         self.rank = int(rank)
-        self._schedule(self.epoch)
+        self._epoch_steps(self.epoch)

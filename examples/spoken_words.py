@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from elasticast_kernels._optional import import_optional
+
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "croak", "klatt", "klatt2")
@@ -157,9 +159,9 @@ def write_dataset(data: SpokenWords, out_dir: str, test_fraction: float = 0.2, s
     """Write ``data`` as ``out_dir/audio/NNNNN.wav`` (16-bit PCM) plus ``train.csv`` and ``test.csv``.
 
     The split is a seeded permutation; ``dataset.json`` records the source and description.
-    Needs ``soundfile``. Returns the two manifest paths.
+    Needs ``soundfile`` (the ``audio`` extra). Returns the two manifest paths.
     """
-    import soundfile
+    soundfile = import_optional("soundfile", "writing the demo's wav files")
 
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")

@@ -108,3 +108,10 @@ def test_prepare_writes_the_demo_once_per_request(spoken_words, tmp_path):
     assert spoken_words.prepare(str(tmp_path), 1, 3, False, 0.2, write=False) == first
     other = spoken_words.prepare(str(tmp_path), 2, 3, False, 0.2)
     assert other[2]["clips"] == 20 and other[2]["request"]["clips_per_word"] == 2
+
+
+def test_demo_without_soundfile_names_the_audio_extra(spoken_words, tmp_path, monkeypatch):
+    data = spoken_words.synthesise(1, seed=1, use_espeak=False)
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # import soundfile -> ImportError
+    with pytest.raises(ImportError, match=r'pip install "elasticast-kernels\[audio\]"'):
+        spoken_words.write_dataset(data, str(tmp_path))

@@ -469,3 +469,20 @@ def test_step_indices_checks_its_arguments():
         sampler.step_indices(len(sampler))
     with pytest.raises(TypeError, match="step must be an int"):
         sampler.step_indices(1.0)
+
+
+def test_sampler_is_stateful_for_torch_distributed_checkpoint(tmp_path):
+    """torch's own checkpointing calls state_dict() / load_state_dict() with no other argument."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.stateful import Stateful
+
+    sampler = PackedBatchSampler(random_lengths(8, n=120), 512, seed=3)
+    sampler.set_epoch(2)
+    sampler.advance(3)
+    assert isinstance(sampler, Stateful)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP notes that no process group is initialised
+        dcp.save({"sampler": sampler}, checkpoint_id=str(tmp_path))
+        restored = PackedBatchSampler(random_lengths(8, n=120), 512, seed=3)
+        dcp.load({"sampler": restored}, checkpoint_id=str(tmp_path))
+    assert (restored.epoch, restored.consumed_steps, restored.start_step) == (2, 3, 3)

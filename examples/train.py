@@ -1,7 +1,7 @@
 """Train ElasticAST on packed batches: one process or ``torchrun``, DDP or FSDP2, exact resume after a crash.
 
     python examples/train.py --quick                                  # the demo, one process, CPU or GPU
-    torchrun --nproc_per_node=2 examples/train.py --train-manifest train.csv --eval-manifest eval.csv \
+    torchrun --nproc_per_node=2 examples/train.py --train-manifest train.csv --eval-manifest eval.csv \\
         --checkpoint-dir ckpt [--resume] [--fsdp]
 
 Manifests are CSV or JSONL (``path`` and ``label``: cross-entropy, accuracy; or ``labels``: BCE, mAP);
@@ -10,8 +10,8 @@ over ``--max-tokens`` gets a pack of its own (``--oversize crop|drop``). A NaN/i
 norm stops the run naming the step and its files (``--skip-nonfinite`` skips the update instead).
 ``DIR/last.pt`` (every ``--checkpoint-every`` steps, at the end, on SIGTERM) resumes bit for bit on
 CPU; it and the final ``DIR/model.pt`` load with ``elasticast_kernels.saved_model.load_model``.
-Full default run, shared 2-core CPU VM, synthetic tones: 1074 steps in 62 s, test accuracy
-1.00 / 1.00 / 0.996 at quality 1 / 2 / 3 and 1.00 at the unseen quality 4 (chance 0.10).
+Full default run with --no-espeak, shared 2-core CPU VM: 1074 steps in 62 s (127 s at load average 9),
+test accuracy 1.00 / 0.996 / 1.00 at quality 1 / 2 / 3 and 0.996 at the unseen quality 4 (chance 0.10).
 """
 from __future__ import annotations
 

@@ -124,8 +124,16 @@ def test_hostile_files_and_states_name_the_file_and_the_part(tmp_path):
         manager.save(1, extra={"step": 3, "rng": 0})
     with pytest.raises(ValueError, match="step must be an int"):
         manager.save(True)
-    with pytest.raises(ValueError, match="'model'"):
-        manager_for(path, model, optimizer, scheduler, sampler, stateful={"model": sampler})
+    for name in ("model", "sampler"):
+        with pytest.raises(ValueError, match=f"stateful names \\['{name}'\\]"):
+            manager_for(path, model, optimizer, scheduler, sampler, stateful={name: sampler})
+    from elasticast_kernels.training import save_checkpoint
+
+    for field, value in (("step", 2.5), ("world_size", True), ("step", -1)):
+        bad = {**load_checkpoint(path), field: value}
+        save_checkpoint(tmp_path / "bad.pt", {k: v for k, v in bad.items() if k != "format"})
+        with pytest.raises(CheckpointError, match=f"bad.pt: {field} must be an int"):
+            CheckpointManager.read(tmp_path / "bad.pt", PLAIN)
     with pytest.raises(TypeError, match="ema must have state_dict"):
         manager_for(path, model, optimizer, scheduler, sampler, stateful={"ema": object()})
     with pytest.raises(FileNotFoundError):

@@ -110,10 +110,11 @@ class CheckpointManager:
         self.path, self.ctx, self.model, self.optimizer, self.card = os.fspath(path), ctx, model, optimizer, card
         if card is not None and not isinstance(card, ModelCard):
             raise TypeError(f"card must be a ModelCard, got {type(card).__name__}")
+        clashes = sorted(set(stateful or {}) & set(RESERVED_KEYS))
+        if clashes:
+            raise ValueError(f"stateful names {clashes} are keys the manager uses itself; pick others")
         components = {"scheduler": scheduler, "sampler": sampler, **dict(stateful or {})}
         for name, component in components.items():
-            if name in RESERVED_KEYS and name not in ("scheduler", "sampler"):
-                raise ValueError(f"stateful name {name!r} is one the manager uses itself; pick another")
             if component is not None and not isinstance(component, Stateful):
                 raise TypeError(f"{name} must have state_dict() and load_state_dict(), got {type(component).__name__}")
         self.components = {name: component for name, component in components.items() if component is not None}
@@ -133,7 +134,10 @@ class CheckpointManager:
         if not os.path.exists(path):
             return None
         state = load_checkpoint(path, required=_REQUIRED, map_location=map_location)
-        world_size = state["world_size"]
+        world_size, step = state["world_size"], state["step"]
+        for name, value, minimum in (("world_size", world_size, 1), ("step", step, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise CheckpointError(f"{path}: {name} must be an int >= {minimum}, got {value!r}")
         if world_size != ctx.world_size:
             raise CheckpointError(f"{path} was written by {world_size} ranks; resume it on the same number (this "
                                   f"run has {ctx.world_size}) so that every rank gets its RNG state and data share back")
@@ -144,7 +148,7 @@ class CheckpointManager:
             except (TypeError, ValueError) as error:
                 raise CheckpointError(f"{path}: invalid model card: {error}") from None
         extra = {key: value for key, value in state.items() if key not in RESERVED_KEYS}
-        return TrainingCheckpoint(path, int(state["step"]), int(world_size), card, extra, state)
+        return TrainingCheckpoint(path, step, world_size, card, extra, state)
 
     def restore(self, checkpoint: TrainingCheckpoint | None = None) -> int:
         """Load the model, optimiser, every component and this rank's RNG states; returns the step.

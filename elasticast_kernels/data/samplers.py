@@ -108,11 +108,13 @@ def _as_lengths(lengths: object) -> np.ndarray:
         raise ValueError(f"lengths must be 1-D (one token count per sample), got shape {array.shape}")
     if array.size == 0:
         raise ValueError("lengths is empty: the dataset has no samples")
+    # ValueError for a wrong value, as packing.as_lengths raises for the same mistakes
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise TypeError("lengths must hold whole token counts, got non-integer values")
+            bad = int(np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))[0])
+            raise ValueError(f"lengths must hold whole token counts, but lengths[{bad}] = {array[bad]}")
     elif array.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
+        raise ValueError(f"lengths must be integers, got dtype {array.dtype}")
     array = array.astype(np.int64)
     if array.min() < 1:
         bad = int(np.flatnonzero(array < 1)[0])

@@ -98,19 +98,28 @@ def _augment(signal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (signal + noise).astype(np.float32)
 
 
+def random_voice(rng: np.random.Generator) -> tuple[str, int, int]:
+    """``(voice, words per minute, pitch)`` as the demo draws them: a random accent + voice
+    variant, 110-290 words/min, pitch 20-80 (espeak-ng's ``-v``, ``-s`` and ``-p``)."""
+    voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{VARIANTS[rng.integers(len(VARIANTS))]}"
+    return voice, int(rng.integers(110, 290)), int(rng.integers(20, 80))
+
+
+def speak_all(binary: str, jobs: list[tuple[str, str, int, int]], progress=None) -> list[np.ndarray]:
+    """Speak every ``(text, voice, speed, pitch)`` job with espeak-ng (4 at a time): float32 mono
+    waveforms at :data:`SAMPLE_RATE`, espeak's own leading and trailing silence trimmed."""
+    progress = progress or (lambda iterable, **_: iterable)
+    with tempfile.TemporaryDirectory() as workdir, ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(_speak, binary, text, voice, speed, pitch, workdir, i)
+                   for i, (text, voice, speed, pitch) in enumerate(jobs)]
+        return [future.result() for future in progress(futures, desc="espeak-ng", unit="clip")]
+
+
 def _espeak_dataset(binary: str, clips_per_word: int, seed: int, progress) -> SpokenWords:
     rng = np.random.default_rng(seed)
-    jobs = []
-    for label, word in enumerate(WORDS):
-        for _ in range(clips_per_word):
-            voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{VARIANTS[rng.integers(len(VARIANTS))]}"
-            jobs.append((word, label, voice, int(rng.integers(110, 290)), int(rng.integers(20, 80))))
-    waveforms: list[np.ndarray] = [None] * len(jobs)  # type: ignore[list-item]
-    with tempfile.TemporaryDirectory() as workdir, ThreadPoolExecutor(max_workers=4) as pool:
-        futures = [pool.submit(_speak, binary, word, voice, speed, pitch, workdir, i)
-                   for i, (word, _, voice, speed, pitch) in enumerate(jobs)]
-        for i, future in enumerate(progress(futures, desc="espeak-ng", unit="clip")):
-            waveforms[i] = _augment(future.result(), rng)
+    jobs = [(word, label, *random_voice(rng)) for label, word in enumerate(WORDS) for _ in range(clips_per_word)]
+    spoken = speak_all(binary, [(word, voice, speed, pitch) for word, _, voice, speed, pitch in jobs], progress)
+    waveforms = [_augment(signal, rng) for signal in spoken]
     labels = np.array([job[1] for job in jobs], dtype=np.int64)
     return SpokenWords(
         waveforms, labels, WORDS, SAMPLE_RATE, "espeak-ng",

@@ -17,7 +17,6 @@ The invariants are checked once, when a layout is built: lengths are non-negativ
 from __future__ import annotations
 
 import operator
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -104,9 +103,10 @@ def _as_int_tuple(name: str, values: Any) -> tuple[int, ...]:
 class SeqLayout:
     """Segments (one per sample) of a packed token axis and the packs that group them.
 
-    Build one with ``SeqLayout(seqlens, pack_offsets, device=...)`` or
-    ``SeqLayout.from_seqlens(seqlens, device, pack_offsets)``; ``cu_seqlens`` is derived from
-    ``seqlens`` unless given (e.g. already on the device).
+    Build one with ``SeqLayout(seqlens, pack_offsets, device=...)`` (``cu_seqlens`` derived from
+    ``seqlens`` and copied to ``device`` without a sync) or ``SeqLayout(seqlens, pack_offsets,
+    cu_seqlens)`` with a ``cu_seqlens`` already on its device. A packing plan gives its layout
+    with `elasticast_kernels.packing.PackPlan.layout`.
 
     Attributes:
         seqlens: tokens per segment (host ints).
@@ -133,7 +133,6 @@ class SeqLayout:
         cu_seqlens: torch.Tensor | None = None,
         *,
         device: torch.device | str | None = None,
-        max_seqlen: int | None = None,
     ) -> None:
         lengths = _as_int_tuple("seqlens", seqlens)
         bad = [i for i, n in enumerate(lengths) if n < 0]
@@ -146,9 +145,6 @@ class SeqLayout:
         if (len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(lengths)
                 or any(b < a for a, b in zip(offsets, offsets[1:]))):
             raise ValueError(f"pack_offsets must rise from 0 to num_samples={len(lengths)}, got {list(offsets)}")
-        if max_seqlen is not None:
-            warnings.warn("SeqLayout(max_seqlen=...) is deprecated and ignored: it is max(seqlens)",
-                          DeprecationWarning, stacklevel=2)
         if cu_seqlens is None:
             cu_seqlens = host_to_device(torch.from_numpy(cum.astype(np.int32)), device or "cpu")
         else:
@@ -176,16 +172,6 @@ class SeqLayout:
                 f"cu_seqlens disagrees with seqlens: cu_seqlens[{bad}] = {int(cu_seqlens[bad])}, "
                 f"but the running sum of seqlens is {int(cum[bad])} there"
             )
-
-    @classmethod
-    def from_seqlens(
-        cls,
-        seqlens: Sequence[int],
-        device: torch.device | str = "cpu",
-        pack_offsets: Sequence[int] | None = None,
-    ) -> "SeqLayout":
-        """Layout of host segment lengths, with ``cu_seqlens`` on ``device`` (copied without a sync)."""
-        return cls(seqlens, pack_offsets, device=device)
 
     # --- derived host facts -----------------------------------------------------------------
     @property

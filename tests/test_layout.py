@@ -44,12 +44,6 @@ def test_invariants_are_checked_when_built(kwargs, error, match):
         SeqLayout(**kwargs)
 
 
-def test_deprecated_max_seqlen_keyword():
-    with pytest.warns(DeprecationWarning, match="max_seqlen"):
-        layout = SeqLayout((3, 4), max_seqlen=4)
-    assert layout.max_seqlen == 4
-
-
 def test_pickles_without_its_cache():
     layout = SeqLayout((3, 4), (0, 1, 2))
     layout.segment_ids()

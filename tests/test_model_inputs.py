@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from elasticast_kernels.models import ElasticAST
-from elasticast_kernels.models.inputs import token_keep_counts
+from elasticast_kernels.models.inputs import PatchGrid, prepare_packed, prepare_spectrograms, token_keep_counts
+from elasticast_kernels.packing import pack_lengths, pack_spectrograms
 from reference_elasticast import make_specs
 
 CONFIG = dict(sample_size=(32, 128), patch_size=16, num_classes=3, dim=32, depth=1, heads=2, channels=1)
@@ -82,6 +83,30 @@ def test_bad_rows_raise(torch_cpu_path):
         model([specs_of(32), []], group_samples=False)
 
 
+# --- preparation without a model -------------------------------------------------------------
+def test_preparation_needs_only_a_patch_grid():
+    """What another patch model reuses: a PatchGrid in, the packed batch and the input order out."""
+    grid = PatchGrid(channels=1, patch_size=16, freq_rows=2, time_rows=8)
+    specs = specs_of(32, 64, 128, 16)  # 4, 8, 16, 2 tokens
+    prepared = prepare_spectrograms(specs, grid, max_tokens=20, strategy="best_fit_decreasing")
+    expected = pack_spectrograms(specs, 16, pack_lengths([4, 8, 16, 2], 20, "best_fit_decreasing"))
+    batch = prepared.batch
+    assert torch.equal(batch.patches, expected.patches) and torch.equal(batch.time_idx, expected.time_idx)
+    assert batch.layout.seqlens == expected.layout.seqlens and batch.pack_offsets == expected.pack_offsets
+    assert batch.sample_index.tolist() != [0, 1, 2, 3]  # the plan reorders ...
+    per_segment = batch.sample_index.double()[:, None]
+    assert prepared.in_input_order(per_segment)[:, 0].tolist() == [0, 1, 2, 3]  # ... and this undoes it
+    table = torch.randn(8, 5)
+    assert prepared.stretched == () and prepared.time_table(table) is table
+    again = prepare_packed(expected, grid)
+    assert again.batch is expected and again.stretched == ()
+
+
+def test_patch_grid_checks_its_rule():
+    with pytest.raises(ValueError, match="past_time_table must be one of"):
+        PatchGrid(channels=1, patch_size=16, freq_rows=2, time_rows=8, past_time_table="wrap")
+
+
 # --- token dropout ----------------------------------------------------------------------------
 def test_keep_counts_follow_the_spec():
     lengths = [10, 1, 7, 64]
@@ -140,7 +165,7 @@ def test_eval_mode_is_deterministic_without_eval_dropout(torch_cpu_path):
 # --- samples longer than the time positional table --------------------------------------------
 def test_sample_longer_than_time_table(torch_cpu_path):
     model = ElasticAST(**CONFIG).eval()
-    with pytest.raises(ValueError, match=r"sample 1 has T=160 frames.*pos_embed_interpolation=True"):
+    with pytest.raises(ValueError, match=r"sample 1 spans 10 time patches, more than the 8 rows of the time positional table"):
         model(specs_of(32, 160))
 
 

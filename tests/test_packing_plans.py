@@ -205,6 +205,20 @@ def test_cu_seqlens_and_helpers():
     assert empty.num_packs == 0 and empty.efficiency == 0.0
 
 
+def test_layout_is_the_plan_in_segment_order():
+    plan = pack_lengths([3, 4, 5, 2, 6], 8, "best_fit_decreasing")
+    layout = plan.layout()
+    assert layout.seqlens == tuple(plan.lengths[plan.order].tolist())
+    assert layout.pack_offsets == tuple(plan.pack_offsets.tolist())
+    assert layout.pack_tokens() == tuple(plan.pack_tokens().tolist())
+    assert layout.cu_seqlens.dtype == torch.int32 and layout.device.type == "cpu"
+    for p in range(plan.num_packs):
+        start, end = layout.pack_offsets[p], layout.pack_offsets[p + 1]
+        cu = layout.cu_seqlens[start:end + 1]
+        assert (cu - cu[0]).tolist() == plan.cu_seqlens(p).tolist()
+    assert pack_lengths([], 8).layout().num_samples == 0
+
+
 def test_plan_is_flat_with_lazy_read_only_bins():
     import dataclasses
     import pickle

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .. import layout
+from .. import layout as _layout
 from . import _fallback
 from ._native import native
 
@@ -152,7 +152,15 @@ class PackPlan:
     def pack_tokens(self) -> np.ndarray:
         """int64 ``[num_packs]``: tokens in each pack (the layout's shared rule, over the plan's
         segments in pack order)."""
-        return layout.pack_token_counts(self.lengths[self._order], self._offsets)
+        return _layout.pack_token_counts(self.lengths[self._order], self._offsets)
+
+    def layout(self, device: torch.device | str = "cpu") -> _layout.SeqLayout:
+        """The packed layout this plan describes: segment ``j`` holds sample ``order[j]`` (its
+        ``lengths`` tokens), pack ``p`` the segments ``pack_offsets[p]:pack_offsets[p + 1]``;
+        ``cu_seqlens`` on ``device``, copied there without a host-device sync.
+
+        Raises ValueError when the plan holds more than 2^31 - 1 tokens (int32 ``cu_seqlens``)."""
+        return _layout.SeqLayout(self.lengths[self._order].tolist(), self._offsets.tolist(), device=device)
 
     def cu_seqlens(self, i: int) -> torch.Tensor:
         """int32 CPU ``[len(bins[i]) + 1]``: cumulative token counts of pack ``i``'s samples.

@@ -10,12 +10,13 @@ reshape/permute path gives the same result.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from elasticast_kernels.layout import MAX_TOTAL_TOKENS, SeqLayout, check_offsets, cumulative_lengths
+from elasticast_kernels.layout import SeqLayout, check_offsets, cumulative_lengths, host_to_device
 
 from ._native import native, native_cuda
 from .batch import PackedBatch
@@ -57,10 +58,8 @@ def _check_specs(specs: Any, patch_size: int) -> tuple[int, int, np.ndarray]:
     return int(ref.shape[0]), int(ref.shape[1]), frames
 
 
-def _segments(plan: PackPlan | None, tokens: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Segment order (sample index per segment) and pack offsets over segments."""
-    if plan is None:
-        return np.arange(len(tokens), dtype=np.int64), (0, len(tokens))
+def _checked_plan(plan: PackPlan, tokens: np.ndarray) -> PackPlan:
+    """``plan``, after checking that it partitions these samples with their token counts."""
     if not isinstance(plan, PackPlan):
         raise TypeError(f"plan must be a PackPlan or None, got {type(plan).__name__}")
     if len(plan.lengths) != len(tokens):
@@ -73,13 +72,13 @@ def _segments(plan: PackPlan | None, tokens: np.ndarray) -> tuple[np.ndarray, tu
         plan.validate()  # a partition of the samples, no empty or overfull pack
     except ValueError as error:
         raise ValueError(f"plan is not a valid plan for these specs: {error}") from None
-    return plan.order.astype(np.int64), tuple(int(o) for o in plan.pack_offsets)
+    return plan
 
 
-def _positions(seqlens: np.ndarray, time_patches: np.ndarray, cu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _positions(seqlens: np.ndarray, time_patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """freq_idx, time_idx (int32 [total_tokens]) for frequency-major segments."""
     segment_of = np.repeat(np.arange(len(seqlens)), seqlens)
-    k = np.arange(int(cu[-1]), dtype=np.int64) - cu[:-1].astype(np.int64)[segment_of]
+    k = np.arange(int(seqlens.sum()), dtype=np.int64) - cumulative_lengths(seqlens)[:-1][segment_of]
     nt = time_patches[segment_of]
     return (k // nt).astype(np.int32), (k % nt).astype(np.int32)
 
@@ -99,15 +98,15 @@ def _alloc(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tenso
     return torch.empty(shape, dtype=dtype, pin_memory=pin)
 
 
-def _gather_cpu_native(ext, specs, segments, cu, channels, freq, p, pin):
+def _gather_cpu_native(ext, specs, segments, layout, channels, freq, p, pin):
     dtype = specs[0].dtype
-    total = int(cu[-1])
+    total = layout.total_tokens
     patches = _alloc((total, channels * p * p), dtype, pin)
     freq_idx = _alloc((total,), torch.int32, pin)
     time_idx = _alloc((total,), torch.int32, pin)
     sources = [specs[j].detach().contiguous().reshape(-1).view(torch.uint8).numpy() for j in segments.tolist()]
     ext.pack_patches_cpu(
-        sources, cu, patches.view(torch.uint8).numpy(), freq_idx.numpy(), time_idx.numpy(),
+        sources, layout.cu_seqlens.numpy(), patches.view(torch.uint8).numpy(), freq_idx.numpy(), time_idx.numpy(),
         channels, freq, p, patches.element_size(),
         # torch's intra-op thread count: 1 inside DataLoader workers, so workers do not oversubscribe
         torch.get_num_threads(),
@@ -115,16 +114,15 @@ def _gather_cpu_native(ext, specs, segments, cu, channels, freq, p, pin):
     return patches, freq_idx, time_idx
 
 
-def _gather_cuda_native(ext, specs, segments, cu, time_patches, channels, freq, p):
+def _gather_cuda_native(ext, specs, segments, layout, time_patches, channels, freq, p):
     device = specs[0].device
     dtype = specs[0].dtype
-    total = int(cu[-1])
+    total = layout.total_tokens
     patches = torch.empty((total, channels * p * p), dtype=dtype, device=device)
     freq_idx = torch.empty((total,), dtype=torch.int32, device=device)
     time_idx = torch.empty((total,), dtype=torch.int32, device=device)
-    cu_dev = torch.from_numpy(cu).pin_memory().to(device, non_blocking=True)
     if total == 0:
-        return patches, freq_idx, time_idx, cu_dev
+        return patches, freq_idx, time_idx
     # Contiguous sources are allocated on the current stream, so the caching allocator cannot hand
     # their memory to other work before the kernel below (same stream) has read them.
     sources = [specs[j].detach().contiguous() for j in segments.tolist()]
@@ -138,10 +136,11 @@ def _gather_cuda_native(ext, specs, segments, cu, time_patches, channels, freq, 
     vec_bytes = align & -align  # largest power of two (<= 16) dividing every address and the row
     stream = torch.cuda.current_stream(device)
     ext.pack_patches_cuda(
-        patches.data_ptr(), freq_idx.data_ptr(), time_idx.data_ptr(), meta_dev.data_ptr(), cu_dev.data_ptr(),
-        len(sources), total, channels, freq, p, elem, vec_bytes, stream.cuda_stream, device.index,
+        patches.data_ptr(), freq_idx.data_ptr(), time_idx.data_ptr(), meta_dev.data_ptr(),
+        layout.cu_seqlens.data_ptr(), len(sources), total, channels, freq, p, elem, vec_bytes, stream.cuda_stream,
+        device.index,
     )
-    return patches, freq_idx, time_idx, cu_dev
+    return patches, freq_idx, time_idx
 
 
 def pack_spectrograms(
@@ -173,57 +172,51 @@ def pack_spectrograms(
     """
     p = _check_int("patch_size", patch_size, 1)
     channels, freq, frames = _check_specs(specs, p)
-    time_patches_all = frames // p
-    tokens = (freq // p) * time_patches_all
-    segments, pack_offsets = _segments(plan, tokens)
-    seqlens = tokens[segments]
-    time_patches = time_patches_all[segments]
-    cu = cumulative_lengths(seqlens)
-    if cu[-1] > MAX_TOTAL_TOKENS:
-        raise ValueError(f"{int(cu[-1])} tokens do not fit int32 cu_seqlens")
-    cu = cu.astype(np.int32)
-
     device = specs[0].device
     pin = bool(pin_memory) and device.type == "cpu"
     if pin and not torch.cuda.is_available():
         global _warned_pin
         if not _warned_pin:
-            import warnings
-
             warnings.warn("pack_spectrograms(pin_memory=True): no accelerator, returning unpinned tensors")
             _warned_pin = True
         pin = False
+
+    time_patches_all = frames // p
+    tokens = (freq // p) * time_patches_all
+    if plan is None:
+        segments = np.arange(len(tokens), dtype=np.int64)
+        layout = SeqLayout(tokens.tolist(), device=device)
+    else:
+        plan = _checked_plan(plan, tokens)
+        segments = plan.order.astype(np.int64)
+        layout = plan.layout(device)
+    time_patches = time_patches_all[segments]
     needs_grad = torch.is_grad_enabled() and any(s.requires_grad for s in specs)
 
     ext = None
     if not needs_grad:  # the native gathers write raw buffers: no autograd through them
         ext = native() if device.type == "cpu" else native_cuda() if device.type == "cuda" else None
     if ext is not None and device.type == "cpu":
-        patches, freq_idx, time_idx = _gather_cpu_native(ext, specs, segments, cu, channels, freq, p, pin)
-        cu_seqlens = torch.from_numpy(cu)
-        if pin:
-            cu_seqlens = cu_seqlens.pin_memory()
+        patches, freq_idx, time_idx = _gather_cpu_native(ext, specs, segments, layout, channels, freq, p, pin)
     elif ext is not None:
-        patches, freq_idx, time_idx, cu_seqlens = _gather_cuda_native(
-            ext, specs, segments, cu, time_patches, channels, freq, p
-        )
+        patches, freq_idx, time_idx = _gather_cuda_native(ext, specs, segments, layout, time_patches, channels, freq, p)
     else:
         pieces = [patchify(specs[j], p) for j in segments.tolist()]
         patches = torch.cat(pieces) if pieces else specs[0].new_empty((0, channels * p * p))
-        f_idx, t_idx = _positions(seqlens, time_patches, cu)
-        freq_idx, time_idx, cu_seqlens = (torch.from_numpy(a) for a in (f_idx, t_idx, cu))
+        f_idx, t_idx = _positions(np.asarray(layout.seqlens, dtype=np.int64), time_patches)
+        freq_idx, time_idx = (host_to_device(torch.from_numpy(a), device) for a in (f_idx, t_idx))
         if pin:
-            pinned = (t.pin_memory() for t in (patches, freq_idx, time_idx, cu_seqlens))
-            patches, freq_idx, time_idx, cu_seqlens = pinned
-        elif device.type != "cpu":
-            freq_idx, time_idx, cu_seqlens = (t.to(device, non_blocking=True) for t in (freq_idx, time_idx, cu_seqlens))
-
+            patches, freq_idx, time_idx = (t.pin_memory() for t in (patches, freq_idx, time_idx))
+    if pin:
+        layout = layout.pin_memory()
+    freq_patches = freq // p
     return PackedBatch(
         patches=patches,
         freq_idx=freq_idx,
         time_idx=time_idx,
-        layout=SeqLayout(seqlens.tolist(), pack_offsets, cu_seqlens),
-        sample_index=torch.from_numpy(segments.astype(np.int64)),
+        layout=layout,
+        sample_index=torch.from_numpy(segments),
+        grid_shapes=tuple((freq_patches, int(t)) for t in time_patches.tolist()),
     )
 
 

@@ -30,7 +30,7 @@ using PlanFn = ek::Assignment (*)(const int64_t*, int64_t, int64_t);
 
 // (order int64 [n], offsets int64 [num_packs + 1]) of a plan over a private copy of `lengths`.
 template <class Plan>
-py::tuple run_plan(py::handle lengths, int64_t max_tokens, const Plan& plan) {
+py::tuple run_plan(py::handle lengths, const Plan& plan) {
   // n < 2^31 - 1 is check_lengths' limit too; refusing earlier bounds the copy.
   const py::buffer_info info = ek::args::int_vector<int64_t>(lengths, "lengths", kInt32Max - 1);
   const int64_t n = info.shape[0];
@@ -48,7 +48,7 @@ py::tuple run_plan(py::handle lengths, int64_t max_tokens, const Plan& plan) {
   py::array_t<int64_t> offsets(a.num_packs + 1);
   {
     py::gil_scoped_release release;
-    ek::finalize_plan(a, owned, max_tokens, owned, offsets.mutable_data());
+    ek::finalize_plan(a, owned, owned, offsets.mutable_data());
   }
   return py::make_tuple(order, offsets);
 }
@@ -226,16 +226,17 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "elasticast-kernels native extension: bin-packing plans and patch gathers (CPU, CUDA)";
 
   const auto plan_doc =
-      "(lengths: 1-D int64 buffer (any stride), max_tokens: int in [1, 2**31 - 1]) -> (order int64 [n], offsets "
-      "int64 [num_packs + 1]).\nPack p holds samples order[offsets[p]:offsets[p+1]] (ascending index). The "
-      "lengths are copied before they are checked. TypeError for a wrong buffer or argument type, ValueError "
+      "(lengths: 1-D int64 buffer (any stride), each in [1, 2**31 - 1], max_tokens: int in [1, 2**31 - 1]) -> "
+      "(order int64 [n], offsets int64 [num_packs + 1]).\nPack p holds samples order[offsets[p]:offsets[p+1]] "
+      "(ascending index); a sample longer than max_tokens is alone in its pack. The lengths are copied before "
+      "they are checked. TypeError for a wrong buffer or argument type, ValueError "
       "for a wrong value (naming the argument and index).";
   auto bind_plan = [&](const char* name, PlanFn fn) {
     m.def(
         name,
         [fn](py::handle lengths, py::handle max_tokens_obj) {
           const int64_t max_tokens = max_tokens_arg(max_tokens_obj);
-          return run_plan(lengths, max_tokens, [&](const int64_t* d, int64_t n) { return fn(d, n, max_tokens); });
+          return run_plan(lengths, [&](const int64_t* d, int64_t n) { return fn(d, n, max_tokens); });
         },
         py::arg("lengths"), py::arg("max_tokens"), plan_doc);
   };
@@ -248,8 +249,7 @@ PYBIND11_MODULE(_C, m) {
       [](py::handle lengths, py::handle max_tokens_obj, py::handle window_obj) {
         const int64_t max_tokens = max_tokens_arg(max_tokens_obj);
         const int64_t window = int_arg(window_obj, "window", 1, kInt64Max);
-        return run_plan(lengths, max_tokens,
-                        [&](const int64_t* d, int64_t n) { return ek::best_fit_window(d, n, max_tokens, window); });
+        return run_plan(lengths, [&](const int64_t* d, int64_t n) { return ek::best_fit_window(d, n, max_tokens, window); });
       },
       py::arg("lengths"), py::arg("max_tokens"), py::arg("window") = 256,
       "Like the other plans, plus window: int in [1, 2**63 - 1] (pending samples).");

@@ -75,7 +75,8 @@ def python_plan(strategy: str, lengths: np.ndarray, max_tokens: int, window: int
 def random_lengths(rng: np.random.Generator, max_tokens: int) -> tuple[Any, np.ndarray | None]:
     """(object to pass, its int64 values when a valid int64 buffer, else None)."""
     n = int(rng.integers(0, 40))
-    values = rng.integers(1, max_tokens + 1, size=n, dtype=np.int64)
+    high = max_tokens if rng.random() < 0.8 else min(INT32_MAX, 3 * max_tokens + 2)  # oversize: own packs
+    values = rng.integers(1, high + 1, size=n, dtype=np.int64)
     kind = rng.integers(0, 12)
     if kind == 0 and n:  # hostile values
         values[rng.integers(0, n)] = rng.choice(HOSTILE_INTS)
@@ -123,7 +124,7 @@ def fuzz_plans(ext: ModuleType, rng: np.random.Generator, counts: Counter) -> No
     windowed = strategy == "best_fit_window"
     args = (lengths, mt_arg, win_arg) if windowed else (lengths, mt_arg)
     valid = (values is not None and max_tokens is not None and (window is not None or not windowed)
-             and bool(np.all((values >= 1) & (values <= max_tokens))))
+             and bool(np.all((values >= 1) & (values <= INT32_MAX))))
     call = lambda: getattr(ext, strategy)(*args)  # noqa: E731
     if not valid:
         expect_named_error(call, f"{strategy}{tuple(type(a).__name__ for a in args)}")
@@ -337,7 +338,7 @@ def race_plans(ext: ModuleType, rng: np.random.Generator, seconds: float, counts
     must be exactly the plan of the good values."""
     max_tokens = 2048
     lengths = rng.integers(100, max_tokens + 1, size=200_000).astype(np.int64)
-    hostile = [-(2**40), 2**40, -(2**62), max_tokens + 1, 0]
+    hostile = [-(2**40), 2**40, -(2**62), INT32_MAX + 1, 0]
     for strategy in PLANS:
         want = getattr(ext, strategy)(lengths.copy(), max_tokens)
         budget = Budget(seconds)
@@ -404,7 +405,7 @@ def race_pack_lengths(rng: np.random.Generator, seconds: float, counts: Counter)
         for backend in ("native", "python") if strategy == "next_fit" else ("native",):
             want = pack_lengths(lengths.copy(), 2048, strategy, backend=backend).order
             budget = Budget(seconds)
-            with Mutators(lengths, [-(2**40), 2**40, 0, 2049], int(rng.integers(1 << 30))):
+            with Mutators(lengths, [-(2**40), 2**40, 0, INT32_MAX + 1], int(rng.integers(1 << 30))):
                 while budget.more():
                     try:
                         plan = pack_lengths(lengths, 2048, strategy, backend=backend)

@@ -10,7 +10,8 @@ requires_native = pytest.mark.skipif(not has_native(), reason="native extension 
 
 
 def assert_valid(plan: PackPlan, lengths, max_tokens: int) -> None:
-    """Each index exactly once, no pack over capacity, no empty pack, ascending inside a pack."""
+    """Each index exactly once, no pack over capacity (but a sample longer than it, alone), no
+    empty pack, ascending inside a pack."""
     lengths = np.asarray(lengths, dtype=np.int64)
     assert plan.max_tokens == max_tokens
     np.testing.assert_array_equal(plan.lengths, lengths)
@@ -18,8 +19,10 @@ def assert_valid(plan: PackPlan, lengths, max_tokens: int) -> None:
     np.testing.assert_array_equal(np.sort(seen), np.arange(len(lengths)))
     for b in plan.bins:
         assert b.dtype == np.int64 and len(b) > 0
-        assert lengths[b].sum() <= max_tokens
+        assert lengths[b].sum() <= max_tokens or len(b) == 1
         assert np.all(np.diff(b) > 0)
+    oversize = np.flatnonzero(lengths > max_tokens)
+    assert sum(len(b) == 1 and b[0] in oversize for b in plan.bins) == len(oversize)
 
 
 def assert_valid_flat(order, offsets, lengths, max_tokens: int) -> None:
@@ -28,7 +31,8 @@ def assert_valid_flat(order, offsets, lengths, max_tokens: int) -> None:
     sizes = np.diff(offsets)
     assert offsets[0] == 0 and np.all(sizes > 0)
     if len(lengths):
-        assert np.add.reduceat(lengths[order], offsets[:-1]).max() <= max_tokens
+        tokens = np.add.reduceat(lengths[order], offsets[:-1])
+        assert np.all((tokens <= max_tokens) | (sizes == 1))
         starts = np.zeros(len(order), dtype=bool)
         starts[offsets[:-1]] = True
         assert np.all((np.diff(order) > 0) | starts[1:])
@@ -66,6 +70,11 @@ ADVERSARIAL = {
     "halves": ([5, 5, 5, 6, 4, 5], 10),
     "descending": (list(range(30, 0, -1)), 31),
     "big_and_small": ([1000, 1, 999, 2, 998, 3] * 5, 1001),
+    "one_oversize": ([9], 8),
+    "oversize_in_between": ([3, 12, 4, 9, 1, 8, 30, 2], 8),
+    "all_oversize": ([9, 20, 9, 2**31 - 1], 8),
+    "oversize_max_tokens_one": ([1, 2, 1, 3, 1], 1),
+    "oversize_sparse": ([2**31 - 1, 5, 2**30, 7, 2**31 - 1], 2**20 + 3),
 }
 
 
@@ -89,6 +98,31 @@ def test_random_inputs_give_valid_partitions(strategy, backend):
         lengths = rng.integers(1, max_tokens + 1, size=int(rng.integers(0, 300)))
         assert_valid(pack_lengths(lengths, max_tokens, strategy, window=int(rng.integers(1, 40)), backend=backend),
                      lengths, max_tokens)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_oversize_samples_get_packs_of_their_own_where_each_rule_puts_them(backend):
+    lengths, max_tokens = [3, 12, 4, 9, 1, 8, 30, 2], 8
+
+    def bins(strategy):
+        return [b.tolist() for b in pack_lengths(lengths, max_tokens, strategy, window=3, backend=backend).bins]
+
+    # next fit: in order; the oversize sample closes the pack before it and the one after it
+    assert bins("next_fit") == [[0], [1], [2], [3], [4], [5], [6], [7]]
+    assert [b.tolist() for b in pack_lengths([3, 4, 12, 1, 2], 8, "next_fit", backend=backend).bins] == \
+        [[0, 1], [2], [3, 4]]
+    # decreasing strategies: the oversize samples (longest first) open the first packs
+    for strategy in ("first_fit_decreasing", "best_fit_decreasing"):
+        assert bins(strategy)[:3] == [[6], [1], [3]], strategy
+    # histogram: the exact-fill patterns first ([8], [4, 3, 1], [2]), then one pack per oversize sample
+    assert bins("histogram") == [[5], [0, 2, 4], [7], [6], [1], [3]]
+    # streaming: the oversize sample opens a pack when it is the oldest pending one
+    window = bins("best_fit_window")
+    assert [1] in window and [3] in window and [6] in window
+    for strategy in STRATEGIES:
+        plan = pack_lengths(lengths, max_tokens, strategy, backend=backend)
+        plan.validate()
+        assert_valid(plan, lengths, max_tokens)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -119,6 +153,8 @@ def test_fuzz_native_plans_are_valid_and_match_python():
         # sometimes huge ones (sparse containers in C++).
         max_tokens = int(rng.choice([1, 2, 7, 16, 100, 2**20, 2**31 - 1])) if case % 4 == 0 else int(rng.integers(1, 300))
         high = max_tokens if rng.random() < 0.7 else max(1, max_tokens // int(rng.integers(1, 8)))
+        if rng.random() < 0.2:  # some samples longer than a pack
+            high = min(2**31 - 1, 3 * max_tokens + 2)
         lengths = rng.integers(1, high + 1, size=int(rng.integers(0, 40)))
         if rng.random() < 0.3:  # few distinct lengths: the histogram's repeated patterns
             lengths = rng.choice(lengths[:3], size=len(lengths)) if len(lengths) else lengths
@@ -265,7 +301,7 @@ def test_plan_from_bins_equals_plan_from_order():
 @pytest.mark.parametrize(
     "lengths, max_tokens, kwargs, match",
     [
-        ([3, 9, 2], 8, {}, r"lengths\[1\] = 9 is outside \[1, max_tokens=8\]"),
+        ([3, 2**31, 2], 8, {}, r"lengths\[1\] = 2147483648 is outside \[1, 2\*\*31 - 1\]"),
         ([3, 0, 2], 8, {}, r"lengths\[1\] = 0"),
         ([3, 2, -4], 8, {}, r"lengths\[2\] = -4"),
         ([3.0, 2.5], 8, {}, r"lengths\[1\] = 2.5 is not an integer"),
@@ -281,7 +317,7 @@ def test_plan_from_bins_equals_plan_from_order():
         ([1, 2], 8, {"strategy": "best_fit_window", "window": 0}, r"window must be \[1, 9223372036854775807\], got 0"),
         # out of int64: a clear error, not the native signature's TypeError
         ([1, 2], 8, {"strategy": "best_fit_window", "window": 2**64}, r"window must be .* got 18446744073709551616"),
-        ([1, 2**70], 8, {}, r"lengths\[1\] = 1180591620717411303424 is outside \[1, max_tokens=8\]"),
+        ([1, 2**70], 8, {}, r"lengths\[1\] = 1180591620717411303424 is outside \[1, 2\*\*31 - 1\]"),
         (np.array([3.0, np.inf]), 8, {}, r"lengths\[1\] = inf is not an integer"),
         (torch.tensor([3.0, float("nan")]), 8, {}, r"lengths\[1\] = nan is not an integer"),
         ([1, None], 8, {}, r"lengths\[1\] = None is not an integer"),
@@ -302,8 +338,8 @@ def test_max_tokens_must_be_an_int(bad):
 def test_native_functions_check_their_input_too():
     from elasticast_kernels import _C
 
-    with pytest.raises(ValueError, match=r"lengths\[2\] = 9"):
-        _C.best_fit_decreasing(np.array([1, 2, 9], dtype=np.int64), 8)
+    with pytest.raises(ValueError, match=r"lengths\[2\] = 2147483648 is outside \[1, 2\*\*31 - 1\]"):
+        _C.best_fit_decreasing(np.array([1, 2, 2**31], dtype=np.int64), 8)
     with pytest.raises(ValueError, match=r"max_tokens"):
         _C.histogram(np.array([1], dtype=np.int64), 0)
     with pytest.raises(ValueError, match=r"window must be in \[1, 9223372036854775807\], got 0"):

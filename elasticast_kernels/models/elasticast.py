@@ -1,19 +1,14 @@
 """ElasticAST on the packed varlen layout: a drop-in for the published model.
 
-Same constructor, same ``forward``, same state-dict keys and the same logits as the model of
-Feng et al. (Interspeech 2024), but the samples of a batch are packed into one
-``[total_tokens, dim]`` tensor with ``cu_seqlens`` instead of rows padded to the longest row with
-a dense block-diagonal mask. Every per-token layer runs once on the packed tensor; attention runs
-per sample through the backend chosen in `elasticast_kernels.backends`; pooling is the fused
-per-sample `AttentionPool`.
+Same constructor, ``forward``, state-dict keys and logits as the model of Feng et al.
+(Interspeech 2024), but a batch is one ``[total_tokens, dim]`` tensor with ``cu_seqlens`` instead
+of rows padded to the longest row under a block-diagonal mask. This file holds the network; the
+host-side preparation (checks, plan, patch gather, token dropout, positions past the time table,
+input order) is `elasticast_kernels.models.inputs`::
 
-This file holds the network. Host-side preparation (checks, token dropout, packing plan,
-patch gather, positions past the time table, input order) is `elasticast_kernels.models.inputs`::
-
-    list of [C, F, T] or PackedBatch  --inputs.prepare_*-->  PreparedBatch (packed, dropped, planned)
-      --embed_packed: patch_embed + pos_embed_freq[f] + time table[t]  --blocks (varlen attention)
-      --> norm --> AttentionPool / segment_mean --> mlp_norm  --PreparedBatch.in_input_order--> head
-      --> logits in input order
+    list of [C, F, T] or PackedBatch  --inputs.prepare_*-->  PreparedBatch
+      --embed_packed: patch_embed + pos_embed_freq[f] + time table[t] --> blocks (varlen attention)
+      --> norm --> AttentionPool / segment_mean --> mlp_norm  --in_input_order--> head --> logits
 """
 from __future__ import annotations
 
@@ -27,6 +22,7 @@ from elasticast_kernels.backends import BACKENDS, BackendFn, backend_name, resol
 from elasticast_kernels.layout import SeqLayout
 from elasticast_kernels.models.inputs import PatchGrid, prepare_packed, prepare_spectrograms, token_keep_counts
 from elasticast_kernels.models.layers import LAYER_NORM_EPS, Encoder
+from elasticast_kernels.models.positions import PAST_TIME_TABLE
 from elasticast_kernels.modules import AttentionPool
 from elasticast_kernels.ops import segment_mean
 from elasticast_kernels.packing import STRATEGIES, PackedBatch
@@ -71,8 +67,13 @@ class ElasticAST(nn.Module):
         packing: strategy of `elasticast_kernels.packing.pack_lengths` used to group samples
             into packs of at most ``group_max_seq_len`` tokens (changes speed, not logits).
         softmax_scale: score scale of every attention (1.0 = the published, unscaled scores).
-        pos_embed_interpolation: a sample longer than ``T_max`` gets the time table linearly
-            interpolated to its length instead of a ValueError.
+        past_time_table: what a sample longer than the time table (``T > T_max``) gets:
+            ``"interpolate"`` (default): the table linearly interpolated to its length, so audio of
+            any length runs; ``"error"``: a ValueError, as in the published model. Samples within
+            the table keep exactly their published positions either way (see
+            `elasticast_kernels.models.positions` for why interpolation).
+        pos_embed_interpolation: deprecated; True is ``past_time_table="interpolate"``, False
+            ``"error"``.
 
     Raises:
         ValueError / TypeError: bad sizes or options; ``imagenet_pretrain``, ``SSAST_pretrain`` or
@@ -99,7 +100,8 @@ class ElasticAST(nn.Module):
         attention_backend: str = "auto",
         packing: str = "next_fit",
         softmax_scale: float = 1.0,
-        pos_embed_interpolation: bool = False,
+        past_time_table: str = "interpolate",
+        pos_embed_interpolation: bool | None = None,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -112,8 +114,8 @@ class ElasticAST(nn.Module):
         if kwargs:
             warnings.warn(f"ElasticAST ignores unknown keyword arguments {sorted(kwargs)}", stacklevel=2)
         max_freq, max_time = _pair(sample_size, "sample_size")
-        for name, value in (("patch_size", patch_size), ("num_classes", num_classes), ("dim", dim),
-                            ("depth", depth), ("heads", heads), ("channels", channels)):
+        for name, value in dict(patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth, heads=heads,
+                                channels=channels).items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if max_freq % patch_size or max_time % patch_size or max_freq < patch_size or max_time < patch_size:
@@ -128,6 +130,12 @@ class ElasticAST(nn.Module):
         attention_backend = backend_name(attention_backend, "attention_backend")
         if packing not in STRATEGIES:
             raise ValueError(f"packing must be one of the pack_lengths strategies {list(STRATEGIES)}, got {packing!r}")
+        if pos_embed_interpolation is not None:
+            warnings.warn("pos_embed_interpolation is deprecated: pass past_time_table='interpolate' (the default) "
+                          "or 'error'", DeprecationWarning, stacklevel=2)
+            past_time_table = "interpolate" if pos_embed_interpolation else "error"
+        if past_time_table not in PAST_TIME_TABLE:
+            raise ValueError(f"past_time_table must be one of {PAST_TIME_TABLE}, got {past_time_table!r}")
 
         # the constructor's arguments, as a saved model rebuilds it (`elasticast_kernels.saved_model`)
         self._config = dict(
@@ -136,12 +144,12 @@ class ElasticAST(nn.Module):
             token_dropout_prob=None if token_dropout_prob is None else float(token_dropout_prob),
             avg_pool_tk=bool(avg_pool_tk), random_token_dropout=float(random_token_dropout),
             eval_token_dropout=float(eval_token_dropout), attention_backend=attention_backend, packing=packing,
-            softmax_scale=float(softmax_scale), pos_embed_interpolation=bool(pos_embed_interpolation),
+            softmax_scale=float(softmax_scale), past_time_table=past_time_table,
         )
         # plain attributes the forward reads at every call (so ``model.packing = ...`` works)
         for key in ("patch_size", "channels", "num_classes", "token_dropout_prob", "random_token_dropout",
                     "eval_token_dropout", "avg_pool_tk", "attention_backend", "packing", "softmax_scale",
-                    "pos_embed_interpolation"):
+                    "past_time_table"):
             setattr(self, key, self._config[key])
 
         patch_dim = channels * patch_size * patch_size
@@ -168,7 +176,7 @@ class ElasticAST(nn.Module):
         """How this model reads its inputs (patch size, table extents, the rule past the time
         table), for `elasticast_kernels.models.inputs`."""
         return PatchGrid(self.channels, self.patch_size, self.pos_embed_freq.shape[0], self.pos_embed_time.shape[0],
-                         "interpolate" if self.pos_embed_interpolation else "error")
+                         self.past_time_table)
 
     # --------------------------------------------------------------------------------------------
     def forward(self, batched_samples, group_samples: bool = True, group_max_seq_len: int = 2048) -> torch.Tensor:
@@ -179,12 +187,13 @@ class ElasticAST(nn.Module):
                 same dtype and device); with ``group_samples=False`` a list of rows, each a list of
                 such tensors, packed as given (no length limit); or a `PackedBatch`.
             group_samples: pack the samples with ``self.packing`` (True) or take the caller's rows.
-            group_max_seq_len: most tokens per pack (after token dropout).
+            group_max_seq_len: most tokens per pack (after token dropout); a longer sample gets a
+                pack of its own (the published model raised).
 
         Raises:
-            TypeError / ValueError: malformed samples (the message names the sample), a sample of
-                more than ``group_max_seq_len`` tokens, a sample longer than the time positional
-                table without ``pos_embed_interpolation``.
+            TypeError / ValueError: malformed samples (the message names the sample), a bad
+                ``group_max_seq_len``, a sample longer than the time positional table with
+                ``past_time_table="error"``, a device or dtype mismatch with the model.
         """
         return self.head(self.embed(batched_samples, group_samples, group_max_seq_len))
 
@@ -202,15 +211,13 @@ class ElasticAST(nn.Module):
         return prepared.in_input_order(embeddings)
 
     def forward_packed(self, batch: PackedBatch, time_table: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[num_samples, num_classes]`` of a prepared `PackedBatch`, in its segment order
-        (no token dropout, no checks: `forward` does those)."""
+        """Logits ``[num_samples, num_classes]`` of a prepared `PackedBatch` in its segment order."""
         return self.head(self.embed_packed(batch, time_table))
 
     def embed_packed(self, batch: PackedBatch, time_table: torch.Tensor | None = None) -> torch.Tensor:
-        """Embeddings ``[num_samples, dim]`` of a prepared `PackedBatch` in its segment order.
-
-        ``batch.time_idx`` indexes ``time_table`` (default ``pos_embed_time``; `embed` passes the
-        table extended for samples past it)."""
+        """Embeddings ``[num_samples, dim]`` of a prepared `PackedBatch` (no checks, no token
+        dropout: `embed` does those) in its segment order. ``batch.time_idx`` indexes
+        ``time_table`` (default ``pos_embed_time``; `embed` passes it extended past the table)."""
         layout = batch.layout
         time_table = self.pos_embed_time if time_table is None else time_table
         x = (
@@ -244,10 +251,6 @@ class ElasticAST(nn.Module):
 
     def _keep_counts(self, lengths: Sequence[int]) -> list[int] | None:
         """Token dropout: tokens kept per sample (None: all), from the current options and mode."""
-        return token_keep_counts(
-            lengths,
-            training=self.training,
-            token_dropout_prob=self.token_dropout_prob,
-            random_token_dropout=self.random_token_dropout,
-            eval_token_dropout=self.eval_token_dropout,
-        )
+        return token_keep_counts(lengths, training=self.training, token_dropout_prob=self.token_dropout_prob,
+                                 random_token_dropout=self.random_token_dropout,
+                                 eval_token_dropout=self.eval_token_dropout)

@@ -72,7 +72,7 @@ class PatchGrid:
     patch_size: int
     freq_rows: int
     time_rows: int
-    past_time_table: str = "error"
+    past_time_table: str = "interpolate"
 
     def __post_init__(self) -> None:
         if self.past_time_table not in PAST_TIME_TABLE:
@@ -177,7 +177,8 @@ def prepare_spectrograms(
             ``group_samples=False`` a list of rows, each a non-empty list of such tensors, every row
             one pack as given (no token limit).
         grid: the model's `PatchGrid`.
-        max_tokens: most tokens per pack (after token dropout), an int in ``[1, 2**31 - 1]``.
+        max_tokens: most tokens per pack (after token dropout), an int in ``[1, 2**31 - 1]``; a
+            longer sample gets a pack of its own.
         strategy: the `elasticast_kernels.packing.pack_lengths` strategy.
         keep_counts: tokens kept per sample from the full counts (input order), or None for all
             (token dropout; the kept tokens are drawn with ``torch.randperm`` per sample in input
@@ -241,10 +242,6 @@ def _plan(lengths: list[int], rows: list[list[int]] | None, max_tokens: int, str
         raise ValueError(
             f"group_max_seq_len must be an int in [1, {MAX_TOTAL_TOKENS}] (cu_seqlens are int32), got {max_tokens!r}"
         )
-    for i, n in enumerate(lengths):
-        if n > max_tokens:
-            raise ValueError(f"sample {i} has {n} tokens, more than group_max_seq_len={max_tokens}; "
-                             "pass a larger group_max_seq_len or crop the sample")
     return pack_lengths(lengths, int(max_tokens), strategy=strategy)
 
 

@@ -5,7 +5,7 @@ time axis of AST's grid) must decide what a sample whose patch grid is longer th
 Samples within the table always keep their own rows unchanged. For the longer ones, the rule
 ``past_time_table`` is one of:
 
-``"interpolate"``
+``"interpolate"`` (the default)
     the sample gets the table linearly interpolated to its length (``F.interpolate``,
     ``mode="linear"``, ``align_corners=False``): every token's time embedding is a blend of two
     neighbouring learned rows, the first and last rows stay at the ends, and a sample one patch

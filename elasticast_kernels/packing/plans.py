@@ -178,18 +178,21 @@ class PackPlan:
         return torch.from_numpy(cu)
 
     def validate(self) -> None:
-        """Raise ValueError unless every sample is in exactly one pack and no pack overflows."""
+        """Raise ValueError unless every sample is in exactly one pack and no pack overflows (a
+        pack holding one sample longer than ``max_tokens`` and nothing else is within the rules)."""
         order, offsets, n = self._order, self._offsets, len(self.lengths)
         if (len(order) != n or offsets[0] != 0 or offsets[-1] != len(order) or (np.diff(offsets) < 0).any()
                 or not np.array_equal(np.sort(order), np.arange(n))):
             raise ValueError("plan bins are not a partition of the samples")
         tokens = self.pack_tokens()
-        bad = (offsets[1:] == offsets[:-1]) | (tokens > self.max_tokens)
+        sizes = np.diff(offsets)
+        bad = (sizes == 0) | ((tokens > self.max_tokens) & (sizes > 1))
         if bad.any():
             p = int(np.argmax(bad))  # the first bad pack, as a loop over the bins would find it
-            if offsets[p + 1] == offsets[p]:
+            if sizes[p] == 0:
                 raise ValueError(f"bins[{p}] is empty")
-            raise ValueError(f"bins[{p}] holds {int(tokens[p])} tokens > max_tokens={self.max_tokens}")
+            raise ValueError(f"bins[{p}] holds {int(tokens[p])} tokens > max_tokens={self.max_tokens} "
+                             "(only a pack of one sample may be longer)")
 
     def __repr__(self) -> str:
         return (
@@ -297,17 +300,24 @@ def _int64_array(name: str, values: Any, ndim: int | None = 1) -> np.ndarray:
     return _integer_array(name, values, -(2**63), 2**63 - 1, "the int64 range", ndim)
 
 
-def as_lengths(lengths: Any, max_tokens: int) -> np.ndarray:
+def as_lengths(lengths: Any, max_tokens: Any = None) -> np.ndarray:
     """Validate ``lengths`` (1-D ints: sequence, numpy array or tensor) -> a private, contiguous
     int64 numpy array (always a copy: later changes to the caller's data do not reach it).
+
+    Every length must be in ``[1, 2**31 - 1]`` (a pack's tokens are counted in int32); a length
+    above a plan's budget is allowed (it gets a pack of its own), so ``max_tokens`` is not used
+    (passing it warns).
 
     Raises:
         TypeError: ``lengths`` is not array-like (a generator, a set, a mapping), a meta tensor,
             or half-precision floats.
         ValueError: not 1-D, a non-integer (non-finite or fractional float, non-numeric dtype) or a
-            length outside ``[1, max_tokens]``, naming the first offending index.
+            length outside ``[1, 2**31 - 1]``, naming the first offending index.
     """
-    return _integer_array("lengths", lengths, 1, max_tokens, f"[1, max_tokens={max_tokens}]", ndim=1)
+    if max_tokens is not None:
+        warnings.warn("as_lengths(lengths, max_tokens): max_tokens is ignored, a length above it gets a pack "
+                      "of its own", DeprecationWarning, stacklevel=2)
+    return _integer_array("lengths", lengths, 1, MAX_TOKENS_LIMIT, "[1, 2**31 - 1]", ndim=1)
 
 
 def _python_plan(strategy: str, lengths: np.ndarray, max_tokens: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -352,7 +362,7 @@ def pack_order(
     "native" (C++, RuntimeError if missing) or "python".
     """
     max_tokens, window = _check_options(max_tokens, strategy, window, backend)
-    return _plan_arrays(as_lengths(lengths, max_tokens), max_tokens, strategy, window, backend)
+    return _plan_arrays(as_lengths(lengths), max_tokens, strategy, window, backend)
 
 
 def pack_lengths(
@@ -366,8 +376,12 @@ def pack_lengths(
 ) -> PackPlan:
     """Partition samples with the given token ``lengths`` into packs of at most ``max_tokens``.
 
+    A sample longer than ``max_tokens`` gets a pack of its own (in every strategy; where the
+    strategy's rule puts it, see ``csrc/pack_plans.h``), so any length can be planned: a caller
+    that wants such samples dropped or cropped does that before planning.
+
     Args:
-        lengths: 1-D integers (list, numpy array or CPU tensor), each in ``[1, max_tokens]``.
+        lengths: 1-D integers (list, numpy array or CPU tensor), each in ``[1, 2**31 - 1]``.
         max_tokens: pack capacity, in ``[1, 2**31 - 1]``.
         strategy: ``"next_fit"`` (the published ElasticAST grouping: in order, a new pack when the
             next sample would overflow), ``"first_fit_decreasing"``, ``"best_fit_decreasing"``,
@@ -384,7 +398,7 @@ def pack_lengths(
         either backend.
 
     Raises:
-        ValueError: a length < 1, > max_tokens or not an integer (naming its index), lengths not
+        ValueError: a length < 1, > 2**31 - 1 or not an integer (naming its index), lengths not
             1-D, max_tokens or window out of range, an unknown strategy or backend.
         TypeError: max_tokens or window not an int; lengths not array-like (a generator, a set),
             a meta or half-precision tensor (see :func:`as_lengths`).
@@ -394,7 +408,7 @@ def pack_lengths(
         warnings.warn("pack_lengths(seed=...) is deprecated and has no effect: every strategy is deterministic "
                       "and always ignored the seed", DeprecationWarning, stacklevel=2)
     max_tokens, window = _check_options(max_tokens, strategy, window, backend)
-    arr = as_lengths(lengths, max_tokens)  # a private copy: what the packer reads is what was checked
+    arr = as_lengths(lengths)  # a private copy: what the packer reads is what was checked
     order, offsets = _plan_arrays(arr, max_tokens, strategy, window, backend)
     # Kept flat: PackPlan.bins (one array per pack) is built only if someone asks for it. All three
     # arrays are fresh (the copy above, the packer's outputs), so the plan takes them as they are.

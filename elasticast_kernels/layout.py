@@ -45,7 +45,8 @@ def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Te
 
 
 def cumulative_lengths(lengths: Any) -> np.ndarray:
-    """int64 ``[n + 1]``: ``0`` followed by the running sum of ``lengths``."""
+    """int64 ``[n + 1]``: ``0`` followed by the running sum of ``lengths`` (non-negative, each below
+    2^31, as `SeqLayout` and `PackPlan` check, so the int64 sum cannot wrap)."""
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out[1:])
@@ -116,9 +117,10 @@ class SeqLayout:
 
     Raises:
         TypeError: a length or offset that is not an int; ``cu_seqlens`` not a tensor.
-        ValueError: a negative length, more than 2^31 - 1 tokens, ``pack_offsets`` that do not
-            rise from 0 to ``num_samples``, ``cu_seqlens`` of the wrong dtype or shape, or (on the
-            CPU) values that disagree with ``seqlens``.
+        ValueError: a negative length, more than 2^31 - 1 tokens (one segment or all of them),
+            ``pack_offsets`` that do not rise from 0 to ``num_samples``, ``cu_seqlens`` of the
+            wrong dtype or shape, or (on the CPU) values that disagree with ``seqlens``. A layout
+            restored from a pickle is checked the same way.
     """
 
     seqlens: tuple[int, ...]
@@ -135,12 +137,15 @@ class SeqLayout:
         device: torch.device | str | None = None,
     ) -> None:
         lengths = _as_int_tuple("seqlens", seqlens)
-        bad = [i for i, n in enumerate(lengths) if n < 0]
-        if bad:
-            raise ValueError(f"seqlens[{bad[0]}] = {lengths[bad[0]]} is negative")
+        for i, n in enumerate(lengths):
+            if n < 0:
+                raise ValueError(f"seqlens[{i}] = {n} is negative")
+            if n > MAX_TOTAL_TOKENS:  # checked one by one first, so the running sum below cannot wrap
+                raise ValueError(f"seqlens[{i}] = {n} is more than int32 cu_seqlens allow (2**31 - 1)")
+        total = sum(lengths)
+        if total > MAX_TOTAL_TOKENS:
+            raise ValueError(f"seqlens hold {total} tokens in all, more than int32 cu_seqlens allow (2**31 - 1)")
         cum = cumulative_lengths(lengths)
-        if cum[-1] > MAX_TOTAL_TOKENS:
-            raise ValueError(f"the segments hold {int(cum[-1])} tokens, more than int32 cu_seqlens allow")
         offsets = (0, len(lengths)) if pack_offsets is None else _as_int_tuple("pack_offsets", pack_offsets)
         if (len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(lengths)
                 or any(b < a for a, b in zip(offsets, offsets[1:]))):
@@ -231,10 +236,13 @@ class SeqLayout:
         # The cache holds device tensors derived from the layout: rebuilt where the layout lands.
         return {"seqlens": self.seqlens, "pack_offsets": self.pack_offsets, "cu_seqlens": self.cu_seqlens}
 
-    def __setstate__(self, state: dict) -> None:
-        for name, value in state.items():
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "_cache", {})
+    def __setstate__(self, state: Any) -> None:
+        # A pickle is input like any other: the restored layout passes the constructor's checks.
+        keys = ("seqlens", "pack_offsets", "cu_seqlens")
+        if not isinstance(state, dict) or set(state) != set(keys):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"a pickled SeqLayout must hold {list(keys)}, got {got}")
+        SeqLayout.__init__(self, *(state[key] for key in keys))
 
     def __repr__(self) -> str:
         return (f"SeqLayout(num_samples={self.num_samples}, num_packs={self.num_packs}, "

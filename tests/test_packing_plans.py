@@ -411,8 +411,14 @@ def test_constructors_copy_their_arrays():
     "field, value, error, match",
     [
         ("lengths", np.array([3.0, np.nan]), ValueError, r"lengths\[1\] = nan is not an integer"),
-        ("lengths", [3, 2**64], ValueError, r"lengths\[1\] = 18446744073709551616 is outside the int64 range"),
-        ("lengths", [3.0, 2.0**63], ValueError, r"lengths\[1\] = 9223372036854775808 is outside the int64 range"),
+        ("lengths", [3, 2**64], ValueError, r"lengths\[1\] = 18446744073709551616 is outside \[0, 2\*\*31 - 1\]"),
+        ("lengths", [3.0, 2.0**63], ValueError, r"lengths\[1\] = 9223372036854775808 is outside \[0, 2\*\*31 - 1\]"),
+        ("lengths", [3, 2**31], ValueError, r"lengths\[1\] = 2147483648 is outside \[0, 2\*\*31 - 1\]"),
+        ("lengths", [3, -1], ValueError, r"lengths\[1\] = -1 is outside \[0, 2\*\*31 - 1\]"),
+        ("max_tokens", 0, ValueError, r"max_tokens must be \[1, 2147483647\], got 0"),
+        ("max_tokens", 2**31, ValueError, r"max_tokens must be \[1, 2147483647\]"),
+        ("max_tokens", 8.0, TypeError, r"max_tokens must be an int, got float"),
+        ("strategy", None, TypeError, r"strategy must be a str, got NoneType"),
         ("order", np.array([0, 2**63], dtype=np.uint64), ValueError, r"order\[1\] = 9223372036854775808 is outside"),
         ("order", [0, 1.5], ValueError, r"order\[1\] = 1.5 is not an integer"),
         ("offsets", [[0, 2]], ValueError, r"offsets must be 1-D"),
@@ -424,6 +430,38 @@ def test_constructors_refuse_non_integers_instead_of_wrapping(field, value, erro
     args[field] = value
     with pytest.raises(error, match=match):
         PackPlan.from_order(**args)
+
+
+@pytest.mark.parametrize("changes, error, match", [
+    (dict(lengths=np.array([3, -4, 5, 2])), ValueError, r"lengths\[1\] = -4 is outside \[0, 2\*\*31 - 1\]"),
+    (dict(lengths=np.array([3, 2**62, 5, 2])), ValueError, r"lengths\[1\] = 4611686018427387904 is outside"),
+    (dict(lengths=np.array([[3, 4], [5, 2]])), ValueError, r"lengths must be 1-D"),
+    (dict(max_tokens="8"), TypeError, r"max_tokens must be an int"),
+    (dict(max_tokens=-8), ValueError, r"max_tokens must be \[1, 2147483647\]"),
+    (dict(strategy=3), TypeError, r"strategy must be a str"),
+    (dict(_order=np.array([0.5, 1, 2, 3])), ValueError, r"order\[0\] = 0.5 is not an integer"),
+    (dict(_offsets=np.zeros(0, np.int64)), ValueError, r"offsets must be 1-D with num_packs \+ 1 >= 1"),
+    (dict(_offsets=None), ValueError, r"a pickled PackPlan must hold"),
+])
+def test_a_restored_plan_passes_the_same_checks(changes, error, match):
+    import pickle
+
+    from test_layout import tampered
+
+    plan = pack_lengths([3, 4, 5, 2], 8)
+    with pytest.raises(error, match=match):
+        pickle.loads(tampered(plan, **changes))
+    copy = pickle.loads(tampered(plan))
+    assert copy.order.tolist() == plan.order.tolist() and copy.max_tokens == 8
+
+
+def test_cu_seqlens_of_a_pack_past_int32_is_refused():
+    plan = PackPlan([[0], [1, 2]], [2**31 - 1, 2**31 - 1, 1], 2**31 - 1, "manual")
+    assert plan.cu_seqlens(0).tolist() == [0, 2**31 - 1]
+    with pytest.raises(ValueError, match=r"pack 1 holds 2147483648 tokens, more than int32 cu_seqlens allow"):
+        plan.cu_seqlens(1)
+    with pytest.raises(ValueError, match=r"more than int32"):
+        plan.layout()
 
 
 def test_pack_tokens_is_the_layout_rule(monkeypatch):

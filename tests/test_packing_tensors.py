@@ -120,7 +120,16 @@ def test_gradients_flow_through_the_torch_path():
         (lambda: [torch.randn(1, 16, 16), torch.randn(2, 16, 16)], ValueError, "channels and frequency bins must match"),
         (lambda: [torch.randn(1, 16, 16), torch.randn(1, 32, 16)], ValueError, "channels and frequency bins must match"),
         (lambda: [torch.randn(1, 16, 16), torch.randn(1, 16, 16).half()], ValueError, r"specs\[1\] has dtype"),
-        (lambda: [torch.randn(1, 16, 16), torch.randn(1, 16, 16, device="meta")], ValueError, r"specs\[1\] is on meta"),
+        (lambda: [torch.randn(1, 16, 16), torch.randn(1, 16, 16, device="meta")], TypeError,
+         r"specs\[1\] is a meta tensor, which holds no values"),
+        (lambda: [torch.randn(1, 16, 16, dtype=torch.complex64)], TypeError, r"specs\[0\] must hold real numbers, got torch.complex64"),
+        (lambda: [torch.randn(1, 16, 16), torch.randn(1, 16, 16, dtype=torch.complex128)], TypeError,
+         r"specs\[1\] must hold real numbers"),
+        (lambda: [torch.ones(1, 16, 16, dtype=torch.bool)], TypeError, r"specs\[0\] must hold real numbers, got torch.bool"),
+        (lambda: [torch.randn(1, 16, 16).to_sparse()], TypeError, r"specs\[0\] must be a dense \(strided\) tensor"),
+        pytest.param(lambda: [torch.quantize_per_tensor(torch.randn(1, 16, 16), 0.1, 0, torch.qint8)], TypeError,
+                     r"specs\[0\] is a quantized tensor",
+                     marks=pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")),
     ],
 )
 def test_bad_specs(path, make, error, match):

@@ -66,7 +66,7 @@ class PackPlan:
         order = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum([len(b) for b in arrays], out=offsets[1:])
-        self._set(order, offsets, _int64_array("lengths", lengths), max_tokens, strategy)
+        self._set(order, offsets, _plan_lengths(lengths), max_tokens, strategy)
 
     @classmethod
     def from_order(cls, order: Any, offsets: Any, lengths: Any, max_tokens: int, strategy: str) -> "PackPlan":
@@ -75,18 +75,16 @@ class PackPlan:
         Args:
             order: 1-D ints ``[sum of pack sizes]``, sample indices pack by pack.
             offsets: 1-D ints ``[num_packs + 1]``; pack p is ``order[offsets[p]:offsets[p + 1]]``.
-            lengths: 1-D ints ``[num_samples]``.
+            lengths: 1-D ints ``[num_samples]``, each in ``[0, 2**31 - 1]``.
+            max_tokens: an int in ``[1, 2**31 - 1]``.
+            strategy: a str.
         Raises:
             TypeError: an argument that is not array-like (a generator, a set) or is a meta or
-                half-precision tensor.
+                half-precision tensor; ``max_tokens`` not an int, ``strategy`` not a str.
             ValueError: ``order``, ``offsets`` or ``lengths`` not 1-D, ``offsets`` empty, a
-                non-integer dtype, a non-integral or out-of-int64 value (naming the index).
+                non-integer dtype, a non-integral or out-of-range value (naming the index).
         """
-        order = _int64_array("order", order)
-        offsets = _int64_array("offsets", offsets)
-        if len(offsets) == 0:
-            raise ValueError(f"offsets must be 1-D with num_packs + 1 >= 1 entries, got shape {offsets.shape}")
-        return cls._from_owned(order, offsets, _int64_array("lengths", lengths), max_tokens, strategy)
+        return cls._from_owned(*_flat_arrays(order, offsets, lengths), max_tokens, strategy)
 
     @classmethod
     def _from_owned(cls, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, max_tokens: int,
@@ -99,6 +97,9 @@ class PackPlan:
     def _set(self, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, max_tokens: int, strategy: str) -> None:
         # The arrays are the plan's own (copied by every public constructor); read-only, so the
         # cached bins and every derived count stay true for the plan's lifetime.
+        max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
+        if not isinstance(strategy, str):
+            raise TypeError(f"strategy must be a str, got {type(strategy).__name__}")
         for name, array in (("order", order), ("offsets", offsets), ("lengths", lengths)):
             if array.ndim != 1:
                 raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
@@ -111,9 +112,13 @@ class PackPlan:
         # The flat arrays only: the cached bins would come back as copies, not views of ``order``.
         return {name: getattr(self, name) for name in ("lengths", "max_tokens", "strategy", "_order", "_offsets")}
 
-    def __setstate__(self, state: dict) -> None:
-        arrays = (_int64_array(name, state[key]) for name, key in (("order", "_order"), ("offsets", "_offsets"),
-                                                                    ("lengths", "lengths")))
+    def __setstate__(self, state: Any) -> None:
+        # A pickle is input like any other: the restored plan passes the constructors' checks.
+        keys = ("lengths", "max_tokens", "strategy", "_order", "_offsets")
+        if not isinstance(state, dict) or set(state) != set(keys):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"a pickled PackPlan must hold {list(keys)}, got {got}")
+        arrays = _flat_arrays(state["_order"], state["_offsets"], state["lengths"])
         self._set(*arrays, state["max_tokens"], state["strategy"])
 
     @functools.cached_property
@@ -165,7 +170,8 @@ class PackPlan:
     def cu_seqlens(self, i: int) -> torch.Tensor:
         """int32 CPU ``[len(bins[i]) + 1]``: cumulative token counts of pack ``i``'s samples.
 
-        Raises IndexError for ``i`` outside ``[-num_packs, num_packs)``.
+        Raises IndexError for ``i`` outside ``[-num_packs, num_packs)``, ValueError when the pack
+        holds more than 2^31 - 1 tokens (the int32 counts would wrap).
         """
         i = operator.index(i)
         if not -self.num_packs <= i < self.num_packs:
@@ -173,9 +179,11 @@ class PackPlan:
         if i < 0:
             i += self.num_packs
         members = self._order[self._offsets[i]:self._offsets[i + 1]]
-        cu = np.zeros(len(members) + 1, dtype=np.int32)
+        cu = np.zeros(len(members) + 1, dtype=np.int64)  # lengths < 2**31: an int64 sum cannot wrap
         np.cumsum(self.lengths[members], out=cu[1:])
-        return torch.from_numpy(cu)
+        if cu[-1] > MAX_TOKENS_LIMIT:
+            raise ValueError(f"pack {i} holds {int(cu[-1])} tokens, more than int32 cu_seqlens allow (2**31 - 1)")
+        return torch.from_numpy(cu.astype(np.int32))
 
     def validate(self) -> None:
         """Raise ValueError unless every sample is in exactly one pack and no pack overflows (a
@@ -298,6 +306,21 @@ def _integer_array(name: str, values: Any, low: int, high: int, bounds: str, ndi
 def _int64_array(name: str, values: Any, ndim: int | None = 1) -> np.ndarray:
     """A private int64 copy of the integers in ``values`` (any int64 value)."""
     return _integer_array(name, values, -(2**63), 2**63 - 1, "the int64 range", ndim)
+
+
+def _plan_lengths(values: Any) -> np.ndarray:
+    """A plan's private copy of its token counts, each in ``[0, 2**31 - 1]``: no sum over fewer than
+    2^32 of them can wrap int64."""
+    return _integer_array("lengths", values, 0, MAX_TOKENS_LIMIT, "[0, 2**31 - 1]", ndim=1)
+
+
+def _flat_arrays(order: Any, offsets: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked private copies of a plan's flat form (see `PackPlan.from_order`)."""
+    order = _int64_array("order", order)
+    offsets = _int64_array("offsets", offsets)
+    if len(offsets) == 0:
+        raise ValueError(f"offsets must be 1-D with num_packs + 1 >= 1 entries, got shape {offsets.shape}")
+    return order, offsets, _plan_lengths(lengths)
 
 
 def as_lengths(lengths: Any, max_tokens: Any = None) -> np.ndarray:

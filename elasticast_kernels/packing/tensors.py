@@ -36,6 +36,7 @@ def _check_specs(specs: Any, patch_size: int) -> tuple[int, int, np.ndarray]:
     for j, spec in enumerate(specs):
         if not isinstance(spec, torch.Tensor):
             raise TypeError(f"specs[{j}] must be a torch.Tensor, got {type(spec).__name__}")
+        _check_real_dense(f"specs[{j}]", spec)
         if spec.dim() != 3:
             raise ValueError(f"specs[{j}] must be [C, F, T], got shape {tuple(spec.shape)}")
         channels, freq, time = spec.shape
@@ -56,6 +57,20 @@ def _check_specs(specs: Any, patch_size: int) -> tuple[int, int, np.ndarray]:
             raise ValueError(f"specs[{j}]: T={time} is not a positive multiple of patch_size={patch_size}")
         frames[j] = time
     return int(ref.shape[0]), int(ref.shape[1]), frames
+
+
+def _check_real_dense(name: str, spec: torch.Tensor) -> None:
+    """TypeError unless ``spec`` is a dense tensor of real numbers with values to read: the gathers
+    copy bytes, so a complex, boolean, quantized, sparse or meta tensor would pass through them
+    as something it is not."""
+    if spec.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {spec.layout}")
+    if spec.is_quantized:
+        raise TypeError(f"{name} is a quantized tensor ({spec.dtype}): dequantize it first")
+    if spec.is_complex() or spec.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got {spec.dtype} (for a complex STFT pass its magnitude)")
+    if spec.device.type == "meta":
+        raise TypeError(f"{name} is a meta tensor, which holds no values")
 
 
 def _checked_plan(plan: PackPlan, tokens: np.ndarray) -> PackPlan:
@@ -166,7 +181,8 @@ def pack_spectrograms(
         ``[total_tokens]`` and ``cu_seqlens`` int32 ``[num_samples + 1]`` on the specs' device.
 
     Raises:
-        TypeError: specs not a list of tensors, plan not a PackPlan.
+        TypeError: specs not a list of tensors; a complex, boolean, quantized, sparse or meta
+            spectrogram (named); plan not a PackPlan.
         ValueError: empty list, not 3-D, mixed C/F/dtype/device, F or T not a multiple of
             patch_size, a plan made for other token counts.
     """

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from elasticast_kernels.models import ElasticAST
 from elasticast_kernels.models.inputs import PatchGrid, prepare_packed, prepare_spectrograms, token_keep_counts
-from elasticast_kernels.packing import STRATEGIES, pack_lengths, pack_spectrograms
+from elasticast_kernels.packing import STRATEGIES, pack_lengths, pack_spectrograms, unpack
 from reference_elasticast import make_specs
 
 CONFIG = dict(sample_size=(32, 128), patch_size=16, num_classes=3, dim=32, depth=1, heads=2, channels=1)
@@ -49,11 +49,11 @@ def test_dim_head_is_ignored_like_the_reference():
 @pytest.mark.parametrize(
     "samples,error,match",
     [
-        ([torch.randn(1, 32, 40)], ValueError, r"sample 0 has F=32, T=40.*multiples of patch_size=16"),
-        ([torch.randn(1, 32, 32), torch.randn(1, 24, 32)], ValueError, r"sample 1 has F=24"),
+        ([torch.randn(1, 32, 40)], ValueError, r"sample 0: T=40 is not a positive multiple of patch_size=16 \(crop T"),
+        ([torch.randn(1, 32, 32), torch.randn(1, 24, 32)], ValueError, r"sample 1: F=24 is not a positive multiple"),
         ([torch.randn(2, 32, 32)], ValueError, r"sample 0 must be \[C=1, F, T\]"),
         ([torch.randn(32, 32)], ValueError, r"sample 0 must be \[C=1, F, T\]"),
-        ([torch.randn(1, 48, 32)], ValueError, r"more than sample_size allows"),
+        ([torch.randn(1, 48, 32)], ValueError, r"sample 0 has F=48 mel bins: 3 frequency patches, more than the 2 rows"),
         ([torch.randn(1, 32, 32), torch.randn(1, 32, 32, dtype=torch.float64)], ValueError, r"sample 1 is torch.float64"),
         ([], ValueError, "empty"),
         (torch.randn(2, 1, 32, 32), TypeError, "list of"),
@@ -120,6 +120,25 @@ def test_preparation_needs_only_a_patch_grid():
 def test_patch_grid_checks_its_rule():
     with pytest.raises(ValueError, match="past_time_table must be one of"):
         PatchGrid(channels=1, patch_size=16, freq_rows=2, time_rows=8, past_time_table="wrap")
+    with pytest.raises(ValueError, match=r"stride\[1\] must be"):
+        PatchGrid(channels=1, patch_size=16, freq_rows=2, time_rows=8, stride=(10, 0))
+
+
+def test_overlapping_patches_for_another_model():
+    """An AST-like grid (16x16 patches every 10 frames): counts and positions of the strided grid,
+    a sample past its time table stretched onto its own copy."""
+    grid = PatchGrid(channels=1, patch_size=16, freq_rows=12, time_rows=101, stride=(10, 10))
+    specs = [torch.randn(1, 128, t) for t in (1024, 26, 1500)]  # 101, 2 and 149 time patches
+    prepared = prepare_spectrograms(specs, grid, max_tokens=12 * 101)
+    batch = prepared.batch
+    assert batch.grid_shapes == ((12, 101), (12, 2), (12, 149))
+    assert batch.seqlens == (12 * 101, 12 * 2, 12 * 149) and batch.num_packs == 3
+    assert prepared.stretched == (149,)
+    long_segment = unpack(batch.time_idx, batch.cu_seqlens)[2]
+    assert long_segment.min() == 101 and long_segment.max() == 101 + 148  # its copy follows the table
+    assert prepared.time_table(torch.randn(101, 4)).shape == (101 + 149, 4)
+    with pytest.raises(ValueError, match=r"sample 0: T=10 is shorter than patch_size=16"):
+        prepare_spectrograms([torch.randn(1, 128, 10)], grid)
 
 
 # --- token dropout ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from elasticast_kernels.models.positions import (
     stretch_time_positions,
 )
 from elasticast_kernels.packing import PackedBatch, PackPlan, pack_lengths, pack_spectrograms
+from elasticast_kernels.packing.tensors import axis_patches, stride_pair
 
 KeepCounts = Callable[[Sequence[int]], "list[int] | None"]
 
@@ -61,11 +62,13 @@ class PatchGrid:
 
     Attributes:
         channels: C of every input.
-        patch_size: p, the side of the square patches; F and T must be multiples of it.
+        patch_size: p, the side of the square patches.
         freq_rows: rows of the frequency position table: the most frequency patches an input may have.
         time_rows: rows of the time position table.
         past_time_table: what an input longer than ``time_rows`` time patches gets (one of
             `elasticast_kernels.models.positions.PAST_TIME_TABLE`).
+        stride: ``(stride_f, stride_t)`` between patches (None: p, non-overlapping, and then F and
+            T must be multiples of p); the token counts and order of `pack_spectrograms`.
     """
 
     channels: int
@@ -73,10 +76,12 @@ class PatchGrid:
     freq_rows: int
     time_rows: int
     past_time_table: str = "interpolate"
+    stride: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.past_time_table not in PAST_TIME_TABLE:
             raise ValueError(f"past_time_table must be one of {PAST_TIME_TABLE}, got {self.past_time_table!r}")
+        object.__setattr__(self, "stride", stride_pair(self.stride, self.patch_size))
 
     @property
     def patch_dim(self) -> int:
@@ -85,19 +90,21 @@ class PatchGrid:
 
     def shape_of(self, i: int, spec: torch.Tensor) -> tuple[int, int]:
         """``(freq_patches, time_patches)`` of sample ``i``; ValueError naming it unless it is
-        ``[channels, F, T]`` with F, T positive multiples of p and F within the frequency table."""
-        p = self.patch_size
+        ``[channels, F, T]`` that the patches fit (see `pack_spectrograms`) with no more frequency
+        patches than the frequency table has rows."""
         if spec.dim() != 3 or spec.shape[0] != self.channels:
             raise ValueError(f"sample {i} must be [C={self.channels}, F, T], got shape {tuple(spec.shape)}")
         _, freq, time = spec.shape
-        if freq == 0 or time == 0 or freq % p or time % p:
-            raise ValueError(
-                f"sample {i} has F={freq}, T={time}; both must be positive multiples of patch_size={p} "
-                "(crop T to a multiple of the patch size)"
-            )
-        if freq // p > self.freq_rows:
-            raise ValueError(f"sample {i} has F={freq} mel bins, more than sample_size allows ({self.freq_rows * p})")
-        return freq // p, time // p
+        try:
+            freq_patches = axis_patches(freq, self.patch_size, self.stride[0], "F")
+            time_patches = axis_patches(time, self.patch_size, self.stride[1], "T")
+        except ValueError as error:
+            hint = " (crop T to a multiple of the patch size)" if "multiple" in str(error) else ""
+            raise ValueError(f"sample {i}: {error}{hint}") from None
+        if freq_patches > self.freq_rows:
+            raise ValueError(f"sample {i} has F={freq} mel bins: {freq_patches} frequency patches, more than the "
+                             f"{self.freq_rows} rows of the frequency positional table")
+        return freq_patches, time_patches
 
 
 @dataclass(frozen=True)
@@ -203,9 +210,9 @@ def prepare_spectrograms(
     keep = None if keep_counts is None else keep_counts(lengths)
     plan = _plan(lengths if keep is None else keep, rows, max_tokens, strategy)
     if keep is None:
-        batch = pack_spectrograms(specs, grid.patch_size, plan=plan)
+        batch = pack_spectrograms(specs, grid.patch_size, plan=plan, stride=grid.stride)
     else:  # every sample whole, in plan order, then the kept tokens in the plan's layout
-        full = pack_spectrograms([specs[i] for i in plan.order.tolist()], grid.patch_size)
+        full = pack_spectrograms([specs[i] for i in plan.order.tolist()], grid.patch_size, stride=grid.stride)
         full = replace(full, sample_index=torch.from_numpy(plan.order.copy()))
         batch = _drop_tokens(full, keep, plan.layout(first.device))
     return PreparedBatch(*stretch_time_positions(batch, grid.time_rows))

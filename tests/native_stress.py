@@ -13,7 +13,7 @@ A crash kills this process (the test then reports the signal); a wrong result ra
 AssertionError. Prints ``ok <counts>`` on success.
 
 ``EK_STRESS_EXTENSION=/path/to/_C.so`` tests that build of the module instead of the installed
-one (with ``race --raw-only``: to show that an old build fails).
+one (with ``race --raw-only``: the raw ``_C`` functions only).
 """
 from __future__ import annotations
 
@@ -394,7 +394,7 @@ def race_plans(ext: ModuleType, rng: np.random.Generator, seconds: float, counts
 
 
 def race_gather(ext: ModuleType, rng: np.random.Generator, seconds: float, counts: Counter, emulate: bool) -> None:
-    # many rows (each reads cu_seqlens again in the old code): a call lasts long enough to be raced
+    # many rows: a call lasts long enough to be raced
     args, expected = gather_case(np.random.default_rng(int(rng.integers(1 << 30))), segments=48,
                                  max_time=4 if emulate else 40, geometry=(1, 64, 4, 4))
     sources = list(args["sources"])

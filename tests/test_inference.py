@@ -7,6 +7,7 @@ import pytest
 import torch
 
 soundfile = pytest.importorskip("soundfile")
+pytestmark = pytest.mark.usefixtures("torch_cpu_path")  # the model's torch CPU path, not the Triton interpreter
 
 from elasticast_kernels.data.audio import AudioError, read_audio  # noqa: E402
 from elasticast_kernels.data.features import audio_to_spectrogram  # noqa: E402
@@ -21,11 +22,6 @@ from inference_support import (  # noqa: E402
 )
 
 ATOL = 2e-5
-
-
-@pytest.fixture(autouse=True)
-def _torch_path(torch_cpu_path):
-    """The model on its plain torch CPU path, not the Triton interpreter."""
 
 
 @pytest.fixture

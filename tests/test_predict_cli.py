@@ -16,18 +16,13 @@ import pytest
 import torch
 
 soundfile = pytest.importorskip("soundfile")
+pytestmark = pytest.mark.usefixtures("torch_cpu_path")  # the model's torch CPU path, not the Triton interpreter
 
 from elasticast_kernels.data.audio import read_audio  # noqa: E402
 from elasticast_kernels.inference import Predictor  # noqa: E402
 from elasticast_kernels.inference.cli import main  # noqa: E402
-from elasticast_kernels.serialization import atomic_save  # noqa: E402
 
 from inference_support import CLASSES, RATE, reference_outputs, saved_model, tone, write_audio  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _torch_path(torch_cpu_path):
-    """The model on its plain torch CPU path, not the Triton interpreter."""
 
 
 @pytest.fixture

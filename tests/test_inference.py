@@ -232,6 +232,18 @@ def test_predictions_stream_in_input_order_without_reading_all_inputs_first(tmp_
     assert [r.source for r in rest] == [f"<waveform {i}>" for i in range(1, 40)]
 
 
+def test_what_is_held_at_once_follows_the_token_budget_not_the_number_of_files(tmp_path, model_file):
+    path, _, _ = model_file
+    wave = read_audio(write_audio(tmp_path / "a.wav", 3.0), RATE)
+    predictor = Predictor.from_file(path, device="cpu", max_tokens=24, window_s=0.5, hop_s=0.25)
+    held, run = [], predictor._run
+    predictor._run = lambda buffer, on_error: held.append(sum(s.tokens for s in buffer)) or run(buffer, on_error)
+    results = predictor.predict_all([(wave[: RATE * (1 + i % 3)], RATE) for i in range(16)])
+    assert len(results) == 16 and len(held) > 5
+    one_window = 2 * 3  # 0.5 s: 48 frames, 3 patch columns of 2 tokens
+    assert max(held) <= 4 * 24 + one_window
+
+
 def test_whole_file_features_in_blocks_equal_one_call(monkeypatch):
     wave = torch.from_numpy(tone(3.3)[:, 0])
     one_call = audio_to_spectrogram(wave, RATE, num_mel_bins=32, normalize=FEATURES.normalize)

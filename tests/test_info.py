@@ -3,7 +3,6 @@ driver as a driver problem; the installed extras are listed with the install lin
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -125,10 +124,11 @@ def test_extras_are_listed_with_versions_or_the_install_line(monkeypatch):
     assert 'audio     not installed (no soxr): pip install "elasticast-kernels[audio]"' in text
 
 
-def test_the_command_prints_the_cuda_state_and_extras_as_text_and_json():
-    text = subprocess.run([sys.executable, "-m", "elasticast_kernels.info"], capture_output=True, text=True, check=True).stdout
+def test_the_command_prints_the_cuda_state_and_extras(capsys):
+    assert info.main([]) == 0
+    text = capsys.readouterr().out
     assert "  CUDA          " in text and "  extras:" in text and "    audio" in text
-    report = json.loads(subprocess.run([sys.executable, "-m", "elasticast_kernels.info", "--json"], capture_output=True,
-                                       text=True, check=True).stdout)
+    assert info.main(["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["cuda"]["state"] in ("no_driver", "no_device", "ok", "driver_too_old", "driver_error")
     assert "audio" in report["extras"] and isinstance(report["extras"]["audio"]["installed"], bool)

@@ -201,9 +201,10 @@ def test_unwritable_output_paths_exit_2_before_any_work(capsys, tmp_path, setup,
 def test_plot_draws_window_scores_per_file(capsys, tmp_path, setup):
     pytest.importorskip("matplotlib")
     model_path, _, _, clips = setup
-    long_clip = write_audio(tmp_path / "long.wav", 6.0, freq=200)
-    code, _, _ = run(capsys, model_path, long_clip, "--plot", tmp_path / "one.png", "--hop", "0.2")
-    assert code == 0 and (tmp_path / "one.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    long_clip = write_audio(tmp_path / "long.wav", 3.0, freq=200)
+    for hop, name in (("0.1", "lines.png"), ("0.02", "heat.png")):  # 25 windows: lines; 119: a heat map
+        code, _, _ = run(capsys, model_path, long_clip, "--plot", tmp_path / name, "--hop", hop)
+        assert code == 0 and (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, _ = run(capsys, model_path, long_clip, clips[0], "--plot", tmp_path / "many.png")
     assert code == 0
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith("many")) == ["many-0001-long.png", "many-0002-a.png"]

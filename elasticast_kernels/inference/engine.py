@@ -248,8 +248,13 @@ class Predictor:
     def _segments(self, state: _FileState, wave: torch.Tensor, bounds) -> Iterator[_Segment]:
         patch = self.model.patch_size
         dtype = self.model.head.weight.dtype
+        last = len(bounds) - 1
         for index, (start, end) in enumerate(bounds):
-            spec = spectrogram(wave[start:end], self.features, patch).to(dtype)
+            piece = wave[start:end]
+            if index == last:  # let the waveform go before the last segment's forward
+                wave = None
+            spec = spectrogram(piece, self.features, patch).to(dtype)
+            del piece
             yield _Segment(state, index, spec, (spec.shape[1] // patch) * (spec.shape[2] // patch))
 
     def _run(self, buffer: list[_Segment], on_error: str) -> None:

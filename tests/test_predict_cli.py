@@ -227,3 +227,15 @@ def test_cli_scores_equal_the_api(capsys, setup):
     api = Predictor.from_file(model_path, device="cpu").predict_all(clips)
     for line, result in zip(out.splitlines(), api):
         assert [(t["label"], t["score"]) for t in json.loads(line)["top"]] == result.top(3)
+
+
+@pytest.mark.parametrize("module, options, extra", [("soundfile", [], "audio"), ("soxr", [], "audio"),
+                                                    ("matplotlib", ["--plot", "x.png"], "bench")])
+def test_a_missing_extra_is_named_before_any_work(capsys, monkeypatch, setup, module, options, extra):
+    model_path, _, _, clips = setup
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    if module == "matplotlib":
+        monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    code, out, err = run(capsys, model_path, clips[0], *options)
+    assert code == 2 and out == ""
+    assert f'pip install "elasticast-kernels[{extra}]"' in err and len(err.strip().splitlines()) == 1

@@ -97,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args) -> Predictor:
-    import_optional("soundfile", "reading audio files")  # fail before loading the model, naming the extra
-    try:
+    try:  # missing extras fail before the model loads, naming the extra to install
+        import_optional("soundfile", "reading audio files")
+        import_optional("soxr", "resampling audio")
+        if args.plot:
+            import_optional("matplotlib.figure", "drawing window scores (--plot)")
         return Predictor.from_file(args.checkpoint, device=args.device, max_tokens=args.max_tokens, long=args.long,
                                    window_s=args.window, hop_s=args.hop)
     except FileNotFoundError:

@@ -26,7 +26,7 @@ def tiny_model(num_classes: int = len(CLASSES), **options) -> ElasticAST:
     """A small random ElasticAST whose softmax scale is not the default (a wrong scale would show)."""
     torch.manual_seed(0)
     config = dict(sample_size=(MEL, TABLE_FRAMES), patch_size=PATCH, num_classes=num_classes, dim=16, depth=1,
-                  heads=2, channels=1, softmax_scale=0.35, pos_embed_interpolation=True, attention_backend="torch")
+                  heads=2, channels=1, softmax_scale=0.35, attention_backend="torch")
     model = ElasticAST(**{**config, **options})
     with torch.no_grad():  # std-1 tables and queries give confident, input-dependent scores
         for parameter in model.parameters():

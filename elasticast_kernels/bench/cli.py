@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from elasticast_kernels.bench import runner
     from elasticast_kernels.bench.config import make_config, tiny_config
+    from elasticast_kernels._optional import import_optional
     from elasticast_kernels.bench.results import load_average
 
     try:
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     errors = [r for r in report["results"] if r["status"] == "error"]
     print(f"\nReport written to {path.resolve()}" + (f" (+ {len(plots)} plots in {out.resolve()})" if plots else "")
           + f"; took {report_mod.duration_text(report['duration_s'])}")
+    if not args.no_plots and not plots:
+        try:
+            import_optional("matplotlib", "the report's plots")
+        except ImportError as exc:
+            print(f"elasticast-bench: no plots: {exc}", file=sys.stderr)
     cut = [r for r in report["results"] if r["name"] == "task" and r["status"] == "skipped"]
     if errors:
         print(f"elasticast-bench: {len(errors)} case(s) failed; see 'status' above and in {path}", file=sys.stderr)

@@ -64,7 +64,7 @@ def _benchmarks_disabled(config: pytest.Config) -> bool:
 def suite_config(config: pytest.Config) -> BenchConfig:
     """The session's benchmark configuration (see the module docstring)."""
     if _CONFIG not in config.stash:
-        suite = config.getoption("bench_suite") or ("tiny" if _benchmarks_disabled(config) else "quick")
+        suite = config.getoption("bench_suite", None) or ("tiny" if _benchmarks_disabled(config) else "quick")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if suite == "tiny":
             # The smoke run checks every attention implementation, the slow fallbacks too.

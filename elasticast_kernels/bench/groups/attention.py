@@ -96,15 +96,14 @@ def pass_timed(fn: AttnFn, layout: SeqLayout, cfg: BenchConfig, pass_: str) -> T
         def check(out: object) -> dict:
             ref = reference_attention(q, k, v, layout.seqlens, scale)
             return {"max_abs_err": close_to(out, ref, TOLERANCE[cfg.dtype], "attention output vs per-sample SDPA")}
-        work_check = (work, check)
     elif pass_ == "bwd":
         out = fn(q, k, v)
-        work_check = (lambda: out.backward(grad, retain_graph=True), finite_grads(q, k, v))
+        work, check = (lambda: out.backward(grad, retain_graph=True)), finite_grads(q, k, v)
     else:
-        work_check = (lambda: fn(q, k, v).backward(grad), finite_grads(q, k, v))
+        work, check = (lambda: fn(q, k, v).backward(grad)), finite_grads(q, k, v)
     real = flops.attention_flops(layout.seqlens, cfg.heads, cfg.head_dim, pass_)
     return Timed(
-        *work_check,
+        work, check,
         rates=lambda s: {"tokens_per_s": layout.total_tokens / s, "tflops_real": real / s / 1e12},
         info={"padding_fraction": padding_fraction(layout), "total_tokens": layout.total_tokens,
               "num_packs": layout.num_packs, "max_seqlen": layout.max_seqlen},
@@ -140,7 +139,7 @@ def tasks(cfg: BenchConfig) -> list[Task]:
         layout = _step(cfg, workload, cfg.samples_per_step)
         params = dict(shape, samples=cfg.samples_per_step)
         for pass_ in cfg.attention_passes:
-            def left_out(workload: str = workload, pass_: str = pass_) -> list[CaseResult]:
+            def left_out(workload: str = workload, pass_: str = pass_, params: dict = params) -> list[CaseResult]:
                 # Never drop a baseline silently: those this suite leaves out are listed as skipped.
                 return [skipped(GROUP, "step", b, workload, f"left out of the {cfg.suite} suite on {cfg.device} "
                                 "(slow fallback here); run --suite full", **dict(params, pass_=pass_))

@@ -109,7 +109,7 @@ def test_the_real_probe_on_this_machine_is_consistent_with_torch():
 def test_extras_are_listed_with_versions_or_the_install_line(monkeypatch):
     extras = info.installed_extras()
     assert set(extras) == {extra for extra in EXTRAS.values() if extra != "dev"}
-    assert {"audio", "bench", "hf", "xformers", "flash"} <= set(extras)
+    assert {"audio", "bench", "plot", "hf", "xformers", "flash"} <= set(extras)
     for name, extra in extras.items():
         assert extra["install"] == f'pip install "elasticast-kernels[{name}]"'
         assert extra["installed"] == all(version is not None for version in extra["packages"].values())

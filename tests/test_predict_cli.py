@@ -230,7 +230,7 @@ def test_cli_scores_equal_the_api(capsys, setup):
 
 
 @pytest.mark.parametrize("module, options, extra", [("soundfile", [], "audio"), ("soxr", [], "audio"),
-                                                    ("matplotlib", ["--plot", "x.png"], "bench")])
+                                                    ("matplotlib", ["--plot", "x.png"], "plot")])
 def test_a_missing_extra_is_named_before_any_work(capsys, monkeypatch, setup, module, options, extra):
     model_path, _, _, clips = setup
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed

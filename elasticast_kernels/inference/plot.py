@@ -1,7 +1,7 @@
 """A picture of a long file: its top classes' window scores over time (``elasticast-predict --plot``).
 
 Uses matplotlib's object API (a ``Figure`` rendered by Agg), never pyplot: no global state, no
-display needed. matplotlib comes with the ``bench`` extra.
+display needed. matplotlib comes with the ``plot`` extra (and with ``bench``).
 """
 from __future__ import annotations
 

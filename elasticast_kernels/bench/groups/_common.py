@@ -184,9 +184,7 @@ def step_layout(lengths: np.ndarray, max_tokens: int, strategy: str = "next_fit"
                 device: torch.device | str = "cpu") -> SeqLayout:
     """A step's samples packed into rows of at most ``max_tokens`` by ``strategy``: the packed
     layout (segments in plan order, one pack per row) with ``cu_seqlens`` on ``device``."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    plan = pack_lengths(lengths, max_tokens, strategy)
-    return SeqLayout(lengths[plan.order].tolist(), plan.pack_offsets.tolist(), device=device)
+    return pack_lengths(np.asarray(lengths, dtype=np.int64), max_tokens, strategy).layout(device)
 
 
 def padded_tokens(layout: SeqLayout) -> int:

@@ -17,6 +17,7 @@ import torch
 soundfile = pytest.importorskip("soundfile")
 
 from elasticast_kernels.data import DistributedPackedBatchSampler, ManifestDataset  # noqa: E402
+from elasticast_kernels.inference.cli import main as predict_main  # noqa: E402
 from elasticast_kernels.saved_model import load_model  # noqa: E402
 from elasticast_kernels.training import load_checkpoint  # noqa: E402
 from example_scripts import import_train_example, write_tone_manifests  # noqa: E402
@@ -87,6 +88,19 @@ def test_checkpoint_and_export_rebuild_the_trained_model(tmp_path, data, train_m
         torch.testing.assert_close(exported(specs), expected, rtol=0, atol=0)
         default_scale, _ = load_model(ckpt / "last.pt", softmax_scale=1.0)  # the published default
         assert not torch.allclose(default_scale(specs), expected)  # the wrong scale would predict differently
+
+    # train -> predict: the command line, given only the checkpoint and the files, scores them as
+    # the trained model does (scale, features, normalisation and class names from the checkpoint)
+    paths = [ManifestDataset(data["train"]).locate(i)[0].path for i in range(5)]
+    predictions = tmp_path / "predictions.jsonl"
+    assert predict_main([str(ckpt / "last.pt"), *paths, "--output", str(predictions), "--top-k", "3"]) == 0
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [line["path"] for line in lines] == paths
+    probabilities = expected.softmax(-1)
+    for line, row in zip(lines, probabilities):
+        best = row.topk(3)
+        assert [entry["label"] for entry in line["top"]] == [card.classes[i] for i in best.indices.tolist()]
+        np.testing.assert_allclose([entry["score"] for entry in line["top"]], best.values.tolist(), atol=1e-5)
 
 
 def first_step_with(paths: set[str], manifest: str, seed: int) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from elasticast_kernels.packing import PackedBatch, PackPlan, pack_spectrograms
+from elasticast_kernels.packing import PackedBatch, pack_lengths, pack_spectrograms
 
 __all__ = ["collate_packed", "PackedCollator"]
 
@@ -109,7 +109,7 @@ def collate_packed(
     plan = None
     if max_tokens is not None:
         tokens = [(spec.shape[1] // patch_size) * (spec.shape[2] // patch_size) for spec in specs]
-        plan = _next_fit_own_pack(tokens, max_tokens)
+        plan = pack_lengths(tokens, max_tokens, "next_fit")
     packed = pack_spectrograms(specs, patch_size, plan, pin_memory=pin_memory)
     if labels is not None:
         stacked = _stack_labels(labels)
@@ -117,23 +117,6 @@ def collate_packed(
         stacked = stacked.index_select(0, packed.sample_index)
         packed = replace(packed, labels=stacked.pin_memory() if pin_memory else stacked)
     return packed
-
-
-def _next_fit_own_pack(tokens: list[int], max_tokens: int) -> PackPlan:
-    """In-order next-fit packs of at most ``max_tokens``; a longer sample is a pack of its own.
-
-    The plan's capacity is the larger of the budget and the longest sample, so that an
-    oversize sample alone in its pack is a valid plan.
-    """
-    bins: list[list[int]] = []
-    used = max_tokens  # forces a new pack for the first sample
-    for index, count in enumerate(tokens):
-        if used + count > max_tokens:
-            bins.append([])
-            used = 0
-        bins[-1].append(index)
-        used += count
-    return PackPlan(bins, tokens, max(max_tokens, *tokens), "next_fit")
 
 
 class PackedCollator:

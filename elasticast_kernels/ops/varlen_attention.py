@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from elasticast_kernels.ops._common import lse_columns, on_device, use_triton
+from elasticast_kernels.ops._common import longest_first, lse_columns, on_device, use_triton
 from elasticast_kernels.ops._validation import (
     check_cu_seqlens,
     check_float_tensor,
@@ -46,7 +46,9 @@ def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_forward
 
         with on_device(q):
-            return varlen_attention_forward(q, k, v, cu_seqlens, seq_hint, softmax_scale, causal)
+            schedule = longest_first(cu_seqlens)
+            return varlen_attention_forward(q, k, v, cu_seqlens, cu_seqlens, schedule, seq_hint, softmax_scale, causal,
+                                            (-1, 0 if causal else -1), 0.0)
     return varlen_attention_forward_torch(q, k, v, cu_seqlens, softmax_scale, causal)
 
 
@@ -65,7 +67,9 @@ def _varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_backward
 
         with on_device(q):
-            return varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens, seq_hint, softmax_scale, causal)
+            schedule = longest_first(cu_seqlens)
+            return varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens, cu_seqlens, schedule, schedule,
+                                             seq_hint, softmax_scale, causal, (-1, 0 if causal else -1), 0.0)
     return varlen_attention_backward_torch(dout, q, k, v, out, lse, cu_seqlens, softmax_scale, causal)
 
 

@@ -78,13 +78,19 @@ def test_error_within_twice_sdpa(dtype, causal, softmax_scale):
         ),
         *low,
     )
-    for name, ref, mine, theirs in zip(("out", "dq", "dk", "dv"), expected, ours, sdpa):
+    assert_within_twice_baseline(expected, ours, sdpa, dtype, "SDPA")
+
+
+def assert_within_twice_baseline(expected, ours, baseline, dtype, what):
+    """out, dq, dk, dv: finite, in ``dtype``, and max error vs float64 at most twice the baseline's
+    (in the same dtype) plus a slack of 1e-3 of the reference's magnitude."""
+    for name, ref, mine, theirs in zip(("out", "dq", "dk", "dv"), expected, ours, baseline):
         assert mine.dtype == dtype and torch.isfinite(mine).all(), name
         our_error = (mine.double() - ref).abs().max().item()
-        sdpa_error = (theirs.double() - ref).abs().max().item()
+        their_error = (theirs.double() - ref).abs().max().item()
         slack = 1e-3 * ref.abs().max().item()
-        assert our_error <= 2 * sdpa_error + slack, (
-            f"{name}: our max error {our_error:.3g} vs SDPA {sdpa_error:.3g} (slack {slack:.2g})"
+        assert our_error <= 2 * their_error + slack, (
+            f"{what} {name}: our max error {our_error:.3g} vs {their_error:.3g} (slack {slack:.2g})"
         )
 
 
@@ -191,13 +197,7 @@ def test_features_error_within_twice_sdpa(feature, dtype):
     low = [x.to(dtype) for x in (q, k, v, dout)]
     ours = _launch(*low, *args)
     baseline = _same_dtype_baseline(*low, *args)
-    for name, ref, mine, theirs in zip(("out", "dq", "dk", "dv"), expected, ours, baseline):
-        assert mine.dtype == dtype and torch.isfinite(mine).all(), name
-        our_error = (mine.double() - ref).abs().max().item()
-        their_error = (theirs.double() - ref).abs().max().item()
-        slack = 1e-3 * ref.abs().max().item()
-        assert our_error <= 2 * their_error + slack, (
-            f"{feature} {name}: our max error {our_error:.3g} vs baseline {their_error:.3g} (slack {slack:.2g})")
+    assert_within_twice_baseline(expected, ours, baseline, dtype, f"{feature}, same-dtype baseline:")
 
 
 def test_grouped_gradients_are_deterministic():

@@ -244,7 +244,8 @@ def _autotune_args(kernel: str) -> dict:
     return {"configs": configs, "prune_configs_by": {"early_config_prune": prune}}
 
 
-_TUNE_KEY = ["HEAD_DIM", "WINDOW_LEFT", "WINDOW_RIGHT", "SOFTCAP", "SEQ_BUCKET"]
+# every input of `gpu_configs` (``group`` for the feature class), and the length bucket
+_TUNE_KEY = ["HEAD_DIM", "WINDOW_LEFT", "WINDOW_RIGHT", "SOFTCAP", "group", "SEQ_BUCKET"]
 # integers that change from batch to batch: no value specialisation (it would only add compiles).
 # ``group`` is left specialised: group == 1 (no grouped heads) then compiles as a constant.
 _VARYING_INTS = ["batch", "n_search", "window_left", "window_right", "SEQ_BUCKET"]
@@ -432,6 +433,40 @@ def _capped(s, cap_scale, cap_log2):
     return t * cap_log2, t
 
 
+@triton.jit
+def _probs(s, lse, qk_scale, cap_scale, cap_log2, SOFTCAP: tl.constexpr):
+    """The backward's probabilities from raw scores ``s`` and the saved log-sum-exp (base 2, scale
+    folded in; broadcast to ``s``'s shape), and with SOFTCAP the derivative of the cap, ``1 - tanh^2``
+    (otherwise 1.0)."""
+    if SOFTCAP:
+        capped, t = _capped(s, cap_scale, cap_log2)
+        p = tl.math.exp2(capped - lse)
+        dtanh = 1.0 - t * t
+    else:
+        p = tl.math.exp2(s * qk_scale - lse)
+        dtanh = 1.0
+    return p, dtanh
+
+
+@triton.jit
+def _key_plan(q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right, WINDOW_LEFT: tl.constexpr,
+              WINDOW_RIGHT: tl.constexpr, CROSS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keys a query block (forward, dQ) visits: ``(q_start, k_start, k_end, lo_off, hi_off)`` and
+    `_spans`' four bounds. The block is reordered last-first under a right bound; query token ``t``
+    sees keys ``[t + lo_off, t + hi_off]`` of ``[k_start, k_end)``. Records the trips into TRIPS."""
+    if WINDOW_RIGHT:
+        q_start = _heaviest_first(q_start, seq_start, seq_end, BLOCK_M)
+    k_start, k_end = _other_range(CU_K, sample, seq_start, seq_end, CROSS)
+    diag = k_end - seq_end  # query token t is aligned with key token t + diag
+    lo_off = diag - window_left
+    hi_off = diag + window_right
+    span_lo, lead_end, full_end, span_hi = _spans(q_start, tl.minimum(q_start + BLOCK_M, seq_end) - 1, k_start,
+                                                  k_end, lo_off, hi_off, WINDOW_LEFT, WINDOW_RIGHT, BLOCK_N)
+    if TRIPS is not None:
+        tl.store(TRIPS + tl.program_id(0), _trips(span_lo, lead_end, full_end, span_hi, BLOCK_N))
+    return q_start, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi
+
+
 # --- forward ------------------------------------------------------------------------------------
 
 
@@ -511,16 +546,9 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SCHED_ORDER, SCHED_CU,
     q_start, seq_start, seq_end, sample = _locate_block(CU_Q, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK_M)
     if q_start >= seq_end:
         return
-    if WINDOW_RIGHT:
-        q_start = _heaviest_first(q_start, seq_start, seq_end, BLOCK_M)
-    k_start, k_end = _other_range(CU_K, sample, seq_start, seq_end, CROSS)
-    diag = k_end - seq_end  # query token t is aligned with key token t + diag
-    lo_off = diag - window_left
-    hi_off = diag + window_right
-    span_lo, lead_end, full_end, span_hi = _spans(q_start, tl.minimum(q_start + BLOCK_M, seq_end) - 1, k_start,
-                                                  k_end, lo_off, hi_off, WINDOW_LEFT, WINDOW_RIGHT, BLOCK_N)
-    if TRIPS is not None:
-        tl.store(TRIPS + tl.program_id(0), _trips(span_lo, lead_end, full_end, span_hi, BLOCK_N))
+    q_start, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi = _key_plan(
+        q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right, WINDOW_LEFT, WINDOW_RIGHT, CROSS,
+        BLOCK_M, BLOCK_N)
     offs_m = q_start + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_end
     first_row = q_start.to(tl.int64)
@@ -600,17 +628,12 @@ def _bwd_dkdv_step(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_q
         do = tl.load(do_block)
         lse = tl.load(LSE_head + offs_m)
         delta = tl.load(DELTA_head + offs_m)
-    # P^T recomputed from the saved log-sum-exp (base 2, scale folded in)
-    s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-    if SOFTCAP:
-        s_t, t_t = _capped(s_t, cap_scale, cap_log2)
-    else:
-        s_t = s_t * qk_scale
-    p_t = tl.math.exp2(s_t - lse[None, :])
+    p_t, dtanh_t = _probs(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), lse[None, :], qk_scale, cap_scale,
+                          cap_log2, SOFTCAP)
     if MASKED:
         p_t = tl.where(_visible(offs_n, offs_m, q_end, lo_off, hi_off, WINDOW_RIGHT, WINDOW_LEFT), p_t, 0.0)
     if SOFTCAP:
-        pd_t = p_t * (1.0 - t_t * t_t)  # P times d tanh, so that t is dead before the dP product
+        pd_t = p_t * dtanh_t  # taken now, so that the tanh is dead before the dP product
     else:
         pd_t = p_t
     if OUTPUTS & 1:
@@ -661,7 +684,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_qh, strid
     return dk, dv
 
 
-@triton.autotune(key=_TUNE_KEY + ["group"], **_autotune_args("dkdv"))
+@triton.autotune(key=_TUNE_KEY, **_autotune_args("dkdv"))
 @triton.jit(do_not_specialize=_VARYING_INTS)
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU_K, SCHED_ORDER, SCHED_CU,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
@@ -735,16 +758,12 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, l
         else:
             k = tl.load(k_block + k_tile)
             v = tl.load(v_block + v_tile)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if SOFTCAP:
-            s, t = _capped(s, cap_scale, cap_log2)
-        else:
-            s = s * qk_scale
-        p = tl.math.exp2(s - lse[:, None])
+        p, dtanh = _probs(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), lse[:, None], qk_scale, cap_scale,
+                          cap_log2, SOFTCAP)
         if MASKED:
             p = tl.where(_visible(offs_m, offs_n, k_end, lo_off, hi_off, WINDOW_LEFT, WINDOW_RIGHT), p, 0.0)
         if SOFTCAP:
-            p = p * (1.0 - t * t)  # d tanh
+            p = p * dtanh
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -764,16 +783,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, SCHED_ORDER, SCHED_C
     q_start, seq_start, seq_end, sample = _locate_block(CU_Q, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK_M)
     if q_start >= seq_end:
         return
-    if WINDOW_RIGHT:
-        q_start = _heaviest_first(q_start, seq_start, seq_end, BLOCK_M)
-    k_start, k_end = _other_range(CU_K, sample, seq_start, seq_end, CROSS)
-    diag = k_end - seq_end
-    lo_off = diag - window_left
-    hi_off = diag + window_right
-    span_lo, lead_end, full_end, span_hi = _spans(q_start, tl.minimum(q_start + BLOCK_M, seq_end) - 1, k_start,
-                                                  k_end, lo_off, hi_off, WINDOW_LEFT, WINDOW_RIGHT, BLOCK_N)
-    if TRIPS is not None:
-        tl.store(TRIPS + tl.program_id(0), _trips(span_lo, lead_end, full_end, span_hi, BLOCK_N))
+    q_start, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi = _key_plan(
+        q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right, WINDOW_LEFT, WINDOW_RIGHT, CROSS,
+        BLOCK_M, BLOCK_N)
     offs_m = q_start + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_end
     first_row = q_start.to(tl.int64)

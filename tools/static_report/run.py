@@ -17,7 +17,8 @@ from tools.static_report.compile import CompileError, triton_tools_present
 
 
 def run(out: Path, tiny: bool = False, baseline: Path | None = None, stem: str | None = None,
-        label: str = "", workers: int = 2) -> tuple[Path, Path]:
+        label: str = "", workers: int = 2, defaults_only: bool = False,
+        dtypes: tuple[str, ...] = specs.DTYPES) -> tuple[Path, Path]:
     """Build and write the report; returns the JSON and markdown paths.
 
     Raises:
@@ -31,7 +32,7 @@ def run(out: Path, tiny: bool = False, baseline: Path | None = None, stem: str |
         before = json.loads(Path(baseline).read_text())
         if before.get("kind") != "static-kernel-report":
             raise ValueError(f"{baseline} is not a static kernel report")
-    built = report.build(specs.all_cases(tiny), workers=workers, label=label)
+    built = report.build(specs.all_cases(tiny, defaults_only, dtypes), workers=workers, label=label)
     stem = stem or f"triton-{built['triton']}"
     json_path, md_path = report.write(built, Path(out), stem)
     if before is not None:
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="plain default configs at head_dim 64 only (seconds)")
     parser.add_argument("--baseline", default=None, metavar="STATIC.json",
                         help="an earlier static report to summarise before/after against")
+    parser.add_argument("--defaults-only", action="store_true", help="only the first candidate of each list")
+    parser.add_argument("--dtypes", default=",".join(specs.DTYPES), help="comma-separated (default: fp16,bf16)")
     parser.add_argument("--label", default="", help="a label for the report's title")
     parser.add_argument("--workers", type=int, default=2, help="compile subprocesses (default 2)")
     args = parser.parse_args(argv)
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         json_path, md_path = run(Path(args.out), tiny=args.tiny,
                                  baseline=None if args.baseline is None else Path(args.baseline),
-                                 label=args.label, workers=args.workers)
+                                 label=args.label, workers=args.workers, defaults_only=args.defaults_only,
+                                 dtypes=tuple(args.dtypes.split(",")))
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"static report: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, CompileError) else 2

@@ -220,10 +220,13 @@ def pool_cases(archs: Iterable[int] = ARCHS, dtypes: Iterable[str] = DTYPES,
             yield case("_slot_sum_kernel", arch, dtype, POOL_WIDTH, consts, merge_block, block_w, 4)
 
 
-def all_cases(tiny: bool = False) -> list[Case]:
-    """The report's sweep, or (``tiny``) the plain default configs at head_dim 64, sm_90, bf16."""
+def all_cases(tiny: bool = False, defaults_only: bool = False, dtypes: Iterable[str] = DTYPES) -> list[Case]:
+    """The report's sweep: every varlen candidate x variant x head_dim and the pooling cases, in
+    ``dtypes``; ``defaults_only``: the first candidate of each list; ``tiny``: the plain default
+    configs at head_dim 64, sm_90, bf16."""
     if tiny:
         return [*varlen_cases(archs=(90,), dtypes=("bf16",), head_dims=(64,), variants=("plain",),
                               defaults_only=True),
                 *pool_cases(archs=(90,), dtypes=("bf16",), head_dims=(64,), int64_index=False)]
-    return [*varlen_cases(), *pool_cases()]
+    dtypes = tuple(dtypes)
+    return [*varlen_cases(dtypes=dtypes, defaults_only=defaults_only), *pool_cases(dtypes=dtypes)]

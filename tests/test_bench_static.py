@@ -178,13 +178,43 @@ def test_shared_case_list_covers_every_variant_and_head_dim():
     assert plain.job.constexprs["group"] == 1 and plain.job.constexprs["TRIPS"] is None
 
 
+def _default_row(variant, registers, kernel="fwd", head_dim=64, tile=(128, 64, 8, 3), spill=0, dtype="bf16",
+                 loop_spill_ops=0):
+    block_m, block_n, warps, stages = tile
+    return {"kernel": kernel, "arch": 90, "dtype": dtype, "head_dim": head_dim, "variant": variant, "default": True,
+            "block_m": block_m, "block_n": block_n, "num_warps": warps, "num_stages": stages,
+            "registers": registers, "spill_bytes": spill, "loop_spill_ops": loop_spill_ops,
+            "instr_per_tile": 2000.0, "mma_ratio": 1.0}
+
+
 def test_variants_table():
-    def row(variant, registers):
-        return {"kernel": "fwd", "arch": 90, "dtype": "bf16", "head_dim": 64, "variant": variant, "default": True,
-                "block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3, "registers": registers,
-                "spill_bytes": 0, "instr_per_tile": 2000.0, "mma_ratio": 1.0}
-    text = summary.variants_table({"rows": [row("plain", 120), row("softcap", 127)]})
-    assert "| fwd | 90 | 64 | 128x64 w8s3 | 120 / 0 / 2000.0 | 127 / 0 / 2000.0 |" in text
+    """One row per kernel shape, one cell per variant; a variant on another tile names it; the
+    split dV/dK passes of head_dim 256 get rows of their own."""
+    rows = [_default_row("plain", 120), _default_row("softcap", 127),
+            _default_row("window", 130, tile=(64, 64, 4, 3)),
+            _default_row("plain", 240, kernel="dv", head_dim=256, tile=(32, 128, 8, 2))]
+    text = summary.variants_table({"rows": rows})
+    assert ("| fwd | 90 | 64 | 128x64 w8s3 | 120 / 0 / 2000.0 | 130 / 0 / 2000.0 at 64x64 w4s3 | 127 / 0 / 2000.0 |"
+            in text)
+    assert "| dv | 90 | 256 | 32x128 w8s2 | 240 / 0 / 2000.0 | - | - |" in text
+
+
+def test_spills_are_listed_with_why_they_are_accepted():
+    bound_bytes, bound_ops = specs.VARLEN_ACCEPTED_SPILLS[256]
+    rows = [_default_row("plain", 255, head_dim=256, spill=bound_bytes, dtype=dtype) for dtype in ("fp16", "bf16")]
+    # too many main-loop accesses; a spill at head_dim 64 (never accepted); no spill (not listed)
+    rows += [_default_row("window", 255, head_dim=256, spill=16, loop_spill_ops=bound_ops + 1),
+             _default_row("causal", 200, spill=8), _default_row("plain", 100)]
+    assert specs.accepted_spill(rows[0]) and specs.accepted_spill(rows[-1]) is None
+    assert specs.accepted_spill(rows[2]) is None and specs.accepted_spill(rows[3]) is None
+    lines = [line for line in report.spills_markdown(rows).splitlines() if line.startswith("| fwd")]
+    assert len(lines) == 3
+    assert "| fp16, bf16 |" in lines[0] and "head_dim 256: at most" in lines[0]
+    assert lines[1].endswith("NOT ACCEPTED |") and lines[2].endswith("NOT ACCEPTED |")
+    pooled = {**_default_row("plain", 64, kernel="_pool_fwd_partial_kernel", head_dim=128, spill=8), "arch": 80}
+    assert "pooling" in specs.accepted_spill(pooled)
+    assert specs.accepted_spill({**pooled, "spill_bytes": 16}) is None
+    assert "No compile spills" in report.spills_markdown([_default_row("plain", 100)])
 
 
 def test_cli_outside_a_source_checkout(monkeypatch, capsys, tmp_path):

@@ -468,7 +468,8 @@ def test_window_cost_is_linear_in_length():
         assert worst[kernel, 256] == worst[kernel, 128], kernel
         assert totals[kernel, 256] <= 2 * totals[kernel, 128] + worst[kernel, 128], kernel
     block = kernels.INTERPRETER_CONFIGS["fwd"].kwargs["BLOCK_M"]
-    causal = [sum(kernels.program_trips("fwd", n, n, b, block, 16, (-1, 0)) for b in range(n // block)) for n in (128, 256)]
+    causal = [sum(kernels.program_trips("fwd", n, n, b, block, 16, (-1, 0)) for b in range(n // block))
+              for n in (128, 256)]
     assert causal[1] >= 3.5 * causal[0]
 
 

@@ -44,16 +44,6 @@ def forward_backward(fn, q, k, v, dout):
     return [out, *torch.autograd.grad(out, (q, k, v), dout)]
 
 
-def reference_attention(q, k, v, scale, causal):
-    """float64 softmax attention on one sample, [1, heads, len, dim], on q's device (helpers'
-    packed reference builds its causal mask on the CPU, so it cannot serve CUDA tensors)."""
-    scores = (q @ k.transpose(-1, -2)) * scale
-    if causal:
-        n = scores.shape[-1]
-        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    return scores.softmax(-1) @ v
-
-
 @pytest.mark.parametrize("softmax_scale", [None, 1.0], ids=["default_scale", "scale1"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -64,10 +54,8 @@ def test_error_within_twice_sdpa(dtype, causal, softmax_scale):
     q, k, v, dout = (torch.randn(total, HEADS, HEAD_DIM, device="cuda") for _ in range(4))
     scale = HEAD_DIM ** -0.5 if softmax_scale is None else softmax_scale
 
-    expected = forward_backward(
-        lambda q, k, v: per_sample(lambda *s: reference_attention(*s, scale, causal), q, k, v, cu_seqlens),
-        *(x.double() for x in (q, k, v)), dout.double(),
-    )
+    expected = forward_backward(lambda q, k, v: packed_reference(q, k, v, cu_seqlens, scale, causal),
+                                *(x.double() for x in (q, k, v)), dout.double())
     low = [x.to(dtype) for x in (q, k, v, dout)]
     ours = forward_backward(
         lambda q, k, v: varlen_attention(q, k, v, cu_seqlens, max(lengths), softmax_scale, causal), *low

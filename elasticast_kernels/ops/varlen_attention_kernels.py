@@ -144,6 +144,8 @@ GPU_CONFIGS = {
             256: [_config(32, 64, 4, 1)],
         },
         "dq": {
+            # head_dim 32 has the 64 list, as its own entry so that HEAVY_CONFIGS can narrow it
+            32: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2), _config(64, 64, 4, 3)],
             64: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2), _config(64, 64, 4, 3)],
             128: [_config(128, 32, 8, 2)],
             256: [_config(64, 32, 4, 1)],
@@ -160,6 +162,8 @@ HEAVY_CONFIGS = {
             128: [_config(64, 32, 4, 3)],  # 128x32 w8 keeps 8-16 B of stack with a window
             256: [_config(64, 32, 4, 2)],  # s1 spills inside its main loop with a window
         },
+        # 64x64 w4 at head_dim 32: ptxas holds it to 128 registers and it spills 16 B with softcap
+        "dq": {32: [_config(64, 32, 4, 3), _config(128, 32, 8, 3), _config(128, 64, 8, 2)]},
     },
 }
 INTERPRETER_CONFIGS = {"fwd": _config(32, 16, 4, 1), "dkdv": _config(16, 32, 4, 1), "dq": _config(32, 16, 4, 1)}

@@ -41,6 +41,14 @@ VARIANTS: dict[str, tuple[dict[str, bool], bool]] = {
 }
 _CONSTEXPR_DEFAULTS = {"DOT_PRECISION": "tf32", "NEG_SCALE": False, "TRIPS": None}
 
+# Spills the varlen kernels accept knowingly, per head_dim: (bytes, local-memory accesses per main-loop
+# iteration). At head_dim 256 the fp32 accumulator alone takes 128 of ptxas' 255 registers per thread
+# (16 rows per mma.sync warp, or 64 per wgmma warpgroup, x 256 columns / 32 lanes), so every tile with
+# minimal tensor-core work runs at the cap, and a smaller tile cannot help (its rows per warp are
+# already the MMA minimum). The values that do not fit are mostly loop-invariant; the report counts
+# the local-memory accesses left inside the main loop. The AOT tests hold every case to these bounds.
+VARLEN_ACCEPTED_SPILLS = {256: (128, 8)}
+
 
 @dataclass(frozen=True)
 class Case:
@@ -162,6 +170,21 @@ _POOL_DATA_POINTERS = {"Q", "K", "V", "OUT", "DOUT", "DK", "DV", "X", "DX"}
 POOL_KNOWN_SPILLS = {("_pool_fwd_partial_kernel", 80, "bf16", 128, "plain"): 8}
 POOL_ATTENTION_KERNELS = ("_pool_fwd_partial_kernel", "_pool_bwd_kernel", "_pool_combine_kernel")
 POOL_MEAN_KERNELS = ("_segment_sum_partial_kernel", "_segment_mean_bwd_kernel", "_slot_sum_kernel")
+
+
+def accepted_spill(row: dict) -> str | None:
+    """Why a report row's spill is accepted (None: it is not, or the row does not spill): the
+    head_dim bound of `VARLEN_ACCEPTED_SPILLS` or the pooling entry of `POOL_KNOWN_SPILLS`."""
+    if not row["spill_bytes"]:
+        return None
+    pooled = POOL_KNOWN_SPILLS.get((row["kernel"], row["arch"], row["dtype"], row["head_dim"], row["variant"]))
+    if pooled is not None:
+        within = row["spill_bytes"] <= pooled
+        return f"pooling: at most {pooled} B (segment_pool_kernels.pool_config)" if within else None
+    bound = None if row["kernel"].startswith("_") else VARLEN_ACCEPTED_SPILLS.get(row["head_dim"])
+    if bound is None or row["spill_bytes"] > bound[0] or (row.get("loop_spill_ops") or 0) > bound[1]:
+        return None
+    return f"head_dim {row['head_dim']}: at most {bound[0]} B and {bound[1]} loop accesses"
 
 
 def pool_signature(kernel: Any, dtype: str) -> tuple[dict[str, str], list[str]]:

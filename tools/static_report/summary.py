@@ -4,13 +4,15 @@ from __future__ import annotations
 KEY_FIELDS = ("kernel", "arch", "dtype", "head_dim", "variant")
 # the defaults the before/after summary lists: (kernel, arch, head_dim); bf16, plain
 SUMMARY_CASES = (
-    ("fwd", 90, 64), ("fwd", 90, 128), ("fwd", 90, 256), ("dkdv", 90, 64), ("dkdv", 90, 128), ("dkdv", 90, 256),
-    ("dq", 90, 64), ("dq", 90, 128), ("dq", 90, 256), ("preprocess", 90, 64), ("fwd", 80, 64), ("fwd", 80, 256),
-    ("dkdv", 80, 128), ("dkdv", 80, 256), ("dq", 80, 128), ("dq", 80, 256),
+    ("fwd", 90, 64), ("fwd", 90, 128), ("fwd", 90, 256), ("dkdv", 90, 64), ("dkdv", 90, 128), ("dv", 90, 256),
+    ("dk", 90, 256), ("dq", 90, 64), ("dq", 90, 128), ("dq", 90, 256), ("preprocess", 90, 64), ("fwd", 80, 64),
+    ("fwd", 80, 256), ("dkdv", 80, 128), ("dv", 80, 256), ("dk", 80, 256), ("dq", 80, 128), ("dq", 80, 256),
     ("_pool_fwd_partial_kernel", 90, 64), ("_pool_bwd_kernel", 90, 64), ("_pool_combine_kernel", 90, 64),
     ("_segment_sum_partial_kernel", 90, 768), ("_segment_mean_bwd_kernel", 90, 768), ("_slot_sum_kernel", 90, 768),
 )
 VARIANT_ORDER = ("plain", "causal", "window", "softcap", "gqa_cross", "all")
+# the attention kernels in table order (above head_dim 128 dK/dV runs as a dV pass and a dK pass)
+ATTENTION_KERNELS = ("fwd", "dkdv", "dv", "dk", "dq")
 
 
 def variant_of(row: dict) -> str:
@@ -68,29 +70,36 @@ def before_after(before: dict, after: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tile(row: dict) -> str:
+    return f"{row['block_m']}x{row['block_n']} w{row['num_warps']}s{row['num_stages']}"
+
+
 def variants_table(report: dict, dtype: str = "bf16") -> str:
     """Markdown: each attention kernel's default tile per arch and head_dim, one column per feature
-    variant: registers / spill bytes / instructions per 128x64 tile (MMA ratio when not 1.0)."""
+    variant: registers / spill bytes / instructions per 128x64 tile (MMA ratio when not 1.0). The
+    tile column is the plain variant's; a variant whose launches default to another tile (the
+    heavy-feature candidate lists) names its tile in its cell."""
     rows = _defaults(report)
     present = [v for v in VARIANT_ORDER if any(key[-1] == v for key in rows)]
     if not present:
         return ""
     lines = [f"## Feature variants at the default tiles ({dtype})", "",
              "Each cell: registers / spill bytes / main-loop instructions x warps per 128x64 tile"
-             " (MMA ratio shown when it is not 1.0).", "",
+             " (MMA ratio shown when it is not 1.0; the tile when it is not the row's).", "",
              "| kernel | sm | d | tile | " + " | ".join(present) + " |", "|---|---|---|---|" + "---|" * len(present)]
-    shapes = sorted({(k[0], k[1], k[3]) for k in rows if k[0] in ("fwd", "dkdv", "dq") and k[2] == dtype},
-                    key=lambda x: (("fwd", "dkdv", "dq").index(x[0]), x[1], x[2]))
+    shapes = sorted({(k[0], k[1], k[3]) for k in rows if k[0] in ATTENTION_KERNELS and k[2] == dtype},
+                    key=lambda x: (ATTENTION_KERNELS.index(x[0]), x[1], x[2]))
     for kernel, arch, head_dim in shapes:
-        cells, tile = [], "-"
-        for variant in present:
-            row = rows.get((kernel, arch, dtype, head_dim, variant))
+        found = [rows.get((kernel, arch, dtype, head_dim, variant)) for variant in present]
+        tile = next((_tile(row) for row in found if row is not None), "-")
+        cells = []
+        for row in found:
             if row is None:
                 cells.append("-")
                 continue
-            tile = f"{row['block_m']}x{row['block_n']} w{row['num_warps']}s{row['num_stages']}"
             ratio = row.get("mma_ratio")
             extra = "" if ratio in (1.0, None) else f" (MMA {ratio})"
+            extra += "" if _tile(row) == tile else f" at {_tile(row)}"
             cells.append(f"{row['registers']} / {row['spill_bytes']} / {_per_tile(row)}{extra}")
         lines.append(f"| {kernel} | {arch} | {head_dim} | {tile} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

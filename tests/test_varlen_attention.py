@@ -366,9 +366,9 @@ def test_launchers_empty(lengths_q, lengths_k):
 def test_structural_zero_vs_data_nan():
     """Rows that see no key (a window past the keys) give 0 and lse = +inf; a row that sees keys whose
     scores are all -inf because of its data gives NaN, as today."""
-    cu_q, cu_k = cu_from([6]), cu_from([3])
-    q, dout = torch.randn(6, 1, 32), torch.randn(6, 1, 32)
-    k, v = torch.randn(3, 1, 32), torch.randn(3, 1, 32)
+    cu_q, cu_k = cu_from([6], DEVICE), cu_from([3], DEVICE)
+    q, dout = (torch.randn(6, 1, 32, device=DEVICE) for _ in range(2))
+    k, v = (torch.randn(3, 1, 32, device=DEVICE) for _ in range(2))
     q[5, 0, 0], k[:, 0, 0] = float("inf"), -1.0  # the last row sees every key (causal, bottom-right): all -inf
     out, lse, *_ = launch(q, k, v, dout, cu_q, cu_k, 1.0, causal=True)
     assert torch.equal(out[:3], torch.zeros_like(out[:3])) and torch.isinf(lse[0, :3]).all() and (lse[0, :3] > 0).all()
@@ -389,7 +389,8 @@ def test_launcher_rejects_bad_heads_and_window():
 def _gpu_tile_sets():
     """Every distinct set of (fwd, dkdv, dq) tiles the GPU candidate lists hold (both arch families,
     both feature classes), per head_dim: the i-th candidate of each kernel (the last one where a
-    list is shorter). The interpreter ignores warps and stages, so tiles alone tell sets apart."""
+    list is shorter). The interpreter ignores warps and stages, so tiles alone tell sets apart;
+    each set keeps the configs of every arch family that has it (a GPU runs its own family's)."""
     sets = {}
     for family in (80, 90):
         for head_dim in kernels.KERNEL_HEAD_DIMS:
@@ -399,7 +400,7 @@ def _gpu_tile_sets():
                     chosen = {name: configs[min(i, len(configs) - 1)] for name, configs in lists.items()}
                     key = f"d{head_dim}-" + "-".join(f"{name}{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}"
                                                      for name, c in chosen.items())
-                    sets.setdefault(key, (head_dim, chosen))
+                    sets.setdefault(key, {}).setdefault(family, (head_dim, chosen))
     return sets
 
 
@@ -412,7 +413,14 @@ def test_launchers_at_gpu_tiles(key):
     """The GPU candidates' tiles run under the interpreter with every feature at once: samples longer
     than a 128-token tile, ragged tails, grouped heads, cross offsets, a window bounded on both
     sides (the right bound also reorders the query blocks) and softcap."""
-    head_dim, configs = GPU_TILE_SETS[key]
+    families = GPU_TILE_SETS[key]
+    if DEVICE == "cuda":
+        family = kernels.arch_family(torch.cuda.get_device_capability())
+        if family not in families:
+            pytest.skip(f"tiles of sm_{next(iter(families))} candidates only (their shared memory may not fit here)")
+        head_dim, configs = families[family]
+    else:
+        head_dim, configs = next(iter(families.values()))
     with kernels.fixed_launch(configs):
         check_launchers(lengths_q=[1, 200, 37], lengths_k=[9, 170, 60], heads=2, heads_k=1, head_dim=head_dim,
                         scale=head_dim ** -0.5, window=(40, 8), softcap=3.0)
@@ -422,9 +430,9 @@ def test_launchers_at_gpu_tiles(key):
 
 
 def _recorded_trips(lengths_q, lengths_k, window, heads=2, heads_k=1, configs=None):
-    cu_q, cu_k = cu_from(lengths_q), cu_from(lengths_k)
-    q, dout = torch.randn(sum(lengths_q), heads, 32), torch.randn(sum(lengths_q), heads, 32)
-    k, v = torch.randn(sum(lengths_k), heads_k, 32), torch.randn(sum(lengths_k), heads_k, 32)
+    cu_q, cu_k = cu_from(lengths_q, DEVICE), cu_from(lengths_k, DEVICE)
+    q, dout = (torch.randn(sum(lengths_q), heads, 32, device=DEVICE) for _ in range(2))
+    k, v = (torch.randn(sum(lengths_k), heads_k, 32, device=DEVICE) for _ in range(2))
     with kernels.fixed_launch(configs or kernels.INTERPRETER_CONFIGS, count_trips=True) as trips:
         launch(q, k, v, dout, cu_q, cu_k, 0.5, window=window)
     return trips

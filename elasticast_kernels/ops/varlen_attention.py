@@ -265,6 +265,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     max_seqlen_k = check_max_seqlen(max_seqlen_k, "max_seqlen_k")
     scale = resolve_softmax_scale(softmax_scale, q.shape[-1])
     window = check_window(window_size, bool(causal), max(q.shape[0], k.shape[0]))
+    causal = window[1] == 0  # the same mask whichever way it was spelled (causal, or a window's right side 0)
     softcap = check_softcap(softcap)
     triton = use_triton(q)
     if schedule is not None:
@@ -284,8 +285,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         # zero columns add nothing to q.k and give zero output columns, sliced off below
         q, k, v = (F.pad(x, (0, kernel_head_dim - head_dim)) for x in (q, k, v))
     schedule_args = (None,) * 4 if schedule is None else (*schedule.q, *schedule.k)
-    out, _ = _varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, *schedule_args, seq_hint, scale,
-                                   bool(causal), window[0], window[1], softcap)
+    out, _ = _varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, *schedule_args, seq_hint, scale, causal,
+                                   window[0], window[1], softcap)
     if kernel_head_dim != head_dim:
         out = out[..., :head_dim]
     return out

@@ -123,6 +123,8 @@ def _chunks(len_q: int, len_k: int, window: tuple[int, int], device: torch.devic
 def _plan(run: _Run, window: tuple[int, int], softcap: float, scale: float, device: torch.device) -> _Plan:
     left, right = _effective_window(window, run.len_q, run.len_k)
     fused = device.type == "cpu" and softcap == 0.0
+    if run.len_k == 0:  # nothing to attend to (the op would divide by zero): output 0, no gradient
+        return _Plan(fused, False, [_Chunk(slice(0, run.len_q), slice(0, 0), None)])
     # the op's own causal mask is top-left aligned (so Lq == Lk only) and gives NaN for a scale
     # <= 0 (it scales the masked -inf too); a mask tensor has neither problem
     if fused and left < 0 and (right < 0 or (right == 0 and run.len_q == run.len_k and scale > 0)):
@@ -313,7 +315,8 @@ def _single_fused(runs: list[_Run], plans: list[_Plan], total_q: int, total_k: i
     """One fused call covers every query and key token (a batch of equal-length clips): its
     outputs are already token-major and are returned without a copy."""
     return (len(runs) == 1 and plans[0].fused and len(plans[0].chunks) == 1 and plans[0].chunks[0].visible is None
-            and runs[0].count * runs[0].len_q == total_q and runs[0].count * runs[0].len_k == total_k)
+            and runs[0].len_k > 0 and runs[0].count * runs[0].len_q == total_q
+            and runs[0].count * runs[0].len_k == total_k)
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:

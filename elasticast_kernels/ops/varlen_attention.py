@@ -86,7 +86,7 @@ def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_
     """-> (out [total_q, heads, head_dim] dtype of q, lse2 [heads, lse_columns(total_q)] fp32). Inputs validated."""
     window = (window_left, window_right)
     if use_triton(q):
-        from elasticast_kernels.ops._kernels_compat import varlen_attention_forward
+        from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_forward
 
         with on_device(q):
             return varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k,
@@ -112,7 +112,7 @@ def _varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
     """-> (dq, dk, dv), shaped and typed like q, k, v."""
     window = (window_left, window_right)
     if use_triton(q):
-        from elasticast_kernels.ops._kernels_compat import varlen_attention_backward
+        from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_backward
 
         schedule_q = _schedule_pair(order_q, order_cu_q, cu_seqlens_q)
         schedule_k = schedule_q if cu_seqlens_k is cu_seqlens_q else _schedule_pair(order_k, order_cu_k, cu_seqlens_k)

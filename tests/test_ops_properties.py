@@ -44,16 +44,6 @@ def path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture
-def feature_path(path):
-    """``path`` for GQA/cross/window/softcap (skipped on Triton while its kernels predate them)."""
-    from elasticast_kernels.ops import varlen_attention_kernels
-
-    if path == "triton" and not hasattr(varlen_attention_kernels, "KERNEL_HEAD_DIMS"):
-        pytest.skip("the Triton kernels here predate GQA/cross/window/softcap")
-    return path
-
-
 def _inputs(seed, total, shape, requires_grad=True):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(total, *shape, generator=gen).requires_grad_(requires_grad) for _ in range(3)]
@@ -105,7 +95,7 @@ def check_features(layout, heads_k, group, head_dim, scale, causal, window, soft
 
 @SETTINGS
 @given(**FEATURES)
-def test_varlen_attention_features_match_float64(feature_path, **example):
+def test_varlen_attention_features_match_float64(path, **example):
     """GQA/MQA, cross-attention, causal, windows and softcap in random combinations."""
     check_features(**example)
 

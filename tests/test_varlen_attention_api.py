@@ -14,7 +14,7 @@ from elasticast_kernels.ops import (
     launch_schedule,
     varlen_attention,
 )
-from elasticast_kernels.ops._common import longest_first, use_triton
+from elasticast_kernels.ops._common import longest_first
 from helpers import assert_close, cu_from, reference_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -28,21 +28,11 @@ def inputs(lengths=(3, 5), heads=1, head_dim=32, dtype=torch.float32, heads_k=No
     return q, k, v, cu_from(lengths, DEVICE)
 
 
-def kernels_support_features() -> bool:
-    """False while the Triton kernels are the old self-attention-only ones (interpreter runs of the
-    new features are skipped then); the torch path always supports them."""
-    from elasticast_kernels.ops import varlen_attention_kernels
-
-    return hasattr(varlen_attention_kernels, "KERNEL_HEAD_DIMS")
-
-
 @pytest.fixture(params=["triton", "torch"])
-def feature_path(request, monkeypatch):
-    """Both paths for the new features (the Triton one skipped while the kernels predate them)."""
+def path(request, monkeypatch):
+    """Both paths: the Triton kernels (interpreted on CPU) and the torch path."""
     if request.param == "torch":
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    elif not kernels_support_features() and not torch.cuda.is_available() and use_triton(torch.empty(0)):
-        pytest.skip("the Triton kernels here predate GQA/cross/window/softcap")
     return request.param
 
 
@@ -121,7 +111,7 @@ def test_bad_input_names_the_argument(case):
         varlen_attention(*args, **kwargs)
 
 
-def test_window_normalisation_is_exact(feature_path):
+def test_window_normalisation_is_exact(path):
     """Causal sets the right side to 0, and sides as long as the tokens are unbounded: each
     spelling gives bit-identical results to its normal form."""
     q, k, v, cu = inputs((5, 9, 2), heads=2)
@@ -135,6 +125,14 @@ def test_window_normalisation_is_exact(feature_path):
 
 # --- the launch schedule -------------------------------------------------------------------------
 
+def test_head_dims_are_the_kernels():
+    pytest.importorskip("triton")
+    from elasticast_kernels.ops.varlen_attention import ATTENTION_HEAD_DIMS
+    from elasticast_kernels.ops.varlen_attention_kernels import KERNEL_HEAD_DIMS
+
+    assert ATTENTION_HEAD_DIMS == KERNEL_HEAD_DIMS
+
+
 def test_launch_schedule_is_longest_first_of_each_side():
     cu_q, cu_k = cu_from([4, 9, 1], DEVICE), cu_from([2, 2, 7], DEVICE)
     self_schedule = launch_schedule(cu_q)
@@ -146,7 +144,7 @@ def test_launch_schedule_is_longest_first_of_each_side():
         assert torch.equal(got, expected)
 
 
-def test_given_schedule_gives_the_same_result(feature_path):
+def test_given_schedule_gives_the_same_result(path):
     lengths_q, lengths_k = [4, 9, 1], [6, 3, 5]
     q, k, v, cu_q = inputs(lengths_q, heads=2, lengths_k=lengths_k)
     cu_k = cu_from(lengths_k, DEVICE)
@@ -185,7 +183,7 @@ def test_flash_attn_module_name_is_importable():
     assert interface.flash_attn_func is flash_attn_func and interface.flash_attn_varlen_func is flash_attn_varlen_func
 
 
-def test_flash_attn_varlen_func_is_varlen_attention(feature_path):
+def test_flash_attn_varlen_func_is_varlen_attention(path):
     lengths_q, lengths_k = [4, 9, 1], [6, 3, 5]
     q, k, v, cu_q = inputs(lengths_q, heads=4, heads_k=2, lengths_k=lengths_k)
     cu_k = cu_from(lengths_k, DEVICE)
@@ -196,7 +194,7 @@ def test_flash_attn_varlen_func_is_varlen_attention(feature_path):
     assert torch.equal(ours, direct)
 
 
-def test_flash_attn_varlen_window_follows_flash_attn(feature_path):
+def test_flash_attn_varlen_window_follows_flash_attn(path):
     """flash-attn treats a window side >= max_seqlen_k as unbounded; so do we (in its interface)."""
     q, k, v, cu = inputs((3, 8), heads=2)
     wide = flash_attn_varlen_func(q, k, v, cu, cu, 8, 8, window_size=(8, 100))
@@ -234,7 +232,7 @@ def _dense_reference(q, k, v, scale, causal, window, softcap):
     (9, 5, 2, False, (1, 1), 2.0),
     (6, 6, 4, True, (3, 0), 5.0),
 ], ids=["full", "gqa_causal", "mqa_cross_causal_left", "cross_window_softcap", "window_softcap"])
-def test_flash_attn_func_dense(seqlen_q, seqlen_k, heads_k, causal, window, softcap, feature_path):
+def test_flash_attn_func_dense(seqlen_q, seqlen_k, heads_k, causal, window, softcap, path):
     q = torch.randn(3, seqlen_q, 4, 32, device=DEVICE, requires_grad=True)
     k, v = (torch.randn(3, seqlen_k, heads_k, 32, device=DEVICE, requires_grad=True) for _ in range(2))
     out = flash_attn_func(q, k, v, softmax_scale=0.4, causal=causal, window_size=window, softcap=softcap)
@@ -249,7 +247,7 @@ def test_flash_attn_func_dense(seqlen_q, seqlen_k, heads_k, causal, window, soft
         assert_close(x.grad.cpu(), leaf.grad, 1e-4, f"d{name}")
 
 
-def test_flash_attn_func_window_past_seqlen_k_is_unbounded(feature_path):
+def test_flash_attn_func_window_past_seqlen_k_is_unbounded(path):
     """flash-attn's rule for the dense call: a side >= seqlen_k is unbounded. With more queries
     than keys that differs from the literal window (early rows would see fewer keys)."""
     q = torch.randn(2, 9, 2, 32, device=DEVICE)
@@ -313,7 +311,7 @@ def test_torch_compile_fullgraph(causal):
     _compiled_matches_eager(causal)
 
 
-def test_torch_compile_fullgraph_new_arguments(feature_path):
+def test_torch_compile_fullgraph_new_arguments(path):
     """GQA, cross-attention, a window and softcap through the compiled op."""
     torch._dynamo.reset()
     _compiled_matches_eager(causal=True, features=True)

@@ -142,6 +142,14 @@ def test_rows_that_see_no_key_are_zero():
     assert not ours[0][:4].any() and ours[0][4:].abs().sum() > 0
 
 
+def test_nan_query_that_sees_no_key_gives_zero():
+    """A row that sees no key is 0 whatever its query holds (as the reference and the kernels)."""
+    q, k, v = torch.randn(6, 2, 16), torch.randn(2, 2, 16), torch.randn(2, 2, 16)
+    q[1, 0, 0] = float("nan")  # row 1 of 6 queries on 2 keys, causal: sees nothing
+    out = varlen_attention(q, k, v, cu_from([6]), causal=True, cu_seqlens_k=cu_from([2]))
+    assert not out[:4].any() and torch.isfinite(out).all()
+
+
 def test_keys_without_queries_between_runs():
     """A sample with keys but no queries between two equal-length ones breaks the run: its keys
     must not shift the next sample's keys, and get zero gradients."""

@@ -74,10 +74,10 @@ def register(name: str = ATTENTION_NAME) -> str:
 _layouts: dict[int, tuple] = {}  # id(source) -> (weak ref to source, key, layout, keep_alive)
 
 
-def _forget(ref: weakref.ref, source_id: int) -> None:
-    entry = _layouts.get(source_id)
+def _forget(ref: weakref.ref, source_id: int, table: dict) -> None:
+    entry = table.get(source_id)
     if entry is not None and entry[0] is ref:
-        del _layouts[source_id]
+        del table[source_id]
 
 
 def _cached(source: torch.Tensor, key: tuple, build, keep_alive: Any = None) -> tuple:
@@ -91,7 +91,8 @@ def _cached(source: torch.Tensor, key: tuple, build, keep_alive: Any = None) -> 
         return entry[2]
     layout = build()
     source_id = id(source)
-    ref = weakref.ref(source, lambda dead, i=source_id: _forget(dead, i))
+    # the table is bound now: at interpreter exit the module's globals may already be gone
+    ref = weakref.ref(source, lambda dead, i=source_id, table=_layouts: _forget(dead, i, table))
     _layouts[source_id] = (ref, key, layout, keep_alive)
     return layout
 

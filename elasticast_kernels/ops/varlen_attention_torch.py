@@ -184,8 +184,9 @@ def _fused_chunk_forward(q, k, v, run: _Run, plan: _Plan, chunk: _Chunk, scale: 
             suspects &= seen
         q_rows = _batch(q, run.q0, run.count, run.len_q)[:, :, chunk.rows]
         o[suspects] += q_rows[suspects].sum(-1, keepdim=True).mul_(0).to(o.dtype)
-    if seen is not None:
-        lse_rows[:, :, ~seen] = float("inf")  # rows that see no key: probabilities exactly 0
+    if seen is not None:  # rows that see no key: output 0 (the op gives NaN for a NaN query there)
+        o[:, :, ~seen] = 0
+        lse_rows[:, :, ~seen] = float("inf")  # and probabilities exactly 0 in the backward
     return o
 
 

@@ -11,6 +11,8 @@ sets the right side to 0.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from elasticast_kernels.ops._validation import check_float_tensor
@@ -32,14 +34,16 @@ def _refuse_unsupported(dropout_p: object, alibi_slopes: object, return_attn_pro
 
 
 def _flash_window(window_size: object, seqlen_k: int | None) -> object:
-    """flash-attn's rule: a window side of ``seqlen_k`` or more is unbounded (-1). Anything that is
-    not a pair of ints is passed on for `varlen_attention` to reject with a clear message."""
+    """flash-attn's rule: a window side of ``seqlen_k`` or more is unbounded (-1). Sides may be
+    integer tensors, as flash-attn accepts (read on the host). Anything that is not a pair of
+    integers is passed on for `varlen_attention` to reject with a clear message."""
     try:
         left, right = window_size  # type: ignore[misc]
+        left, right = (side if isinstance(side, bool) else operator.index(side) for side in (left, right))
     except (TypeError, ValueError):
         return window_size
-    if seqlen_k is None or not all(isinstance(side, int) and not isinstance(side, bool) for side in (left, right)):
-        return window_size
+    if seqlen_k is None or isinstance(left, bool) or isinstance(right, bool):
+        return (left, right)
     return tuple(-1 if side >= seqlen_k else side for side in (left, right))
 
 

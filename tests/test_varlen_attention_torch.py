@@ -135,6 +135,13 @@ def test_empty_cases(lengths_q, lengths_k):
         assert not tensor.any()
 
 
+@pytest.mark.parametrize("window", [(5, 3), (0, 0), (40, -1)])
+def test_one_query_per_sample_with_a_window(window):
+    """Found by flash-attn's tests: one query per sample against many keys with a window makes a
+    single chunk over part of the keys, whose dK/dV must still cover every key."""
+    check(*run_both([1, 1, 1, 1], [30, 30, 30, 30], (3, 3), window=window), TOLERANCE[torch.float32])
+
+
 def test_rows_that_see_no_key_are_zero():
     """Causal with more queries than keys: the first Lq - Lk rows see nothing (flash-attn: 0)."""
     ours, expected = run_both([6], [2], (2, 2), causal=True)

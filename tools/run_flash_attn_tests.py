@@ -40,8 +40,10 @@ DEFAULT_TESTS = (
     "test_flash_attn_qkvpacked", "test_flash_attn_varlen_qkvpacked", "test_flash_attn_output",
     "test_flash_attn_varlen_output", "test_flash_attn_causal", "test_flash_attn_varlen_causal",
     "test_flash_attn_bwd_overflow", "test_flash_attn_bwd_transpose", "test_flash_attn_bwd_varlen_overflow",
-    "test_flash_attn_deterministic", "test_flash_attn_varlen_deterministic", "test_flash_attn_race_condition",
+    "test_flash_attn_deterministic", "test_flash_attn_varlen_deterministic",
 )
+# not run: test_flash_attn_race_condition compares the log-sum-exp that return_attn_probs returns,
+# which our interface does not expose
 
 # (pattern, replacement) applied to the test module's source: CPU instead of a GPU
 REWRITES = (

@@ -24,6 +24,11 @@ CPU, so reading them is free), and each run goes one of two ways:
   ``rows x keys`` (memory never quadratic in a sample's length; work linear in it for a fixed
   window).
 - explicit (softcap, or a device without the CPU op): fp32 matmuls per sample in the same chunks.
+
+fp16/bf16 inputs are computed in fp32 and rounded once at the end (one upcast per call): CPUs
+without native half arithmetic run PyTorch's fp16 kernel about 9x slower than fp32 and bf16 no
+faster (measured on the development VM), and dK/dV summed over a GQA group or over chunks would
+otherwise be rounded term by term.
 """
 from __future__ import annotations
 
@@ -193,20 +198,15 @@ def _fused_chunk_forward(q, k, v, run: _Run, plan: _Plan, chunk: _Chunk, scale: 
 def _fused_run_backward(dout, q, k, v, out, lse2, run: _Run, plan: _Plan, scale: float,
                         grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq, dk, dv of ``run`` as ``[count, heads, len, d]``: written into ``grads`` (dq, dk, dv
-    [total, heads, d]) when given, else returned as the op's own tensors (one chunk only)."""
+    """dq, dk, dv of ``run`` as ``[count, heads, len, d]`` (fp32 inputs): added into ``grads``
+    (zero-initialised dq, dk, dv [total, heads, d]) when given, else returned as the op's own
+    tensors (one chunk only). Chunks that share keys add their dK/dV in fp32."""
     q_b, dout_b, out_b = (_batch(x, run.q0, run.count, run.len_q) for x in (q, dout, out))
     k_b, v_b = (_batch(x, run.k0, run.count, run.len_k) for x in (k, v))
     lse_b = (_lse_batch(lse2, run) / LOG2E).transpose(0, 1)  # [count, heads, len_q], natural log
-    dq_b = dk_b = dv_b = None
     if grads is not None:
         dq_b = _batch(grads[0], run.q0, run.count, run.len_q)
         dk_b, dv_b = (_batch(g, run.k0, run.count, run.len_k) for g in grads[1:])
-    # several chunks add into the same keys: accumulate those in fp32, round once
-    accumulate = len(plan.chunks) > 1
-    if accumulate:
-        dk_acc = torch.zeros(k_b.shape, dtype=torch.float32, device=k.device)
-        dv_acc = torch.zeros_like(dk_acc)
     for chunk in plan.chunks:
         if chunk.keys.stop == chunk.keys.start:
             continue  # no key seen: no gradient
@@ -217,15 +217,9 @@ def _fused_run_backward(dout, q, k, v, out, lse2, run: _Run, plan: _Plan, scale:
         if grads is None:
             return dq_c, dk_c, dv_c
         dq_b[:, :, rows] = dq_c
-        if accumulate:
-            dk_acc[:, :, keys] += dk_c
-            dv_acc[:, :, keys] += dv_c
-        else:
-            dk_b[:, :, keys], dv_b[:, :, keys] = dk_c, dv_c
-    if accumulate:
-        dk_b.copy_(dk_acc)
-        dv_b.copy_(dv_acc)
-    return dq_b, dk_b, dv_b
+        dk_b[:, :, keys] += dk_c
+        dv_b[:, :, keys] += dv_c
+    return grads
 
 
 # --- explicit path ------------------------------------------------------------------------------
@@ -315,9 +309,16 @@ def _explicit_backward(dout, q, k, v, lse2, delta, dq, dk, dv, run: _Run, plan: 
 def _single_fused(runs: list[_Run], plans: list[_Plan], total_q: int, total_k: int) -> bool:
     """One fused call covers every query and key token (a batch of equal-length clips): its
     outputs are already token-major and are returned without a copy."""
-    return (len(runs) == 1 and plans[0].fused and len(plans[0].chunks) == 1 and plans[0].chunks[0].visible is None
-            and runs[0].len_k > 0 and runs[0].count * runs[0].len_q == total_q
-            and runs[0].count * runs[0].len_k == total_k)
+    if len(runs) != 1 or not plans[0].fused or len(plans[0].chunks) != 1:
+        return False
+    (run,), (chunk,) = runs, plans[0].chunks
+    return (chunk.visible is None and run.len_k > 0 and chunk.rows == slice(0, run.len_q)
+            and chunk.keys == slice(0, run.len_k)  # a window may give one chunk a part of the keys
+            and run.count * run.len_q == total_q and run.count * run.len_k == total_k)
+
+
+def _fp32(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [x if x.dtype == torch.float32 else x.float() for x in tensors]
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -334,15 +335,17 @@ def varlen_attention_forward_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     ``causal`` is already folded into ``window`` (right side 0); it is accepted for the shared contract.
     """
     total_q, heads, head_dim = q.shape
+    dtype = q.dtype
+    q, k, v = _fp32(q, k, v)
     runs = _runs(cu_seqlens_q, cu_seqlens_k)
     plans = [_plan(run, window, softcap, softmax_scale, q.device) for run in runs]
     lse2 = torch.empty((heads, lse_columns(total_q)), dtype=torch.float32, device=q.device)
     if _single_fused(runs, plans, total_q, k.shape[0]):
         lse2[:, total_q:] = float("inf")
         o = _fused_chunk_forward(q, k, v, runs[0], plans[0], plans[0].chunks[0], softmax_scale, lse2, None)
-        return _tokens(o), lse2
+        return _tokens(o).to(dtype), lse2
     lse2.fill_(float("inf"))  # rows that see no key keep it
-    out = torch.zeros((total_q, heads, head_dim), dtype=q.dtype, device=q.device)
+    out = torch.zeros((total_q, heads, head_dim), dtype=torch.float32, device=q.device)
     for run, plan in zip(runs, plans):
         if not plan.fused:
             _explicit_forward(q, k, v, out, lse2, run, plan, softmax_scale, softcap)
@@ -350,7 +353,7 @@ def varlen_attention_forward_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Te
         for chunk in plan.chunks:
             if chunk.keys.stop > chunk.keys.start:
                 _fused_chunk_forward(q, k, v, run, plan, chunk, softmax_scale, lse2, out)
-    return out, lse2
+    return out.to(dtype), lse2
 
 
 def varlen_attention_backward_torch(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -359,12 +362,13 @@ def varlen_attention_backward_torch(dout: torch.Tensor, q: torch.Tensor, k: torc
                                     window: tuple[int, int], softcap: float
                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients ``dq, dk, dv`` (shapes and dtypes of q, k, v) from the saved ``out`` and ``lse2``."""
-    dout = dout.contiguous()  # autograd may hand in an expanded (stride 0) gradient
+    dtypes = (q.dtype, k.dtype, v.dtype)
+    dout, q, k, v, out = _fp32(dout.contiguous(), q, k, v, out)  # contiguous: autograd may hand in a stride-0 dout
     runs = _runs(cu_seqlens_q, cu_seqlens_k)
     plans = [_plan(run, window, softcap, softmax_scale, q.device) for run in runs]
     if _single_fused(runs, plans, q.shape[0], k.shape[0]):
         grads = _fused_run_backward(dout, q, k, v, out, lse2, runs[0], plans[0], softmax_scale, None)
-        return tuple(_tokens(g) for g in grads)  # type: ignore[return-value]
+        return tuple(_tokens(g).to(dtype) for g, dtype in zip(grads, dtypes))  # type: ignore[return-value]
     grads = tuple(torch.zeros_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
     delta = None
     for run, plan in zip(runs, plans):
@@ -373,6 +377,6 @@ def varlen_attention_backward_torch(dout: torch.Tensor, q: torch.Tensor, k: torc
             continue
         if delta is None:
             # rowsum(dout * out): the term the softmax Jacobian subtracts, [heads, total_q] fp32
-            delta = (dout.float() * out.float()).sum(-1).transpose(0, 1)
+            delta = (dout * out).sum(-1).transpose(0, 1)
         _explicit_backward(dout, q, k, v, lse2, delta, *grads, run, plan, softmax_scale, softcap)
-    return grads
+    return tuple(g.to(dtype) for g, dtype in zip(grads, dtypes))  # type: ignore[return-value]

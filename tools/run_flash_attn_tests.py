@@ -129,7 +129,7 @@ UNSUPPORTED = {{"dropout_p": lambda v: v > 0, "alibi": lambda v: bool(v), "paged
 
 
 def pytest_collection_modifyitems(config, items):
-    keep, unsupported, other = [], [], []
+    keep, unsupported, too_long, not_sampled, other = [], [], [], [], []
     for item in items:
         name = item.originalname or item.name
         params = getattr(item, "callspec", None)
@@ -139,15 +139,15 @@ def pytest_collection_modifyitems(config, items):
         elif any(key in params and rule(params[key]) for key, rule in UNSUPPORTED.items()):
             unsupported.append(item)
         elif MAX_SEQLEN and max([v for k, v in params.items() if k.startswith("seqlen")] or [0]) > MAX_SEQLEN:
-            other.append(item)
+            too_long.append(item)
         elif SAMPLE > 1 and zlib.crc32(item.nodeid.encode()) % SAMPLE:
-            other.append(item)
+            not_sampled.append(item)
         else:
             keep.append(item)
-    print(f"\\nflash-attn tests: {{len(items)}} collected; {{len(unsupported)}} deselected for features we refuse "
-          f"(dropout, ALiBi, paged KV); {{len(other)}} outside this run (other tests, --max-seqlen, --sample); "
-          f"{{len(keep)}} run")
-    config.hook.pytest_deselected(items=unsupported + other)
+    print(f"\\nflash-attn tests: {{len(items)}} collected; {{len(unsupported)}} need features we refuse (dropout, "
+          f"ALiBi, paged KV); {{len(too_long)}} longer than --max-seqlen; {{len(not_sampled)}} outside the 1-in-"
+          f"{{SAMPLE}} sample; {{len(other)}} other tests; {{len(keep)}} run")
+    config.hook.pytest_deselected(items=unsupported + too_long + not_sampled + other)
     items[:] = keep
 '''
 

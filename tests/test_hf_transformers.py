@@ -88,9 +88,14 @@ def loss_and_grads(model, logits, weights):
 
 
 def check_against_sdpa(config_fn, ours_logits_fn, reference_logits_fn=real_token_logits_padded, seqs=None):
+    check_against_sdpa_with(config_fn, ATTENTION_NAME, ours_logits_fn, reference_logits_fn, seqs)
+
+
+def check_against_sdpa_with(config_fn, attn_implementation, ours_logits_fn, reference_logits_fn=real_token_logits_padded,
+                            seqs=None):
     seqs = seqs or sequences()
     reference_model = make_model(config_fn, "sdpa")
-    ours_model = make_model(config_fn, ATTENTION_NAME)
+    ours_model = make_model(config_fn, attn_implementation)
     reference = reference_logits_fn(reference_model, seqs)
     ours = ours_logits_fn(ours_model, seqs)
     torch.testing.assert_close(ours, reference, atol=2e-5, rtol=2e-5)
@@ -226,3 +231,21 @@ def test_padding_free_attention_has_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.shape == (1, 40, 8, 64)
+
+
+@pytest.mark.parametrize("layout", ["padded", "padding_free"])
+def test_hub_kernel_path_with_our_flash_attn_interface(monkeypatch, layout):
+    """transformers' hub-kernel path (``attn_implementation="org/repo"``) with the downloaded kernel
+    replaced by `elasticast_kernels.ops.flash_attn_interface`: transformers' own flash wrapper reads
+    our signatures, passes windows/causal/max lengths, unpads and pads, and the logits and
+    gradients equal padded sdpa."""
+    import transformers.integrations.hub_kernels as hub_kernels
+
+    from elasticast_kernels.ops import flash_attn_interface
+
+    monkeypatch.setattr(hub_kernels, "get_kernel", lambda repo_id, **kwargs: flash_attn_interface)
+    if layout == "padded":
+        ours_fn = real_token_logits_padded
+    else:
+        ours_fn = real_token_logits_packed
+    check_against_sdpa_with(mistral_sliding, "elasticast-test/flash-attn-interface", ours_fn)

@@ -30,7 +30,7 @@ using PlanFn = ek::Assignment (*)(const int64_t*, int64_t, int64_t);
 
 // (order int64 [n], offsets int64 [num_packs + 1]) of a plan over a private copy of `lengths`.
 template <class Plan>
-py::tuple run_plan(py::handle lengths, int64_t max_tokens, const Plan& plan) {
+py::tuple run_plan(py::handle lengths, const Plan& plan) {
   // n < 2^31 - 1 is check_lengths' limit too; refusing earlier bounds the copy.
   const py::buffer_info info = ek::args::int_vector<int64_t>(lengths, "lengths", kInt32Max - 1);
   const int64_t n = info.shape[0];
@@ -48,7 +48,7 @@ py::tuple run_plan(py::handle lengths, int64_t max_tokens, const Plan& plan) {
   py::array_t<int64_t> offsets(a.num_packs + 1);
   {
     py::gil_scoped_release release;
-    ek::finalize_plan(a, owned, max_tokens, owned, offsets.mutable_data());
+    ek::finalize_plan(a, owned, owned, offsets.mutable_data());
   }
   return py::make_tuple(order, offsets);
 }
@@ -64,19 +64,36 @@ int64_t checked_mul(int64_t a, int64_t b, const char* what) {
   return product;
 }
 
-ek::PatchGeometry geometry(py::handle channels_obj, py::handle freq_obj, py::handle patch_obj, py::handle elem_obj) {
+// A stride argument: None means the patch size (non-overlapping patches).
+int64_t stride_arg(py::handle obj, const char* name, int64_t patch) {
+  return obj.is_none() ? patch : int_arg(obj, name, 1, kInt32Max);
+}
+
+// An axis of `extent` elements cut into patches: at least one patch, and with stride == patch
+// (non-overlapping) a whole number of them, so no element is silently left out.
+void check_axis(int64_t extent, int64_t patch, int64_t stride, const std::string& what) {
+  const bool tiled = stride == patch;
+  if (extent < patch || (tiled && extent % patch != 0))
+    throw std::invalid_argument(what + " = " + std::to_string(extent) + " must be " +
+                                (tiled ? "a positive multiple of patch_size (" : ">= patch_size (") +
+                                std::to_string(patch) + ")");
+}
+
+ek::PatchGeometry geometry(py::handle channels_obj, py::handle freq_obj, py::handle patch_obj, py::handle elem_obj,
+                           py::handle freq_stride_obj, py::handle time_stride_obj) {
   // token counts and indices are int32
   const int64_t channels = int_arg(channels_obj, "channels", 1, kInt32Max);
   const int64_t freq = int_arg(freq_obj, "freq", 1, kInt32Max);
   const int64_t patch = int_arg(patch_obj, "patch_size", 1, kInt32Max);
   const int64_t elem_size = int_arg(elem_obj, "elem_size", 1, 16);
-  if (freq < patch || freq % patch != 0)
-    throw std::invalid_argument("freq (" + std::to_string(freq) + ") must be a positive multiple of patch_size (" +
-                                std::to_string(patch) + ")");
+  const int64_t freq_stride = stride_arg(freq_stride_obj, "freq_stride", patch);
+  const int64_t time_stride = stride_arg(time_stride_obj, "time_stride", patch);
+  check_axis(freq, patch, freq_stride, "freq");
   // the row and token byte sizes every later size check multiplies by must fit int64
   checked_mul(checked_mul(channels, freq, "C * F"), elem_size, "C * F * elem_size");
   checked_mul(checked_mul(checked_mul(channels, patch, "C * p"), patch, "C * p * p"), elem_size, "token bytes");
-  return {channels, freq, patch, elem_size};
+  checked_mul(time_stride, elem_size, "time_stride * elem_size");
+  return {channels, freq, patch, elem_size, freq_stride, time_stride, ek::patches_along(freq, patch, freq_stride)};
 }
 
 // Checked views of a CPU gather's buffers. `infos` keeps the caller's sources and outputs
@@ -85,8 +102,7 @@ ek::PatchGeometry geometry(py::handle channels_obj, py::handle freq_obj, py::han
 struct CpuGather {
   ek::PatchGeometry geo;
   std::vector<py::buffer_info> infos;
-  std::vector<const uint8_t*> sources;
-  std::vector<int64_t> time_patches;
+  std::vector<ek::GatherSource> sources;
   std::vector<int32_t> cu_seqlens;
   uint8_t* out = nullptr;
   int32_t* freq_idx = nullptr;
@@ -112,9 +128,9 @@ uint8_t* output(CpuGather& g, py::handle obj, const char* name, bool int32_items
 // Checks every segment against its buffer and every output size before anything is written.
 CpuGather prepare_cpu_gather(py::handle sources_obj, py::handle cu_seqlens, py::handle out, py::handle freq_idx,
                              py::handle time_idx, py::handle channels, py::handle freq, py::handle patch,
-                             py::handle elem_size) {
+                             py::handle elem_size, py::handle freq_stride, py::handle time_stride) {
   CpuGather g;
-  g.geo = geometry(channels, freq, patch, elem_size);
+  g.geo = geometry(channels, freq, patch, elem_size, freq_stride, time_stride);
   const int64_t p = g.geo.patch, elem = g.geo.elem_size;
   // A snapshot of the sequence: buffer exporters may run Python code that changes the caller's list.
   if (!PySequence_Check(sources_obj.ptr()) || PyUnicode_Check(sources_obj.ptr()) || PyBytes_Check(sources_obj.ptr()))
@@ -143,16 +159,15 @@ CpuGather prepare_cpu_gather(py::handle sources_obj, py::handle cu_seqlens, py::
       throw py::value_error(name + ": byte size " + std::to_string(bytes) + " is not C * F * T elements of " +
                             std::to_string(elem) + " bytes");
     const int64_t frames = bytes / elem / row_elems;
-    if (frames % p != 0)
-      throw py::value_error(name + ": T = " + std::to_string(frames) + " is not a multiple of patch_size");
-    const int64_t tokens = checked_mul(g.geo.freq / p, frames / p, "tokens of a source");
+    if (frames > 0) check_axis(frames, p, g.geo.time_stride, name + ": T");  // 0 frames: an empty segment
+    const int64_t time_patches = ek::patches_along(frames, p, g.geo.time_stride);
+    const int64_t tokens = checked_mul(g.geo.freq_patches, time_patches, "tokens of a source");
     const int64_t have = static_cast<int64_t>(g.cu_seqlens[static_cast<size_t>(s + 1)]) - g.cu_seqlens[static_cast<size_t>(s)];
     if (have != tokens)
       throw py::value_error("cu_seqlens[" + std::to_string(s + 1) + "] - cu_seqlens[" + std::to_string(s) +
                             "] must be " + std::to_string(tokens) + " (the tokens of " + name + "), got " +
                             std::to_string(have));
-    g.sources.push_back(static_cast<const uint8_t*>(info.ptr));
-    g.time_patches.push_back(frames / p);
+    g.sources.push_back({static_cast<const uint8_t*>(info.ptr), frames, time_patches});
   }
   // cu_seqlens[0] == 0 and every step equals a token count >= 0: it rises from 0 to total_tokens.
   const int64_t total_tokens = g.cu_seqlens[static_cast<size_t>(num_segments)];
@@ -165,23 +180,31 @@ CpuGather prepare_cpu_gather(py::handle sources_obj, py::handle cu_seqlens, py::
 
 void pack_patches_cpu_py(py::handle sources, py::handle cu_seqlens, py::handle out, py::handle freq_idx,
                          py::handle time_idx, py::handle channels, py::handle freq, py::handle patch,
-                         py::handle elem_size, py::handle num_threads_obj) {
+                         py::handle elem_size, py::handle num_threads_obj, py::handle freq_stride,
+                         py::handle time_stride) {
   const int num_threads = static_cast<int>(int_arg(num_threads_obj, "num_threads", -kInt32Max, kInt32Max));
-  const CpuGather g = prepare_cpu_gather(sources, cu_seqlens, out, freq_idx, time_idx, channels, freq, patch, elem_size);
+  const CpuGather g = prepare_cpu_gather(sources, cu_seqlens, out, freq_idx, time_idx, channels, freq, patch, elem_size,
+                                         freq_stride, time_stride);
   py::gil_scoped_release release;
-  ek::pack_patches_cpu(g.sources, g.time_patches, g.cu_seqlens.data(), g.geo, g.out, g.freq_idx, g.time_idx,
-                       num_threads);
+  ek::pack_patches_cpu(g.sources, g.cu_seqlens.data(), g.geo, g.out, g.freq_idx, g.time_idx, num_threads);
 }
 
 void emulate_cuda_gather_py(py::handle sources, py::handle cu_seqlens, py::handle out, py::handle freq_idx,
                             py::handle time_idx, py::handle channels, py::handle freq, py::handle patch,
-                            py::handle elem_size, py::handle vec_bytes_obj) {
-  const CpuGather g = prepare_cpu_gather(sources, cu_seqlens, out, freq_idx, time_idx, channels, freq, patch, elem_size);
+                            py::handle elem_size, py::handle vec_bytes_obj, py::handle freq_stride,
+                            py::handle time_stride) {
+  const CpuGather g = prepare_cpu_gather(sources, cu_seqlens, out, freq_idx, time_idx, channels, freq, patch, elem_size,
+                                         freq_stride, time_stride);
   const int64_t vec_bytes = int_arg(vec_bytes_obj, "vec_bytes", 1, 16);
   ek::check_copy_unit(vec_bytes, g.geo);
+  for (size_t s = 0; s < g.sources.size(); ++s) {  // as on the device: every row start a whole number of units
+    if ((g.sources[s].frames * g.geo.elem_size) % vec_bytes != 0)
+      throw py::value_error("vec_bytes = " + std::to_string(vec_bytes) + " does not divide the row bytes of sources[" +
+                            std::to_string(s) + "] (T * elem_size = " +
+                            std::to_string(g.sources[s].frames * g.geo.elem_size) + ")");
+  }
   py::gil_scoped_release release;
-  ek::emulate_cuda_gather(g.sources, g.time_patches, g.cu_seqlens.data(), g.geo, vec_bytes, g.out, g.freq_idx,
-                          g.time_idx);
+  ek::emulate_cuda_gather(g.sources, g.cu_seqlens.data(), g.geo, vec_bytes, g.out, g.freq_idx, g.time_idx);
 }
 
 // Device address `name`: non-null (unless nothing is read or written) and a multiple of `align`.
@@ -200,8 +223,9 @@ uint64_t device_address(py::handle obj, const char* name, uint64_t align, bool u
 void pack_patches_cuda_py(py::handle out, py::handle freq_idx, py::handle time_idx, py::handle segment_meta,
                           py::handle cu_seqlens, py::handle num_segments_obj, py::handle total_tokens_obj,
                           py::handle channels, py::handle freq, py::handle patch, py::handle elem_size,
-                          py::handle vec_bytes_obj, py::handle stream_obj, py::handle device_obj) {
-  const ek::PatchGeometry geo = geometry(channels, freq, patch, elem_size);
+                          py::handle vec_bytes_obj, py::handle stream_obj, py::handle device_obj,
+                          py::handle freq_stride, py::handle time_stride) {
+  const ek::PatchGeometry geo = geometry(channels, freq, patch, elem_size, freq_stride, time_stride);
   const int64_t num_segments = int_arg(num_segments_obj, "num_segments", 1, kInt32Max - 1);
   const int64_t total_tokens = int_arg(total_tokens_obj, "total_tokens", 0, kInt32Max);
   const int64_t vec_bytes = int_arg(vec_bytes_obj, "vec_bytes", 1, 16);
@@ -226,16 +250,17 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "elasticast-kernels native extension: bin-packing plans and patch gathers (CPU, CUDA)";
 
   const auto plan_doc =
-      "(lengths: 1-D int64 buffer (any stride), max_tokens: int in [1, 2**31 - 1]) -> (order int64 [n], offsets "
-      "int64 [num_packs + 1]).\nPack p holds samples order[offsets[p]:offsets[p+1]] (ascending index). The "
-      "lengths are copied before they are checked. TypeError for a wrong buffer or argument type, ValueError "
+      "(lengths: 1-D int64 buffer (any stride), each in [1, 2**31 - 1], max_tokens: int in [1, 2**31 - 1]) -> "
+      "(order int64 [n], offsets int64 [num_packs + 1]).\nPack p holds samples order[offsets[p]:offsets[p+1]] "
+      "(ascending index); a sample longer than max_tokens is alone in its pack. The lengths are copied before "
+      "they are checked. TypeError for a wrong buffer or argument type, ValueError "
       "for a wrong value (naming the argument and index).";
   auto bind_plan = [&](const char* name, PlanFn fn) {
     m.def(
         name,
         [fn](py::handle lengths, py::handle max_tokens_obj) {
           const int64_t max_tokens = max_tokens_arg(max_tokens_obj);
-          return run_plan(lengths, max_tokens, [&](const int64_t* d, int64_t n) { return fn(d, n, max_tokens); });
+          return run_plan(lengths, [&](const int64_t* d, int64_t n) { return fn(d, n, max_tokens); });
         },
         py::arg("lengths"), py::arg("max_tokens"), plan_doc);
   };
@@ -248,34 +273,38 @@ PYBIND11_MODULE(_C, m) {
       [](py::handle lengths, py::handle max_tokens_obj, py::handle window_obj) {
         const int64_t max_tokens = max_tokens_arg(max_tokens_obj);
         const int64_t window = int_arg(window_obj, "window", 1, kInt64Max);
-        return run_plan(lengths, max_tokens,
-                        [&](const int64_t* d, int64_t n) { return ek::best_fit_window(d, n, max_tokens, window); });
+        return run_plan(lengths, [&](const int64_t* d, int64_t n) { return ek::best_fit_window(d, n, max_tokens, window); });
       },
       py::arg("lengths"), py::arg("max_tokens"), py::arg("window") = 256,
       "Like the other plans, plus window: int in [1, 2**63 - 1] (pending samples).");
 
   m.def("pack_patches_cpu", &pack_patches_cpu_py, py::arg("sources"), py::arg("cu_seqlens"), py::arg("out"),
         py::arg("freq_idx"), py::arg("time_idx"), py::arg("channels"), py::arg("freq"), py::arg("patch"),
-        py::arg("elem_size"), py::arg("num_threads") = 0,
-        "Gather patches of contiguous [C, F, T_s] byte buffers (sources: a sequence) into out [total_tokens, "
-        "C*p*p] (bytes, C-contiguous, writable), writing freq_idx/time_idx (int32 [total_tokens]). cu_seqlens: "
-        "1-D int32 [len(sources) + 1], copied before it is checked. Checks every size before anything is "
-        "written; TypeError / ValueError naming the argument.");
+        py::arg("elem_size"), py::arg("num_threads") = 0, py::arg("freq_stride") = py::none(),
+        py::arg("time_stride") = py::none(),
+        "Gather the p x p patches of contiguous [C, F, T_s] byte buffers (sources: a sequence), one every "
+        "freq_stride x time_stride elements (None: p, non-overlapping; then F and T_s must be multiples of p), "
+        "into out [total_tokens, C*p*p] (bytes, C-contiguous, writable) in Conv2d order, writing "
+        "freq_idx/time_idx (int32 [total_tokens]). cu_seqlens: 1-D int32 [len(sources) + 1], copied before it "
+        "is checked. Checks every size before anything is written; TypeError / ValueError naming the argument.");
 
   m.def("emulate_cuda_gather", &emulate_cuda_gather_py, py::arg("sources"), py::arg("cu_seqlens"), py::arg("out"),
         py::arg("freq_idx"), py::arg("time_idx"), py::arg("channels"), py::arg("freq"), py::arg("patch"),
-        py::arg("elem_size"), py::arg("vec_bytes"),
+        py::arg("elem_size"), py::arg("vec_bytes"), py::arg("freq_stride") = py::none(),
+        py::arg("time_stride") = py::none(),
         "Run the CUDA kernel's per-thread address math serially on CPU buffers (same arguments as "
-        "pack_patches_cpu plus the copy unit), to test the kernel's indexing without a GPU.");
+        "pack_patches_cpu plus the copy unit, which must also divide every source row), to test the kernel's "
+        "indexing without a GPU.");
 
   m.def("pack_patches_cuda", &pack_patches_cuda_py, py::arg("out"), py::arg("freq_idx"), py::arg("time_idx"),
         py::arg("segment_meta"), py::arg("cu_seqlens"), py::arg("num_segments"), py::arg("total_tokens"),
         py::arg("channels"), py::arg("freq"), py::arg("patch"), py::arg("elem_size"), py::arg("vec_bytes"),
-        py::arg("stream"), py::arg("device"),
+        py::arg("stream"), py::arg("device"), py::arg("freq_stride") = py::none(), py::arg("time_stride") = py::none(),
         "Device-address version of pack_patches_cpu: one kernel launch on `stream` (cudaStream_t as int). "
-        "segment_meta: int64 [2 * num_segments] (source addresses, then T_s / p). Every argument is checked on "
-        "the host first (ValueError / TypeError, also without a GPU); the device memory behind the addresses "
-        "is trusted to have the sizes they imply. RuntimeError without CUDA.");
+        "segment_meta: int64 [3 * num_segments] (source addresses, then time patches T'_s, then frames T_s). "
+        "Every argument is checked on the host first (ValueError / TypeError, also without a GPU); the device "
+        "memory behind the addresses is trusted to have the sizes they imply, and vec_bytes to divide every "
+        "source address and row. RuntimeError without CUDA.");
 
   m.def("has_cuda", &ek::cuda_compiled, "True when the CUDA gather was compiled in (says nothing about a driver).");
   m.def("cuda_unavailable_reason", &ek::cuda_unavailable_reason,

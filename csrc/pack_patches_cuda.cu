@@ -2,7 +2,8 @@
 //
 // Each thread moves one `Unit` (1..16 bytes) of one token; the token's segment comes from a binary
 // search over cu_seqlens (a few cached loads), so no per-token metadata is built on the host. The
-// host only copies the small segment table (source addresses, T/p) and cu_seqlens to the device.
+// host only copies the small segment table (source addresses, time patches, frames) and
+// cu_seqlens to the device.
 // The address math lives in pack_patches_index.h, shared with a host emulation that the tests run.
 #include <cuda_runtime.h>
 
@@ -26,9 +27,10 @@ __global__ void pack_patches_kernel(Unit* __restrict__ out, int32_t* __restrict_
                                     const int32_t* __restrict__ cu_seqlens, GatherShape shape, int64_t total_units) {
   const int64_t* addresses = segment_meta;
   const int64_t* time_patches = segment_meta + shape.num_segments;
+  const int64_t* frames = segment_meta + 2 * shape.num_segments;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total_units; idx += stride) {
-    const UnitSource src = locate_unit(idx, shape, cu_seqlens, time_patches);
+    const UnitSource src = locate_unit(idx, shape, cu_seqlens, time_patches, frames);
     const uint8_t* base = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(addresses[src.segment]));
     out[idx] = *reinterpret_cast<const Unit*>(base + src.byte_offset);
     if (src.unit == 0) {
@@ -49,7 +51,7 @@ template <typename Unit>
 void launch(uint64_t out, uint64_t freq_idx, uint64_t time_idx, uint64_t segment_meta, uint64_t cu_seqlens,
             int64_t num_segments, int64_t total_tokens, const PatchGeometry& geo, cudaStream_t stream) {
   const GatherShape shape = make_gather_shape(num_segments, geo.channels, geo.freq, geo.patch, geo.elem_size,
-                                              static_cast<int64_t>(sizeof(Unit)));
+                                              geo.freq_stride, geo.time_stride, static_cast<int64_t>(sizeof(Unit)));
   const int64_t total_units = total_tokens * shape.units_per_token;
   if (total_units == 0) return;
   const int threads = 256;

@@ -18,14 +18,16 @@ namespace ek {
 struct GatherShape {
   int64_t num_segments;
   int64_t channels, freq, patch, elem_size;
-  int64_t unit_bytes;       // copy unit: divides patch * elem_size
+  int64_t freq_stride, time_stride;
+  int64_t unit_bytes;       // copy unit: divides patch * elem_size and time_stride * elem_size
   int64_t units_per_run;    // patch * elem_size / unit_bytes (one p-element row of a patch)
   int64_t units_per_token;  // channels * patch * units_per_run
 };
 
 EK_HOST_DEVICE inline GatherShape make_gather_shape(int64_t num_segments, int64_t channels, int64_t freq,
-                                                    int64_t patch, int64_t elem_size, int64_t unit_bytes) {
-  GatherShape g{num_segments, channels, freq, patch, elem_size, unit_bytes, 0, 0};
+                                                    int64_t patch, int64_t elem_size, int64_t freq_stride,
+                                                    int64_t time_stride, int64_t unit_bytes) {
+  GatherShape g{num_segments, channels, freq, patch, elem_size, freq_stride, time_stride, unit_bytes, 0, 0};
   g.units_per_run = patch * elem_size / unit_bytes;
   g.units_per_token = channels * patch * g.units_per_run;
   return g;
@@ -50,9 +52,9 @@ EK_HOST_DEVICE inline int64_t segment_of_token(const int32_t* cu_seqlens, int64_
   return lo;
 }
 
-// Where output unit `idx` comes from. time_patches[s] = T_s / p.
+// Where output unit `idx` comes from. time_patches[s] = T'_s, frames[s] = T_s.
 EK_HOST_DEVICE inline UnitSource locate_unit(int64_t idx, const GatherShape& g, const int32_t* cu_seqlens,
-                                             const int64_t* time_patches) {
+                                             const int64_t* time_patches, const int64_t* frames) {
   UnitSource s;
   s.token = idx / g.units_per_token;
   s.unit = idx - s.token * g.units_per_token;
@@ -64,9 +66,8 @@ EK_HOST_DEVICE inline UnitSource locate_unit(int64_t idx, const GatherShape& g, 
   const int64_t run = s.unit / g.units_per_run;  // = c * p + p1
   const int64_t in_run = s.unit - run * g.units_per_run;
   const int64_t c = run / g.patch, p1 = run - c * g.patch;
-  const int64_t frames = nt * g.patch;
-  s.byte_offset = ((c * g.freq + s.freq_patch * g.patch + p1) * frames + s.time_patch * g.patch) * g.elem_size +
-                  in_run * g.unit_bytes;
+  const int64_t row = c * g.freq + s.freq_patch * g.freq_stride + p1;
+  s.byte_offset = (row * frames[s.segment] + s.time_patch * g.time_stride) * g.elem_size + in_run * g.unit_bytes;
   return s;
 }
 

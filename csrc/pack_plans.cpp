@@ -23,7 +23,8 @@ constexpr int64_t kHistogramWorkBudget = int64_t{1} << 24;
 // only built when asked for or when the sort is not a counting sort: with a counting sort,
 // finalize_plan recovers it for free from the length histogram (see Assignment::by_sorted_position).
 struct SortedLengths {
-  bool dense = false;  // counting sort over [1, max_tokens]
+  bool dense = false;    // counting sort over [1, key_max]
+  int64_t key_max = 0;   // max(max_tokens, longest length): oversize lengths are keys too
   std::vector<int32_t> index;
   std::vector<int32_t> length;
 };
@@ -31,21 +32,24 @@ struct SortedLengths {
 SortedLengths sort_by_length_desc(const int64_t* lengths, int64_t n, int64_t max_tokens, bool with_index) {
   SortedLengths out;
   out.length.resize(static_cast<size_t>(n));
-  out.dense = use_dense_keys(max_tokens, n);
+  out.key_max = max_tokens;
+  for (int64_t i = 0; i < n; ++i) out.key_max = std::max(out.key_max, lengths[i]);
+  const int64_t key_max = out.key_max;
+  out.dense = use_dense_keys(key_max, n);
   if (out.dense) {
-    std::vector<int64_t> start(static_cast<size_t>(max_tokens + 2), 0);
-    for (int64_t i = 0; i < n; ++i) ++start[static_cast<size_t>(max_tokens - lengths[i])];
-    int64_t pos = 0;  // bucket key max_tokens - length puts longer samples first
-    for (int64_t key = 0; key <= max_tokens; ++key) {
+    std::vector<int64_t> start(static_cast<size_t>(key_max + 2), 0);
+    for (int64_t i = 0; i < n; ++i) ++start[static_cast<size_t>(key_max - lengths[i])];
+    int64_t pos = 0;  // bucket key key_max - length puts longer samples first
+    for (int64_t key = 0; key <= key_max; ++key) {
       const int64_t count = start[static_cast<size_t>(key)];
-      std::fill_n(out.length.begin() + pos, count, static_cast<int32_t>(max_tokens - key));
+      std::fill_n(out.length.begin() + pos, count, static_cast<int32_t>(key_max - key));
       start[static_cast<size_t>(key)] = pos;
       pos += count;
     }
     if (with_index) {
       out.index.resize(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i)
-        out.index[static_cast<size_t>(start[static_cast<size_t>(max_tokens - lengths[i])]++)] = static_cast<int32_t>(i);
+        out.index[static_cast<size_t>(start[static_cast<size_t>(key_max - lengths[i])]++)] = static_cast<int32_t>(i);
     }
   } else {
     out.index.resize(static_cast<size_t>(n));
@@ -66,6 +70,7 @@ Assignment from_sorted(const SortedLengths& sorted, std::vector<int32_t>&& pack_
   if (sorted.dense) {
     a.pack_of = std::move(pack_sorted);
     a.by_sorted_position = true;
+    a.sort_key_max = sorted.key_max;
   } else {
     a.pack_of.assign(sorted.index.size(), -1);
     for (size_t pos = 0; pos < sorted.index.size(); ++pos) a.pack_of[static_cast<size_t>(sorted.index[pos])] = pack_sorted[pos];
@@ -126,23 +131,24 @@ class GroupList {
 // length, fill the rest of it as fully as possible from the histogram (bounded subset sum over
 // the distinct lengths in units of their gcd, longer lengths preferred), and repeat that pack
 // pattern as often as the counts allow. Stops when the dynamic programs would exceed a work
-// budget; whatever is left goes to phase 2.
+// budget; whatever is left goes to phase 2. Oversize lengths (the first types) are left to phase 2.
 void exact_fill_patterns(const std::vector<int64_t>& value, std::vector<int64_t>& left, int64_t max_tokens,
                          GroupList& groups) {
   const int64_t types = static_cast<int64_t>(value.size());
-  if (types == 0) return;
+  int64_t first = 0;
+  while (first < types && value[static_cast<size_t>(first)] > max_tokens) ++first;
+  if (first == types) return;
   int64_t unit = max_tokens;
-  for (const int64_t v : value) unit = std::gcd(unit, v);
+  for (int64_t t = first; t < types; ++t) unit = std::gcd(unit, value[static_cast<size_t>(t)]);
   const int64_t cap = max_tokens / unit;
   if (cap > kHistogramMaxUnits) return;
   std::vector<int64_t> size(value.size());
-  for (size_t t = 0; t < value.size(); ++t) size[t] = value[t] / unit;
+  for (size_t t = static_cast<size_t>(first); t < value.size(); ++t) size[t] = value[t] / unit;
 
   int64_t budget = kHistogramWorkBudget;
   std::vector<int32_t> reach_by(static_cast<size_t>(cap + 1));  // type that first reached a sum
   std::vector<int64_t> used(static_cast<size_t>(cap + 1));      // copies of that type on the path
   std::vector<int64_t> need(value.size(), 0);
-  int64_t first = 0;
   while (true) {
     while (first < types && left[static_cast<size_t>(first)] == 0) ++first;
     if (first == types) return;
@@ -191,7 +197,8 @@ void exact_fill_patterns(const std::vector<int64_t>& value, std::vector<int64_t>
 
 // Phase 2: best-fit decreasing over groups. For each length (longest first) the group whose packs
 // have the least room that still fits takes as many copies per pack as fit, for as many of its
-// packs as needed; packs that then differ split off as a child group.
+// packs as needed; packs that then differ split off as a child group. An oversize length gets one
+// pack per sample.
 template <class Buckets>
 void group_best_fit(const std::vector<int64_t>& value, std::vector<int64_t>& left, int64_t max_tokens,
                     GroupList& groups) {
@@ -205,6 +212,10 @@ void group_best_fit(const std::vector<int64_t>& value, std::vector<int64_t>& lef
     const int32_t rank = static_cast<int32_t>(r);
     int64_t todo = left[r];
     left[r] = 0;
+    if (len > max_tokens) {
+      if (todo > 0) open(-1, rank, 1, todo, 0);
+      continue;
+    }
     while (todo > 0) {
       const int64_t room = by_room.next_ge(len);
       if (room < 0) {
@@ -279,9 +290,9 @@ void check_lengths(const int64_t* lengths, int64_t n, int64_t max_tokens) {
   if (n < 0 || n >= std::numeric_limits<int32_t>::max())
     throw std::invalid_argument("lengths: too many samples (" + std::to_string(n) + ")");
   for (int64_t i = 0; i < n; ++i) {
-    if (lengths[i] < 1 || lengths[i] > max_tokens)
+    if (lengths[i] < 1 || lengths[i] > kMaxTokensLimit)
       throw std::invalid_argument("lengths[" + std::to_string(i) + "] = " + std::to_string(lengths[i]) +
-                                  " is outside [1, max_tokens=" + std::to_string(max_tokens) + "]");
+                                  " is outside [1, 2**31 - 1]");
   }
 }
 
@@ -309,7 +320,8 @@ Assignment first_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_t
   // Max segment tree over the room of packs 0..leaves-1; unopened packs have full room, so the
   // leftmost leaf with enough room is the first pack the sample fits in (possibly a new one).
   // First fit leaves at most one pack half empty or emptier, so it never needs more than
-  // 2 * ceil(sum / max_tokens) + 1 packs: a smaller tree than one leaf per sample.
+  // 2 * ceil(sum / max_tokens) + 1 packs: a smaller tree than one leaf per sample. (Each oversize
+  // sample adds one pack and more than max_tokens to the sum, so the bound holds with them.)
   int64_t total = 0;
   for (int64_t i = 0; i < n; ++i) total += lengths[i];
   const int64_t max_packs = std::min(n, 2 * ((total + max_tokens - 1) / max_tokens) + 1);
@@ -321,13 +333,21 @@ Assignment first_fit_decreasing(const int64_t* lengths, int64_t n, int64_t max_t
   int64_t num_packs = 0;
   for (int64_t pos = 0; pos < n; ++pos) {
     const int32_t len = static_cast<int32_t>(sorted.length[static_cast<size_t>(pos)]);
-    if (room[1] < len) throw std::logic_error("first_fit_decreasing: pack bound exceeded");
     size_t node = 1;
-    while (node < static_cast<size_t>(leaves)) node = room[2 * node] >= len ? 2 * node : 2 * node + 1;
+    if (len > max_tokens) {
+      // Oversize: alone in the next unopened pack (the oversize samples come first, so the packs
+      // before it hold one oversize sample each), which no later sample can join.
+      if (num_packs >= leaves) throw std::logic_error("first_fit_decreasing: pack bound exceeded");
+      node = static_cast<size_t>(leaves + num_packs);
+      room[node] = 0;
+    } else {
+      if (room[1] < len) throw std::logic_error("first_fit_decreasing: pack bound exceeded");
+      while (node < static_cast<size_t>(leaves)) node = room[2 * node] >= len ? 2 * node : 2 * node + 1;
+      room[node] -= len;
+    }
     const int64_t pack = static_cast<int64_t>(node) - leaves;
     pack_sorted[static_cast<size_t>(pos)] = static_cast<int32_t>(pack);
     num_packs = std::max(num_packs, pack + 1);
-    room[node] -= len;
     for (node >>= 1; node >= 1; node >>= 1) room[node] = std::max(room[2 * node], room[2 * node + 1]);
   }
   return from_sorted(sorted, std::move(pack_sorted), num_packs);
@@ -423,7 +443,7 @@ Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens
   return a;
 }
 
-void finalize_plan(const Assignment& a, const int64_t* lengths, int64_t max_tokens, int64_t* order, int64_t* offsets) {
+void finalize_plan(const Assignment& a, const int64_t* lengths, int64_t* order, int64_t* offsets) {
   const size_t n = a.pack_of.size();
   std::fill(offsets, offsets + a.num_packs + 1, 0);
   for (size_t k = 0; k < n; ++k) {
@@ -441,12 +461,13 @@ void finalize_plan(const Assignment& a, const int64_t* lengths, int64_t max_toke
   if (a.by_sorted_position) {
     // Sorted position of sample i = start of its length's run + how many earlier samples share
     // the length (the counting sort's rule), so no index array was ever needed.
-    std::vector<int64_t> next(static_cast<size_t>(max_tokens + 2), 0);
-    for (size_t i = 0; i < n; ++i) ++next[static_cast<size_t>(max_tokens - lengths[i])];
+    const int64_t key_max = a.sort_key_max;
+    std::vector<int64_t> next(static_cast<size_t>(key_max + 2), 0);
+    for (size_t i = 0; i < n; ++i) ++next[static_cast<size_t>(key_max - lengths[i])];
     int64_t running = 0;
     for (auto& v : next) { const int64_t c = v; v = running; running += c; }
     by_index.resize(n);
-    for (size_t i = 0; i < n; ++i) by_index[i] = a.pack_of[static_cast<size_t>(next[static_cast<size_t>(max_tokens - lengths[i])]++)];
+    for (size_t i = 0; i < n; ++i) by_index[i] = a.pack_of[static_cast<size_t>(next[static_cast<size_t>(key_max - lengths[i])]++)];
     pack_of = by_index.data();
   }
   // Walking samples in index order makes the order inside each pack ascending (stable). The

@@ -9,6 +9,13 @@
 //   * sorting "by length, decreasing" breaks ties by ascending sample index;
 //   * packs (or pack groups) with equal remaining capacity are kept in LIFO buckets: the one that
 //     reached that capacity most recently is taken first.
+//
+// A sample longer than max_tokens ("oversize") gets a pack of its own in every strategy, at the
+// place the strategy's own rule puts it: next_fit closes the open pack before it and after it;
+// the decreasing strategies meet the oversize samples first (they are the longest), so they open
+// the first packs, one each; best_fit_window opens a pack with it when it is the oldest pending
+// sample and nothing can join; histogram leaves them out of the exact-fill patterns and gives
+// each one a pack at the start of the best-fit phase.
 #pragma once
 
 #include <cstdint>
@@ -22,11 +29,14 @@ struct Assignment {
   // (length descending, index ascending) -- that saves the strategies a random scatter.
   std::vector<int32_t> pack_of;
   bool by_sorted_position = false;
+  // by_sorted_position only: the counting sort's largest key, max(max_tokens, longest length).
+  int64_t sort_key_max = 0;
   int64_t num_packs = 0;
 };
 
 // Every strategy checks `lengths` first and then indexes tables with them: the memory must not
-// change during the call (the bindings pass a private copy, never the caller's buffer).
+// change during the call (the bindings pass a private copy, never the caller's buffer). Lengths
+// must be in [1, 2**31 - 1] (a pack's tokens are counted in int32); max_tokens in the same range.
 // Throws std::invalid_argument (ValueError in Python) naming the argument and the index.
 void check_lengths(const int64_t* lengths, int64_t n, int64_t max_tokens);
 
@@ -51,10 +61,9 @@ Assignment best_fit_window(const int64_t* lengths, int64_t n, int64_t max_tokens
 //      best-fit decreasing over groups packs whatever is left.
 Assignment histogram(const int64_t* lengths, int64_t n, int64_t max_tokens);
 
-// order: [n], offsets: [num_packs + 1]; both preallocated by the caller. `lengths` and
-// `max_tokens` are the strategy's (validated) inputs. `lengths` may be the same memory as `order`
-// (the bindings keep their private copy of the lengths there): it is read only before `order`
-// is written.
-void finalize_plan(const Assignment& a, const int64_t* lengths, int64_t max_tokens, int64_t* order, int64_t* offsets);
+// order: [n], offsets: [num_packs + 1]; both preallocated by the caller. `lengths` is the
+// strategy's (validated) input. It may be the same memory as `order` (the bindings keep their
+// private copy of the lengths there): it is read only before `order` is written.
+void finalize_plan(const Assignment& a, const int64_t* lengths, int64_t* order, int64_t* offsets);
 
 }  // namespace ek

@@ -60,7 +60,8 @@ def load_checkpoint(checkpoint: Checkpoint) -> StateDict:
         FileNotFoundError: the path does not exist.
         ImportError: a ``.safetensors`` file without the ``safetensors`` package.
         ValueError: the path is a directory (pass the checkpoint file inside it), the file is not a
-            checkpoint, or it holds something other than tensors (named).
+            checkpoint (corrupt, truncated, foreign; the message names it), or it holds something
+            other than tensors (named).
     """
     if isinstance(checkpoint, Mapping):
         state, where = checkpoint, "the given mapping"
@@ -75,7 +76,10 @@ def load_checkpoint(checkpoint: Checkpoint) -> StateDict:
                 from safetensors.torch import load_file
             except ImportError as error:
                 raise ImportError(f"reading {path!r} needs the safetensors package (pip install safetensors)") from error
-            state = load_file(path, device="cpu")
+            try:
+                state = load_file(path, device="cpu")
+            except Exception as error:  # safetensors raises its own SafetensorError (and OSError)
+                raise ValueError(f"{path!r} is not a readable safetensors file: {type(error).__name__}: {error}") from error
         else:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
@@ -153,6 +157,16 @@ def _model_facts(model: ElasticAST) -> dict[str, int]:
     )
 
 
+def _grid(grid: object) -> tuple[int, int]:
+    """``grid`` as a pair of positive ints; TypeError / ValueError naming it otherwise."""
+    if (not isinstance(grid, (tuple, list)) or len(grid) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in grid)):
+        raise TypeError(f"grid must be a pair of ints (frequency patches, time patches), got {grid!r}")
+    if grid[0] < 1 or grid[1] < 1:
+        raise ValueError(f"grid must be a pair of positive ints (frequency patches, time patches), got {tuple(grid)}")
+    return int(grid[0]), int(grid[1])
+
+
 def _vit_to_elasticast(
     state: Mapping[str, torch.Tensor],
     model: ElasticAST,
@@ -188,7 +202,7 @@ def _vit_to_elasticast(
     pos = _take(state, key("pos_embed"))
     if pos.dim() == 3 and pos.shape[0] == 1:
         pos = pos[0]
-    tokens = pos.shape[0] - prefix_tokens
+    tokens = pos.shape[0] - prefix_tokens if pos.dim() == 2 else 0
     if pos.dim() != 2 or pos.shape[1] != dim or tokens < 1:
         raise ValueError(f"checkpoint {key('pos_embed')!r} has shape {tuple(state[key('pos_embed')].shape)}, "
                          f"expected (1, {prefix_tokens} + H*W, {dim})")
@@ -267,10 +281,11 @@ def ssast_to_elasticast(
 
     ``grid``: the checkpoint's (frequency, time) patch grid: (8, 64) for SSAST with 16x16
     patches, (12, 101) for AudioSet AST. ``mlp_norm`` is initialised from ``norm``. TypeError
-    unless ``model`` is an `ElasticAST`.
+    unless ``model`` is an `ElasticAST` or ``grid`` a pair of ints; ValueError for a grid that is
+    not positive or does not match the checkpoint's position table.
     """
     _require_elasticast(model)
-    return _vit_to_elasticast(state, model, prefix_tokens=_prefix_tokens(state), grid=tuple(grid),
+    return _vit_to_elasticast(state, model, prefix_tokens=_prefix_tokens(state), grid=_grid(grid),
                               attn_pool_init=attn_pool_init, norm_to_mlp_norm=True)
 
 
@@ -319,6 +334,7 @@ def from_ssast(
     TypeError unless ``model`` is an `ElasticAST`.
     """
     _require_elasticast(model)
+    grid = _grid(grid)  # before reading a large file
     return _load_partial(
         model, ssast_to_elasticast(load_checkpoint(checkpoint), model, grid=grid, attn_pool_init=attn_pool_init)
     )

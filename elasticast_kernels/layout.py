@@ -17,7 +17,6 @@ The invariants are checked once, when a layout is built: lengths are non-negativ
 from __future__ import annotations
 
 import operator
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -46,7 +45,8 @@ def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Te
 
 
 def cumulative_lengths(lengths: Any) -> np.ndarray:
-    """int64 ``[n + 1]``: ``0`` followed by the running sum of ``lengths``."""
+    """int64 ``[n + 1]``: ``0`` followed by the running sum of ``lengths`` (non-negative, each below
+    2^31, as `SeqLayout` and `PackPlan` check, so the int64 sum cannot wrap)."""
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out[1:])
@@ -104,9 +104,10 @@ def _as_int_tuple(name: str, values: Any) -> tuple[int, ...]:
 class SeqLayout:
     """Segments (one per sample) of a packed token axis and the packs that group them.
 
-    Build one with ``SeqLayout(seqlens, pack_offsets, device=...)`` or
-    ``SeqLayout.from_seqlens(seqlens, device, pack_offsets)``; ``cu_seqlens`` is derived from
-    ``seqlens`` unless given (e.g. already on the device).
+    Build one with ``SeqLayout(seqlens, pack_offsets, device=...)`` (``cu_seqlens`` derived from
+    ``seqlens`` and copied to ``device`` without a sync) or ``SeqLayout(seqlens, pack_offsets,
+    cu_seqlens)`` with a ``cu_seqlens`` already on its device. A packing plan gives its layout
+    with `elasticast_kernels.packing.PackPlan.layout`.
 
     Attributes:
         seqlens: tokens per segment (host ints).
@@ -116,9 +117,10 @@ class SeqLayout:
 
     Raises:
         TypeError: a length or offset that is not an int; ``cu_seqlens`` not a tensor.
-        ValueError: a negative length, more than 2^31 - 1 tokens, ``pack_offsets`` that do not
-            rise from 0 to ``num_samples``, ``cu_seqlens`` of the wrong dtype or shape, or (on the
-            CPU) values that disagree with ``seqlens``.
+        ValueError: a negative length, more than 2^31 - 1 tokens (one segment or all of them),
+            ``pack_offsets`` that do not rise from 0 to ``num_samples``, ``cu_seqlens`` of the
+            wrong dtype or shape, or (on the CPU) values that disagree with ``seqlens``. A layout
+            restored from a pickle is checked the same way.
     """
 
     seqlens: tuple[int, ...]
@@ -133,22 +135,21 @@ class SeqLayout:
         cu_seqlens: torch.Tensor | None = None,
         *,
         device: torch.device | str | None = None,
-        max_seqlen: int | None = None,
     ) -> None:
         lengths = _as_int_tuple("seqlens", seqlens)
-        bad = [i for i, n in enumerate(lengths) if n < 0]
-        if bad:
-            raise ValueError(f"seqlens[{bad[0]}] = {lengths[bad[0]]} is negative")
+        for i, n in enumerate(lengths):
+            if n < 0:
+                raise ValueError(f"seqlens[{i}] = {n} is negative")
+            if n > MAX_TOTAL_TOKENS:  # checked one by one first, so the running sum below cannot wrap
+                raise ValueError(f"seqlens[{i}] = {n} is more than int32 cu_seqlens allow (2**31 - 1)")
+        total = sum(lengths)
+        if total > MAX_TOTAL_TOKENS:
+            raise ValueError(f"seqlens hold {total} tokens in all, more than int32 cu_seqlens allow (2**31 - 1)")
         cum = cumulative_lengths(lengths)
-        if cum[-1] > MAX_TOTAL_TOKENS:
-            raise ValueError(f"the segments hold {int(cum[-1])} tokens, more than int32 cu_seqlens allow")
         offsets = (0, len(lengths)) if pack_offsets is None else _as_int_tuple("pack_offsets", pack_offsets)
         if (len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(lengths)
                 or any(b < a for a, b in zip(offsets, offsets[1:]))):
             raise ValueError(f"pack_offsets must rise from 0 to num_samples={len(lengths)}, got {list(offsets)}")
-        if max_seqlen is not None:
-            warnings.warn("SeqLayout(max_seqlen=...) is deprecated and ignored: it is max(seqlens)",
-                          DeprecationWarning, stacklevel=2)
         if cu_seqlens is None:
             cu_seqlens = host_to_device(torch.from_numpy(cum.astype(np.int32)), device or "cpu")
         else:
@@ -176,16 +177,6 @@ class SeqLayout:
                 f"cu_seqlens disagrees with seqlens: cu_seqlens[{bad}] = {int(cu_seqlens[bad])}, "
                 f"but the running sum of seqlens is {int(cum[bad])} there"
             )
-
-    @classmethod
-    def from_seqlens(
-        cls,
-        seqlens: Sequence[int],
-        device: torch.device | str = "cpu",
-        pack_offsets: Sequence[int] | None = None,
-    ) -> "SeqLayout":
-        """Layout of host segment lengths, with ``cu_seqlens`` on ``device`` (copied without a sync)."""
-        return cls(seqlens, pack_offsets, device=device)
 
     # --- derived host facts -----------------------------------------------------------------
     @property
@@ -245,10 +236,13 @@ class SeqLayout:
         # The cache holds device tensors derived from the layout: rebuilt where the layout lands.
         return {"seqlens": self.seqlens, "pack_offsets": self.pack_offsets, "cu_seqlens": self.cu_seqlens}
 
-    def __setstate__(self, state: dict) -> None:
-        for name, value in state.items():
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "_cache", {})
+    def __setstate__(self, state: Any) -> None:
+        # A pickle is input like any other: the restored layout passes the constructor's checks.
+        keys = ("seqlens", "pack_offsets", "cu_seqlens")
+        if not isinstance(state, dict) or set(state) != set(keys):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"a pickled SeqLayout must hold {list(keys)}, got {got}")
+        SeqLayout.__init__(self, *(state[key] for key in keys))
 
     def __repr__(self) -> str:
         return (f"SeqLayout(num_samples={self.num_samples}, num_packs={self.num_packs}, "

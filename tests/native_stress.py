@@ -13,7 +13,7 @@ A crash kills this process (the test then reports the signal); a wrong result ra
 AssertionError. Prints ``ok <counts>`` on success.
 
 ``EK_STRESS_EXTENSION=/path/to/_C.so`` tests that build of the module instead of the installed
-one (with ``race --raw-only``: to show that an old build fails).
+one (with ``race --raw-only``: the raw ``_C`` functions only).
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1
 HOSTILE_INTS = (0, -1, -(2**40), 2**40, INT32_MAX, 2**31, INT64_MAX, -(2**63))
 ARG_NAMES = ("lengths", "max_tokens", "window", "sources", "cu_seqlens", "out", "freq_idx", "time_idx", "channels",
              "freq", "patch_size", "elem_size", "num_threads", "vec_bytes", "C * F", "C * p", "token bytes",
-             "total_tokens", "num_segments", "segment_meta", "stream", "device", "tokens of a source")
+             "total_tokens", "num_segments", "segment_meta", "stream", "device", "tokens of a source",
+             "freq_stride", "time_stride")
 
 
 def load_extension() -> ModuleType:
@@ -75,7 +76,8 @@ def python_plan(strategy: str, lengths: np.ndarray, max_tokens: int, window: int
 def random_lengths(rng: np.random.Generator, max_tokens: int) -> tuple[Any, np.ndarray | None]:
     """(object to pass, its int64 values when a valid int64 buffer, else None)."""
     n = int(rng.integers(0, 40))
-    values = rng.integers(1, max_tokens + 1, size=n, dtype=np.int64)
+    high = max_tokens if rng.random() < 0.8 else min(INT32_MAX, 3 * max_tokens + 2)  # oversize: own packs
+    values = rng.integers(1, high + 1, size=n, dtype=np.int64)
     kind = rng.integers(0, 12)
     if kind == 0 and n:  # hostile values
         values[rng.integers(0, n)] = rng.choice(HOSTILE_INTS)
@@ -123,7 +125,7 @@ def fuzz_plans(ext: ModuleType, rng: np.random.Generator, counts: Counter) -> No
     windowed = strategy == "best_fit_window"
     args = (lengths, mt_arg, win_arg) if windowed else (lengths, mt_arg)
     valid = (values is not None and max_tokens is not None and (window is not None or not windowed)
-             and bool(np.all((values >= 1) & (values <= max_tokens))))
+             and bool(np.all((values >= 1) & (values <= INT32_MAX))))
     call = lambda: getattr(ext, strategy)(*args)  # noqa: E731
     if not valid:
         expect_named_error(call, f"{strategy}{tuple(type(a).__name__ for a in args)}")
@@ -136,32 +138,49 @@ def fuzz_plans(ext: ModuleType, rng: np.random.Generator, counts: Counter) -> No
 
 
 # --- gathers --------------------------------------------------------------------------------------
-def reference_gather(specs: list[np.ndarray], p: int) -> np.ndarray:
-    rows = [s.reshape(s.shape[0], s.shape[1] // p, p, s.shape[2] // p, p).transpose(1, 3, 0, 2, 4)
-            .reshape(-1, s.shape[0] * p * p) for s in specs]
-    return np.concatenate(rows) if rows else np.zeros((0, 1), np.uint8)
+def reference_gather(specs: list[np.ndarray], p: int, stride_f: int, stride_t: int) -> np.ndarray:
+    """Patch (f, t) of a [C, F, T] source is spec[:, f*stride_f : +p, t*stride_t : +p] flattened
+    (c, p1, p2); frequency-major, time fastest."""
+    rows = [spec[:, f:f + p, t:t + p].reshape(-1)
+            for spec in specs
+            for f in range(0, spec.shape[1] - p + 1, stride_f)
+            for t in range(0, spec.shape[2] - p + 1, stride_t)]
+    return np.stack(rows) if rows else np.zeros((0, 1), np.uint8)
 
 
 def gather_case(rng: np.random.Generator, segments: int | None = None, max_time: int = 4,
-                geometry: tuple[int, int, int, int] | None = None) -> tuple[dict, dict]:
+                geometry: tuple[int, int, int, int] | None = None, strided: bool | None = None) -> tuple[dict, dict]:
     """Valid pack_patches_cpu arguments (random bytes) and the expected outputs. ``geometry``:
-    (channels, freq, patch, elem_size), random when None."""
+    (channels, freq, patch, elem_size), random when None; ``strided``: patches every (stride_f,
+    stride_t) elements (overlapping or gapped; random when None) instead of the patch size."""
     if geometry is None:
         p = int(rng.choice([1, 2, 4, 8]))
         geometry = (int(rng.integers(1, 4)), p * int(rng.integers(1, 4)), p, int(rng.choice([1, 2, 4, 8, 16])))
     channels, freq, p, elem = geometry
+    strided = bool(rng.random() < 0.4) if strided is None else strided
+    stride_f, stride_t = (int(rng.integers(1, 2 * p + 2)), int(rng.integers(1, 2 * p + 2))) if strided else (p, p)
+    if stride_f != p:
+        freq += int(rng.integers(0, stride_f))  # frames past the last patch are left out, as Conv2d does
     count = int(rng.integers(0, 6)) if segments is None else segments
-    times = [p * int(rng.integers(0, max_time + 1)) for _ in range(count)]
+
+    def frames(patches: int) -> int:
+        if patches == 0:
+            return 0
+        return p + stride_t * (patches - 1) + (int(rng.integers(0, stride_t)) if stride_t != p else 0)
+
+    times = [frames(int(rng.integers(0, max_time + 1))) for _ in range(count)]
     # elements are `elem` bytes wide: a trailing axis of bytes keeps the numpy reference dtype-free
     specs = [rng.integers(0, 256, size=(channels, freq, t, elem), dtype=np.uint8) for t in times]
-    tokens = [(freq // p) * (t // p) for t in times]
+    freq_patches = (freq - p) // stride_f + 1
+    time_patches = [(t - p) // stride_t + 1 if t >= p else 0 for t in times]
+    tokens = [freq_patches * n for n in time_patches]
     cu = np.concatenate([[0], np.cumsum(tokens)]).astype(np.int32)
     total = int(cu[-1])
     # the reference works on whole elements: each element's bytes viewed as one opaque item
     item = np.dtype((np.void, elem))
     as_items = [np.ascontiguousarray(s).view(item).reshape(channels, freq, -1) for s in specs]
-    expected_out = reference_gather(as_items, p) if as_items else np.zeros((0, channels * p * p), item)
-    positions = [(np.repeat(np.arange(freq // p), t // p), np.tile(np.arange(t // p), freq // p)) for t in times]
+    expected_out = reference_gather(as_items, p, stride_f, stride_t) if total else np.zeros((0, channels * p * p), item)
+    positions = [(np.repeat(np.arange(freq_patches), n), np.tile(np.arange(n), freq_patches)) for n in time_patches]
     expected = dict(
         out=np.ascontiguousarray(expected_out).view(np.uint8).reshape(-1) if total else np.zeros(0, np.uint8),
         freq_idx=np.concatenate([f for f, _ in positions]).astype(np.int32) if count else np.zeros(0, np.int32),
@@ -170,7 +189,18 @@ def gather_case(rng: np.random.Generator, segments: int | None = None, max_time:
     args = dict(sources=[s.reshape(-1) for s in specs], cu_seqlens=cu,
                 out=np.full(total * channels * p * p * elem, 0xA5, np.uint8), freq_idx=np.full(total, -7, np.int32),
                 time_idx=np.full(total, -7, np.int32), channels=channels, freq=freq, patch=p, elem_size=elem)
+    if strided or rng.random() < 0.2:  # the default (None) and an explicit stride == p are the same
+        args.update(freq_stride=stride_f, time_stride=stride_t)
     return args, expected
+
+
+def _one_patch_stride(args: dict) -> int:
+    """A time stride that gives every source one time patch: a token count cu_seqlens disagrees
+    with whenever some source had two or more (0, itself refused, otherwise)."""
+    row = args["channels"] * args["freq"] * args["elem_size"]
+    frames = [len(s) // row for s in args["sources"] if len(s)]
+    stride, p = args.get("time_stride", args["patch"]), args["patch"]
+    return max(frames) + 1 if any((t - p) // stride >= 1 for t in frames) else 0
 
 
 def corrupt_gather(args: dict, rng: np.random.Generator) -> str:
@@ -199,6 +229,9 @@ def corrupt_gather(args: dict, rng: np.random.Generator) -> str:
         ("elem_size", lambda: args.update(elem_size=int(rng.choice([0, 17, 2**62, -(2**63)])))),
         ("near int64: C * F * elem", lambda: args.update(channels=INT32_MAX, freq=INT32_MAX, patch=1, elem_size=16)),
         ("a float size", lambda: args.update(channels=float(args["channels"]))),
+        ("freq_stride", lambda: args.update(freq_stride=int(rng.choice([0, -1, 2**31, 2**64])))),
+        ("time_stride", lambda: args.update(time_stride=[0, -5, 2**63, "2", 1.0][int(rng.integers(0, 5))])),
+        ("time_stride that disagrees with cu_seqlens", lambda: args.update(time_stride=_one_patch_stride(args))),
     ]
     name, apply = choices[int(rng.integers(0, len(choices)))]
     apply()
@@ -208,8 +241,11 @@ def corrupt_gather(args: dict, rng: np.random.Generator) -> str:
 def fuzz_gathers(ext: ModuleType, rng: np.random.Generator, counts: Counter) -> None:
     args, expected = gather_case(rng)
     emulate = rng.random() < 0.3
-    elem_bytes = args["patch"] * args["elem_size"]
-    vec_bytes = int(rng.choice([v for v in (1, 2, 4, 8, 16) if elem_bytes % v == 0]))
+    elem = args["elem_size"]
+    # the copy unit divides a patch row, the time step and every source row (as on the device)
+    steps = [args["patch"] * elem, args.get("time_stride", args["patch"]) * elem] + [len(s) // (
+        args["channels"] * args["freq"]) for s in args["sources"] if len(s)]
+    vec_bytes = int(rng.choice([v for v in (1, 2, 4, 8, 16) if all(step % v == 0 for step in steps)]))
     fn = ext.emulate_cuda_gather if emulate else ext.pack_patches_cpu
     extra = {"vec_bytes": vec_bytes} if emulate else {"num_threads": int(rng.integers(0, 4))}
     if rng.random() < 0.15:  # benign variations: any sequence, any stride for cu_seqlens
@@ -234,7 +270,8 @@ def fuzz_cuda_host_checks(ext: ModuleType, rng: np.random.Generator, counts: Cou
     """pack_patches_cuda's host checks: bad arguments are named; good ones reach the CUDA call only
     where no device can run it (so no fake address is ever handed to a real GPU)."""
     args = dict(out=4096, freq_idx=8192, time_idx=12288, segment_meta=16384, cu_seqlens=20480, num_segments=2,
-                total_tokens=6, channels=1, freq=16, patch=8, elem_size=4, vec_bytes=16, stream=0, device=0)
+                total_tokens=6, channels=1, freq=16, patch=8, elem_size=4, vec_bytes=16, stream=0, device=0,
+                freq_stride=None, time_stride=None)
     if rng.random() < 0.1:
         if ext.cuda_unavailable_reason():  # no device: valid arguments get as far as the CUDA call
             try:
@@ -254,9 +291,11 @@ def fuzz_cuda_host_checks(ext: ModuleType, rng: np.random.Generator, counts: Cou
         "vec_bytes": [0, 3, 32, 2**64, None],
         "stream": [-1, 2**64, None, "0"],
         "device": [-1, 2**31, None, 1.0],
+        "freq_stride": [0, -1, 2**31, 2.0, "4"],
+        "time_stride": [0, 3, 2**64, True],  # 3: 12-byte steps, no 16-byte copy unit
     }
     name = list(args)[int(rng.integers(0, len(args)))]
-    bad = bad_values.get(name, [None, "1", 1.0, -1, 2**64, 0, args[name] + 2])  # the five addresses
+    bad = bad_values[name] if name in bad_values else [None, "1", 1.0, -1, 2**64, 0, args[name] + 2]  # addresses
     args[name] = bad[int(rng.integers(0, len(bad)))]
     expect_named_error(lambda: ext.pack_patches_cuda(**args), f"pack_patches_cuda({name}={args[name]!r})")
     counts["cuda_refused"] += 1
@@ -337,7 +376,7 @@ def race_plans(ext: ModuleType, rng: np.random.Generator, seconds: float, counts
     must be exactly the plan of the good values."""
     max_tokens = 2048
     lengths = rng.integers(100, max_tokens + 1, size=200_000).astype(np.int64)
-    hostile = [-(2**40), 2**40, -(2**62), max_tokens + 1, 0]
+    hostile = [-(2**40), 2**40, -(2**62), INT32_MAX + 1, 0]
     for strategy in PLANS:
         want = getattr(ext, strategy)(lengths.copy(), max_tokens)
         budget = Budget(seconds)
@@ -355,7 +394,7 @@ def race_plans(ext: ModuleType, rng: np.random.Generator, seconds: float, counts
 
 
 def race_gather(ext: ModuleType, rng: np.random.Generator, seconds: float, counts: Counter, emulate: bool) -> None:
-    # many rows (each reads cu_seqlens again in the old code): a call lasts long enough to be raced
+    # many rows: a call lasts long enough to be raced
     args, expected = gather_case(np.random.default_rng(int(rng.integers(1 << 30))), segments=48,
                                  max_time=4 if emulate else 40, geometry=(1, 64, 4, 4))
     sources = list(args["sources"])
@@ -404,7 +443,7 @@ def race_pack_lengths(rng: np.random.Generator, seconds: float, counts: Counter)
         for backend in ("native", "python") if strategy == "next_fit" else ("native",):
             want = pack_lengths(lengths.copy(), 2048, strategy, backend=backend).order
             budget = Budget(seconds)
-            with Mutators(lengths, [-(2**40), 2**40, 0, 2049], int(rng.integers(1 << 30))):
+            with Mutators(lengths, [-(2**40), 2**40, 0, INT32_MAX + 1], int(rng.integers(1 << 30))):
                 while budget.more():
                     try:
                         plan = pack_lengths(lengths, 2048, strategy, backend=backend)

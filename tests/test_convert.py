@@ -188,8 +188,51 @@ def test_safetensors(tmp_path):
     convert.from_elasticast(make_model(), path)
 
 
+@pytest.mark.parametrize("content", [
+    b"", b"\x00junk" * 10, (2**40).to_bytes(8, "little") + b"{}", (5).to_bytes(8, "little") + b"{abc}",
+    (4).to_bytes(8, "little") + b"\xff\xfe{}", "truncated",
+])
+def test_junk_safetensors_is_a_value_error_naming_the_file(tmp_path, content):
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save_file
+
+    path = tmp_path / "junk.safetensors"
+    if content == "truncated":
+        save_file({"a": torch.randn(8, 8)}, str(path))
+        content = path.read_bytes()[:-16]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"junk\.safetensors' is not a readable safetensors file"):
+        convert.load_checkpoint(path)
+    with pytest.raises(ValueError, match=r"junk\.safetensors"):
+        convert.from_elasticast(make_model(), path)
+
+
+@pytest.mark.parametrize("pos_embed", [torch.tensor(1.0), torch.zeros(DIM), torch.zeros(1, 1, DIM), torch.zeros(2, 5, DIM)])
+def test_a_malformed_pos_embed_is_named(pos_embed):
+    source = fake_vit()
+    source["pos_embed"] = pos_embed
+    with pytest.raises(ValueError, match=r"checkpoint 'pos_embed' has shape .*expected \(1, 1 \+ H\*W, 32\)"):
+        convert.timm_vit_to_elasticast(source, make_model())
+
+
+@pytest.mark.parametrize("grid, error, match", [
+    ((-8, -64), ValueError, r"grid must be a pair of positive ints .* got \(-8, -64\)"),
+    ((0, 512), ValueError, r"grid must be a pair of positive ints"),
+    ((8, 0), ValueError, r"grid must be a pair of positive ints"),
+    ((8, 64.0), TypeError, r"grid must be a pair of ints"),
+    (8, TypeError, r"grid must be a pair of ints"),
+    ((8, 64, 1), TypeError, r"grid must be a pair of ints"),
+    ((True, 64), TypeError, r"grid must be a pair of ints"),
+])
+def test_a_bad_grid_is_named(grid, error, match, tmp_path):
+    source = fake_vit(grid=(8, 64), prefix=("cls_token", "dist_token"), root="v.")
+    with pytest.raises(error, match=match):
+        convert.ssast_to_elasticast(source, make_model(), grid=grid)
+    with pytest.raises(error, match=match):  # checked before the file is read
+        convert.from_ssast(make_model(), tmp_path / "never-read.pt", grid=grid)
+
+
 def test_a_directory_is_named_as_one(tmp_path):
-    """It used to say the directory 'does not exist'."""
     with pytest.raises(ValueError, match=r"checkpoint '.*' is a directory, not a checkpoint file"):
         convert.load_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="is a directory"):

@@ -3,7 +3,7 @@ so that a crash fails the test, with the signal and the faulthandler trace, inst
 the test run. Bounded by time: about 25 s of wall clock for both on 2 cores.
 
 ``EK_STRESS_EXTENSION=/path/to/_C.so`` runs them against that build of the module instead (the
-race then covers the raw ``_C`` functions only): how to see them fail on an old build.
+race then covers the raw ``_C`` functions only), e.g. to check a build from another revision.
 """
 import ast
 import os
@@ -43,8 +43,8 @@ def test_every_native_entry_point_refuses_bad_input_and_computes_good_input_righ
 
 def test_native_calls_use_only_what_they_checked_while_threads_write_the_inputs():
     """Threads write hostile values into lengths / cu_seqlens (and change the sources list) during
-    the calls. Before the fix, the native code re-read the caller's buffer after checking it: out of
-    bounds writes (segfaults) and plans of unchecked values."""
+    the calls. Native code that re-read the caller's buffer after checking it would write out of
+    bounds (segfaults) or return plans of unchecked values."""
     other_build = bool(os.environ.get("EK_STRESS_EXTENSION"))
     counts = run_worker("race", "--seconds", "8", "--seed", "13", *(["--raw-only"] if other_build else []))
     for name in ("next_fit", "first_fit_decreasing", "best_fit_decreasing", "best_fit_window", "histogram",

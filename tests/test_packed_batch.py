@@ -1,8 +1,6 @@
-"""A PackedBatch is consistent or refused, and the model names the field that is wrong.
-
-Every case here was accepted before the layout became one object: seqlens that disagree with
-cu_seqlens, a duplicate sample_index, a plan that is not a partition of the samples.
-"""
+"""A PackedBatch is consistent or refused, and the model names the field that is wrong: seqlens
+that disagree with cu_seqlens, a duplicate sample_index, a plan that is not a partition of the
+samples, grid shapes the segments do not fit."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -36,11 +34,22 @@ def packed(frames=(32, 64, 48)) -> PackedBatch:
     (lambda b: dict(layout=SeqLayout((4, 8, 5))), "patches has 18 tokens but the layout covers 17"),
     (lambda b: dict(layout=(4, 8, 6)), "layout must be a SeqLayout"),
     (lambda b: dict(labels=torch.zeros(2)), "labels has 2 rows for 3 samples"),
+    (lambda b: dict(grid_shapes=((2, 2), (2, 4))), r"grid_shapes must be None or one \(freq, time\) pair per segment"),
+    (lambda b: dict(grid_shapes=((2, 2), (2, 4), (2, 2))), r"segment 2 holds 6 tokens, more than its grid 2 x 2"),
+    (lambda b: dict(grid_shapes=((2, 2), (2, 4), (2, 0))), r"grid_shapes\[2\] must be a pair of positive ints"),
+    (lambda b: dict(grid_shapes=((2, 2), (2, 4), (2, True))), r"grid_shapes\[2\] must be a pair of positive ints"),
+    (lambda b: dict(grid_shapes="2x2"), "grid_shapes must be None"),
 ])
 def test_inconsistent_fields_are_refused(change, match):
     batch = packed()
     with pytest.raises((ValueError, TypeError), match=match):
         replace(batch, **change(batch))
+
+
+def test_grid_shapes_follow_the_segments():
+    batch = packed((32, 64, 48))
+    assert batch.grid_shapes == ((2, 2), (2, 4), (2, 3))
+    assert replace(batch, grid_shapes=None).grid_shapes is None  # optional: caller-built batches
 
 
 def test_seqlens_cannot_disagree_with_cu_seqlens():
@@ -59,7 +68,7 @@ def test_model_revalidates_a_batch_changed_after_construction(torch_cpu_path):
         model(batch)
     batch = packed()
     batch.freq_idx = batch.freq_idx + 5
-    with pytest.raises(ValueError, match=r"PackedBatch.freq_idx holds values outside \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"PackedBatch.freq_idx holds values outside its segment.s grid"):
         model(batch)
 
 

@@ -15,16 +15,30 @@ def ext():
     return _C
 
 
-def gather_args(ext, times=(16, 32), channels=1, freq=16, p=8, elem=4):
+def gather_args(ext, times=(16, 32), channels=1, freq=16, p=8, elem=4, stride=None):
+    """Valid gather arguments (zero bytes); ``stride``: None (= p) or (stride_f, stride_t)."""
+    stride_f, stride_t = stride or (p, p)
     sources = [np.zeros(channels * freq * t * elem, dtype=np.uint8) for t in times]
-    tokens = [(freq // p) * (t // p) for t in times]
+    tokens = [((freq - p) // stride_f + 1) * ((t - p) // stride_t + 1) for t in times]
     cu = np.concatenate([[0], np.cumsum(tokens)]).astype(np.int32)
     total = int(cu[-1])
+    strides = {} if stride is None else dict(freq_stride=stride_f, time_stride=stride_t)
     return dict(
         sources=sources, cu_seqlens=cu, out=np.zeros(total * channels * p * p * elem, dtype=np.uint8),
         freq_idx=np.zeros(total, np.int32), time_idx=np.zeros(total, np.int32),
-        channels=channels, freq=freq, patch=p, elem_size=elem,
+        channels=channels, freq=freq, patch=p, elem_size=elem, **strides,
     )
+
+
+def strided_reference(spec: np.ndarray, p: int, stride_f: int, stride_t: int) -> np.ndarray:
+    """[C, F, T] -> [F' * T', C*p*p]: patch (f, t) is spec[:, f*stride_f : +p, t*stride_t : +p], flattened
+    (c, p1, p2), frequency-major (time fastest). Written as loops, to trust at a glance."""
+    channels, freq, time = spec.shape
+    rows = []
+    for f in range(0, freq - p + 1, stride_f):
+        for t in range(0, time - p + 1, stride_t):
+            rows.append(spec[:, f:f + p, t:t + p].reshape(-1))
+    return np.stack(rows)
 
 
 def cuda_args(**changes):
@@ -86,7 +100,14 @@ def test_cpu_gather_with_many_threads_matches_single_thread(ext):
         (lambda a: a["sources"].__setitem__(0, a["sources"][0][::-1]), ValueError, r"sources\[0\] must be C-contiguous"),
         (lambda a: a.update(sources=a["sources"][0]), ValueError, r"cu_seqlens must have len\(sources\) \+ 1"),
         (lambda a: a.update(sources=7), TypeError, "sources must be a list of byte buffers, got int"),
-        (lambda a: a.update(freq=12), ValueError, "freq"),
+        (lambda a: a.update(freq=12), ValueError, r"freq = 12 must be a positive multiple of patch_size \(8\)"),
+        (lambda a: a.update(freq=4, freq_stride=3), ValueError, r"freq = 4 must be >= patch_size \(8\)"),
+        (lambda a: a.update(freq_stride=0), ValueError, r"freq_stride must be in \[1, 2147483647\], got 0"),
+        (lambda a: a.update(time_stride=2**31), ValueError, r"time_stride must be in \[1, 2147483647\]"),
+        (lambda a: a.update(time_stride=4.0), TypeError, r"time_stride must be an int, got float"),
+        (lambda a: a.update(time_stride=4), ValueError, r"cu_seqlens\[1\] - cu_seqlens\[0\] must be 6"),
+        (lambda a: a["sources"].__setitem__(1, np.zeros(16 * 20 * 4, np.uint8)), ValueError,
+         r"sources\[1\]: T = 20 must be a positive multiple of patch_size \(8\)"),
         (lambda a: a.update(patch=0), ValueError, r"patch_size must be in \[1, 2147483647\], got 0"),
         (lambda a: a.update(channels=0), ValueError, "channels"),
         (lambda a: a.update(channels=1.0), TypeError, "channels must be an int, got float"),
@@ -140,6 +161,9 @@ def test_cpu_gather_copies_a_strided_cu_seqlens(ext):
         (dict(channels=0), ValueError, "channels"),
         (dict(channels=2**31 - 1, patch=2**16, freq=2**16, elem_size=16, total_tokens=2**31 - 1), ValueError,
          "overflows int64"),
+        (dict(time_stride=0), ValueError, r"time_stride must be in \[1, "),
+        (dict(time_stride=5), ValueError, r"vec_bytes must .* divide .* time_stride \* elem_size \(20\), got 16"),
+        (dict(freq=4, freq_stride=3), ValueError, r"freq = 4 must be >= patch_size \(8\)"),
     ],
 )
 def test_cuda_gather_checks_its_arguments_on_the_host(ext, change, error, match):
@@ -149,8 +173,12 @@ def test_cuda_gather_checks_its_arguments_on_the_host(ext, change, error, match)
 
 
 def test_emulated_gather_names_a_bad_copy_unit(ext):
-    with pytest.raises(ValueError, match=r"vec_bytes must be 1, 2, 4, 8 or 16 and divide patch \* elem_size \(8\), got 16"):
+    with pytest.raises(ValueError, match=r"vec_bytes must be 1, 2, 4, 8 or 16 and divide patch \* elem_size \(8\) "
+                                         r"and time_stride \* elem_size \(8\), got 16"):
         ext.emulate_cuda_gather(**gather_args(ext, elem=1), vec_bytes=16)
+    # every source row must start on a copy unit, as on the device (frames 18 * 4 bytes, unit 16)
+    with pytest.raises(ValueError, match=r"vec_bytes = 16 does not divide the row bytes of sources\[1\]"):
+        ext.emulate_cuda_gather(**gather_args(ext, times=(16, 18), stride=(8, 4)), vec_bytes=16)
     with pytest.raises(ValueError, match=r"vec_bytes must be in \[1, 16\], got 64"):
         ext.emulate_cuda_gather(**gather_args(ext), vec_bytes=2**6)
 
@@ -163,22 +191,34 @@ def test_cpu_gather_refuses_read_only_output(ext):
 
 
 @pytest.mark.parametrize("elem, vec_bytes", [(4, 16), (4, 8), (4, 4), (2, 16), (2, 2), (1, 1), (2, 4), (4, 1)])
-@pytest.mark.parametrize("channels, p", [(1, 16), (2, 4)])
-def test_cuda_kernel_address_math_matches_the_cpu_gather(ext, elem, vec_bytes, channels, p):
-    """The CUDA kernel's per-thread indexing (shared header), run on the host, equals the CPU path."""
-    if (p * elem) % vec_bytes:
-        pytest.skip("copy unit must divide a patch row")
+@pytest.mark.parametrize("channels, p, stride", [
+    (1, 16, None), (2, 4, None),  # non-overlapping
+    (2, 16, (10, 10)), (1, 16, (8, 6)), (2, 4, (2, 3)),  # overlapping (AST: 16 every 10)
+    (1, 8, (12, 16)), (1, 16, (16, 2)),  # gaps between patches; overlap in time only
+])
+def test_cuda_kernel_address_math_matches_the_cpu_gather(ext, elem, vec_bytes, channels, p, stride):
+    """The CUDA kernel's per-thread indexing (shared header), run on the host, equals the CPU
+    gather, which equals a loop over the windows."""
+    stride_f, stride_t = stride or (p, p)
+    if (p * elem) % vec_bytes or (stride_t * elem) % vec_bytes:
+        pytest.skip("the copy unit must divide a patch row and the time step")
     rng = np.random.default_rng(1)
-    times = [p * k for k in (3, 1, 7, 2)]
-    args = gather_args(ext, times=times, channels=channels, freq=4 * p, p=p, elem=elem)
+    freq = p + 3 * stride_f + (1 if stride_f != p else 0)  # a strided axis may end past the last patch
+    times = [p + stride_t * k + (k % stride_t if stride_t != p else 0) for k in (2, 0, 6, 1)]
+    times = [t for t in times if (t * elem) % vec_bytes == 0]  # a copy unit divides every row, as on the device
+    args = gather_args(ext, times=times, channels=channels, freq=freq, p=p, elem=elem, stride=stride)
     for s in args["sources"]:
         s[:] = rng.integers(0, 256, size=s.size, dtype=np.uint8)
     ext.pack_patches_cpu(**args)
-    expected = {k: args[k].copy() for k in ("out", "freq_idx", "time_idx")}
-    for k in expected:
+    item = np.dtype((np.void, elem))
+    specs = [s.view(item).reshape(channels, freq, -1) for s in args["sources"]]
+    expected = np.concatenate([strided_reference(spec, p, stride_f, stride_t) for spec in specs])
+    assert np.array_equal(args["out"].view(item).reshape(expected.shape), expected)
+    want = {k: args[k].copy() for k in ("out", "freq_idx", "time_idx")}
+    for k in want:
         args[k] = np.zeros_like(args[k])
     ext.emulate_cuda_gather(**args, vec_bytes=vec_bytes)
-    for k, v in expected.items():
+    for k, v in want.items():
         assert np.array_equal(args[k], v), k
 
 

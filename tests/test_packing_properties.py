@@ -27,7 +27,8 @@ def lengths_and_capacity(draw) -> tuple[list[int], int]:
     # Mostly small capacities (the pure-Python histogram's subset sums cost O(capacity)), sometimes
     # the limits (sparse containers in C++).
     max_tokens = draw(st.one_of(st.integers(1, 300), st.sampled_from([2**20, 2**31 - 1])))
-    high = draw(st.sampled_from([max_tokens, max(1, max_tokens // 3)]))
+    # past max_tokens: samples longer than a pack, each alone in its own
+    high = draw(st.sampled_from([max_tokens, max(1, max_tokens // 3), min(2**31 - 1, 2 * max_tokens + 3)]))
     values = st.integers(1, high)
     if draw(st.booleans()):  # few distinct lengths: the histogram's repeated patterns
         values = st.sampled_from(draw(st.lists(values, min_size=1, max_size=3)))
@@ -37,6 +38,7 @@ def lengths_and_capacity(draw) -> tuple[list[int], int]:
 @settings(max_examples=300, deadline=None)
 @given(case=lengths_and_capacity(), strategy=st.sampled_from(STRATEGIES), window=st.integers(1, 50))
 def test_every_plan_is_a_partition_within_capacity_and_both_backends_agree(case, strategy, window):
+    """Within capacity: every pack holds at most max_tokens tokens, or one sample longer than that."""
     lengths, max_tokens = case
     values = np.asarray(lengths, dtype=np.int64)
     plans = [pack_order(lengths, max_tokens, strategy, window=window, backend=b) for b in BACKENDS]
@@ -45,7 +47,7 @@ def test_every_plan_is_a_partition_within_capacity_and_both_backends_agree(case,
     assert offsets[0] == 0 and offsets[-1] == len(lengths) and np.all(np.diff(offsets) > 0)  # no empty pack
     for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
         members = order[start:end]
-        assert values[members].sum() <= max_tokens
+        assert values[members].sum() <= max_tokens or len(members) == 1
         assert np.all(np.diff(members) > 0)  # ascending inside a pack
     for other_order, other_offsets in plans[1:]:
         assert other_order.tolist() == order.tolist() and other_offsets.tolist() == offsets.tolist()
@@ -86,6 +88,14 @@ def bits(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.contiguous().view(BIT_VIEWS[tensor.dtype])
 
 
+def unfold_patches(spec: torch.Tensor, p: int, stride: tuple[int, int]) -> torch.Tensor:
+    """The unfold reference with a stride (frequency-major, (c, p1, p2) columns)."""
+    if stride == (p, p):
+        return reference_patches(spec, p)
+    windows = spec.unfold(1, p, stride[0]).unfold(2, p, stride[1])
+    return windows.permute(1, 2, 0, 3, 4).reshape(-1, spec.shape[0] * p * p)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     patch=st.sampled_from([1, 2, 4, 8, 16]),
@@ -97,21 +107,29 @@ def bits(tensor: torch.Tensor) -> torch.Tensor:
     slack=st.integers(0, 40),
     use_native=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
+    stride=st.one_of(st.none(), st.tuples(st.integers(1, 20), st.integers(1, 20))),
+    tail=st.integers(0, 19),
 )
 def test_pack_spectrograms_is_bit_identical_to_an_unfold_reference(
-    patch, channels, freq_patches, time_patches, dtype, strategy, slack, use_native, seed
+    patch, channels, freq_patches, time_patches, dtype, strategy, slack, use_native, seed, stride, tail
 ):
+    """Any stride (overlapping, gapped or the patch size) and frames that end mid-stride."""
     generator = torch.Generator().manual_seed(seed)
-    freq = patch * freq_patches
-    specs = [random_bits(generator, (channels, freq, patch * t), dtype) for t in time_patches]
+    stride_f, stride_t = stride or (patch, patch)
+
+    def extent(patches: int, step: int) -> int:  # a strided axis may end with frames no patch starts at
+        return patch + step * (patches - 1) + (tail % step if step != patch else 0)
+
+    freq = extent(freq_patches, stride_f)
+    specs = [random_bits(generator, (channels, freq, extent(t, stride_t)), dtype) for t in time_patches]
     tokens = [freq_patches * t for t in time_patches]
     plan = None if strategy is None else pack_lengths(tokens, max(tokens) + slack, strategy)
     order = list(range(len(specs))) if plan is None else plan.order.tolist()
 
     with native_disabled(not use_native):
-        batch = pack_spectrograms(specs, patch, plan)
+        batch = pack_spectrograms(specs, patch, plan, stride=stride)
 
-    expected = torch.cat([reference_patches(specs[j], patch) for j in order])
+    expected = torch.cat([unfold_patches(specs[j], patch, (stride_f, stride_t)) for j in order])
     assert batch.patches.dtype == dtype and batch.patches.shape == expected.shape
     assert torch.equal(bits(batch.patches), bits(expected))
     freq_idx = torch.cat([torch.arange(freq_patches).repeat_interleave(time_patches[j]) for j in order])

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from elasticast_kernels.packing import PackedBatch, pack_lengths, pack_spectrograms
+from elasticast_kernels.packing import PackedBatch, PackPlan, pack_spectrograms
 
 __all__ = ["collate_packed", "PackedCollator"]
 
@@ -88,7 +88,9 @@ def collate_packed(
             :class:`~elasticast_kernels.data.PackedBatchSampler` step with ``packs_per_step=1``
             is). With a budget, the samples are split into packs by in-order next-fit, the
             reference's grouping rule; for a sampler step of ``packs_per_step`` packs, given in
-            pack order, that yields at most ``packs_per_step`` packs, each within the budget.
+            pack order, that yields at most ``packs_per_step`` packs, each within the budget
+            except a sample longer than the budget, which gets a pack of its own (as the
+            sampler's ``oversize="own_pack"`` planned it).
 
     Returns:
         ``PackedBatch``; ``labels``: int64 ``[N]`` for int labels, float32 ``[N]`` for float
@@ -99,20 +101,15 @@ def collate_packed(
         input order: ``F.cross_entropy(model(batch), batch.labels)``.
 
     Raises:
-        ValueError / TypeError: empty batch, malformed items or labels; a sample longer than
-        ``max_tokens``; the errors of :func:`~elasticast_kernels.packing.pack_spectrograms`.
+        ValueError / TypeError: empty batch, malformed items or labels; the errors of
+        :func:`~elasticast_kernels.packing.pack_spectrograms`.
     """
     _check_options(patch_size, max_tokens)
     specs, labels = _split_items(batch)
     plan = None
     if max_tokens is not None:
         tokens = [(spec.shape[1] // patch_size) * (spec.shape[2] // patch_size) for spec in specs]
-        too_long = [i for i, count in enumerate(tokens) if count > max_tokens]
-        if too_long:
-            raise ValueError(
-                f"batch[{too_long[0]}] has {tokens[too_long[0]]} tokens, more than max_tokens={max_tokens}"
-            )
-        plan = pack_lengths(tokens, int(max_tokens), "next_fit")
+        plan = _next_fit_own_pack(tokens, max_tokens)
     packed = pack_spectrograms(specs, patch_size, plan, pin_memory=pin_memory)
     if labels is not None:
         stacked = _stack_labels(labels)
@@ -120,6 +117,23 @@ def collate_packed(
         stacked = stacked.index_select(0, packed.sample_index)
         packed = replace(packed, labels=stacked.pin_memory() if pin_memory else stacked)
     return packed
+
+
+def _next_fit_own_pack(tokens: list[int], max_tokens: int) -> PackPlan:
+    """In-order next-fit packs of at most ``max_tokens``; a longer sample is a pack of its own.
+
+    The plan's capacity is the larger of the budget and the longest sample, so that an
+    oversize sample alone in its pack is a valid plan.
+    """
+    bins: list[list[int]] = []
+    used = max_tokens  # forces a new pack for the first sample
+    for index, count in enumerate(tokens):
+        if used + count > max_tokens:
+            bins.append([])
+            used = 0
+        bins[-1].append(index)
+        used += count
+    return PackPlan(bins, tokens, max(max_tokens, *tokens), "next_fit")
 
 
 class PackedCollator:

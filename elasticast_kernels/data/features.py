@@ -111,14 +111,29 @@ def num_frames(
     return int(frames) if frames.ndim == 0 else frames
 
 
-def num_tokens(frames: int | np.ndarray, num_mel_bins: int = 128, patch_size: int = 16) -> int | np.ndarray:
-    """Patch tokens of a ``[C, num_mel_bins, frames]`` input: ``(F // p) * (T // p)``.
+def num_tokens(
+    frames: int | np.ndarray,
+    num_mel_bins: int = 128,
+    patch_size: int = 16,
+    stride: int | tuple[int, int] | None = None,
+) -> int | np.ndarray:
+    """Patch tokens of a ``[C, num_mel_bins, frames]`` input, counted as `pack_spectrograms` counts
+    them: ``F' * T'`` with ``F' = (F - p) // stride_f + 1`` and ``T' = (T - p) // stride_t + 1``.
 
-    ``frames`` below one patch count as one patch, matching :func:`audio_to_spectrogram`, which
-    zero-pads such clips up to ``patch_size`` frames.
+    ``stride``: None (the patch size: non-overlapping, ``(F // p) * (T // p)``), one int for both
+    axes, or ``(stride_f, stride_t)`` (AST: 10). ``frames`` below one patch count as one patch,
+    matching :func:`audio_to_spectrogram`, which zero-pads such clips up to ``patch_size`` frames.
+    Works on an int or an integer numpy array.
     """
-    frames = np.asarray(frames, dtype=np.int64)
-    tokens = (num_mel_bins // patch_size) * np.maximum(frames // patch_size, 1)
+    if stride is None:
+        stride_f = stride_t = patch_size
+    else:
+        stride_f, stride_t = (stride, stride) if np.ndim(stride) == 0 else stride
+    if min(patch_size, stride_f, stride_t) < 1:
+        raise ValueError(f"patch_size and stride must be >= 1, got patch_size={patch_size}, stride={stride!r}")
+    frames = np.maximum(np.asarray(frames, dtype=np.int64), patch_size)
+    freq_patches = (num_mel_bins - patch_size) // stride_f + 1 if num_mel_bins >= patch_size else 0
+    tokens = freq_patches * ((frames - patch_size) // stride_t + 1)
     return int(tokens) if tokens.ndim == 0 else tokens
 
 

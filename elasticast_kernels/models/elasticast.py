@@ -1,43 +1,31 @@
 """ElasticAST on the packed varlen layout: a drop-in for the published model.
 
-Same constructor, same ``forward``, same state-dict keys and the same logits as the model of
-Feng et al. (Interspeech 2024), but the samples of a batch are packed into one
-``[total_tokens, dim]`` tensor with ``cu_seqlens`` instead of rows padded to the longest row with
-a dense block-diagonal mask. Every per-token layer runs once on the packed tensor; attention runs
-per sample through the backend chosen in `elasticast_kernels.backends`; pooling is the fused
-per-sample `AttentionPool`.
+Same constructor, ``forward``, state-dict keys and logits as the model of Feng et al.
+(Interspeech 2024), but a batch is one ``[total_tokens, dim]`` tensor with ``cu_seqlens`` instead
+of rows padded to the longest row under a block-diagonal mask. This file holds the network; the
+host-side preparation (checks, plan, patch gather, token dropout, positions past the time table,
+input order) is `elasticast_kernels.models.inputs`::
 
-Data flow of ``forward``::
-
-    list of [C, F, T]  --pack_lengths + pack_spectrograms-->  PackedBatch (patches, freq/time idx)
-      --token dropout (gather)-->  patch_embed + pos_embed_freq[f] + pos_embed_time[t]
-      --blocks (varlen attention)-->  norm  --AttentionPool / segment_mean-->  mlp_norm  --> head
-      --> logits in input order
+    list of [C, F, T] or PackedBatch  --inputs.prepare_*-->  PreparedBatch
+      --embed_packed: patch_embed + pos_embed_freq[f] + time table[t] --> blocks (varlen attention)
+      --> norm --> AttentionPool / segment_mean --> mlp_norm  --in_input_order--> head --> logits
 """
 from __future__ import annotations
 
-import functools
 import warnings
-from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from elasticast_kernels.backends import BACKENDS, BackendFn, backend_name, resolve_backend
-from elasticast_kernels.layout import SeqLayout, host_to_device
-from elasticast_kernels.models.inputs import (
-    check_group_limit,
-    flatten_samples,
-    patch_grid,
-    token_keep_counts,
-)
+from elasticast_kernels.layout import SeqLayout
+from elasticast_kernels.models.inputs import PatchGrid, prepare_packed, prepare_spectrograms, token_keep_counts
 from elasticast_kernels.models.layers import LAYER_NORM_EPS, Encoder
+from elasticast_kernels.models.positions import PAST_TIME_TABLE
 from elasticast_kernels.modules import AttentionPool
 from elasticast_kernels.ops import segment_mean
-from elasticast_kernels.packing import STRATEGIES, PackedBatch, pack_lengths, pack_spectrograms
+from elasticast_kernels.packing import STRATEGIES, PackedBatch
 
 # Keywords of the published constructor that download weights; here the transfer is explicit.
 _PRETRAIN_KEYWORDS = {
@@ -45,22 +33,6 @@ _PRETRAIN_KEYWORDS = {
     "SSAST_pretrain": "elasticast_kernels.convert.from_ssast(model, 'ssast.pth')",
     "AST_pretrain": "elasticast_kernels.convert.from_ssast(model, 'ast.pth', grid=(12, 101))",
 }
-
-
-def _host_side(fn: Callable) -> Callable:
-    """``torch.compiler.disable(fn)``, applied at the first call: host-side planning and packing is
-    never traced, and importing the model does not pay for importing torch._dynamo (~2 s, in
-    every process of a distributed run) until something runs."""
-    disabled = None
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        nonlocal disabled
-        if disabled is None:
-            disabled = torch.compiler.disable(fn)
-        return disabled(*args, **kwargs)
-
-    return call
 
 
 def _pair(value: object, name: str) -> tuple[int, int]:
@@ -95,8 +67,13 @@ class ElasticAST(nn.Module):
         packing: strategy of `elasticast_kernels.packing.pack_lengths` used to group samples
             into packs of at most ``group_max_seq_len`` tokens (changes speed, not logits).
         softmax_scale: score scale of every attention (1.0 = the published, unscaled scores).
-        pos_embed_interpolation: a sample longer than ``T_max`` gets the time table linearly
-            interpolated to its length instead of a ValueError.
+        past_time_table: what a sample longer than the time table (``T > T_max``) gets:
+            ``"interpolate"`` (default): the table linearly interpolated to its length, so audio of
+            any length runs; ``"error"``: a ValueError, as in the published model. Samples within
+            the table keep exactly their published positions either way (see
+            `elasticast_kernels.models.positions` for why interpolation).
+        pos_embed_interpolation: deprecated; True is ``past_time_table="interpolate"``, False
+            ``"error"``.
 
     Raises:
         ValueError / TypeError: bad sizes or options; ``imagenet_pretrain``, ``SSAST_pretrain`` or
@@ -123,7 +100,8 @@ class ElasticAST(nn.Module):
         attention_backend: str = "auto",
         packing: str = "next_fit",
         softmax_scale: float = 1.0,
-        pos_embed_interpolation: bool = False,
+        past_time_table: str = "interpolate",
+        pos_embed_interpolation: bool | None = None,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -136,8 +114,8 @@ class ElasticAST(nn.Module):
         if kwargs:
             warnings.warn(f"ElasticAST ignores unknown keyword arguments {sorted(kwargs)}", stacklevel=2)
         max_freq, max_time = _pair(sample_size, "sample_size")
-        for name, value in (("patch_size", patch_size), ("num_classes", num_classes), ("dim", dim),
-                            ("depth", depth), ("heads", heads), ("channels", channels)):
+        for name, value in dict(patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth, heads=heads,
+                                channels=channels).items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if max_freq % patch_size or max_time % patch_size or max_freq < patch_size or max_time < patch_size:
@@ -152,6 +130,12 @@ class ElasticAST(nn.Module):
         attention_backend = backend_name(attention_backend, "attention_backend")
         if packing not in STRATEGIES:
             raise ValueError(f"packing must be one of the pack_lengths strategies {list(STRATEGIES)}, got {packing!r}")
+        if pos_embed_interpolation is not None:
+            warnings.warn("pos_embed_interpolation is deprecated: pass past_time_table='interpolate' (the default) "
+                          "or 'error'", DeprecationWarning, stacklevel=2)
+            past_time_table = "interpolate" if pos_embed_interpolation else "error"
+        if past_time_table not in PAST_TIME_TABLE:
+            raise ValueError(f"past_time_table must be one of {PAST_TIME_TABLE}, got {past_time_table!r}")
 
         # the constructor's arguments, as a saved model rebuilds it (`elasticast_kernels.saved_model`)
         self._config = dict(
@@ -160,19 +144,13 @@ class ElasticAST(nn.Module):
             token_dropout_prob=None if token_dropout_prob is None else float(token_dropout_prob),
             avg_pool_tk=bool(avg_pool_tk), random_token_dropout=float(random_token_dropout),
             eval_token_dropout=float(eval_token_dropout), attention_backend=attention_backend, packing=packing,
-            softmax_scale=float(softmax_scale), pos_embed_interpolation=bool(pos_embed_interpolation),
+            softmax_scale=float(softmax_scale), past_time_table=past_time_table,
         )
-        self.patch_size = patch_size
-        self.channels = channels
-        self.num_classes = num_classes
-        self.token_dropout_prob = token_dropout_prob
-        self.random_token_dropout = float(random_token_dropout)
-        self.eval_token_dropout = float(eval_token_dropout)
-        self.avg_pool_tk = bool(avg_pool_tk)
-        self.attention_backend = attention_backend
-        self.packing = packing
-        self.softmax_scale = float(softmax_scale)
-        self.pos_embed_interpolation = bool(pos_embed_interpolation)
+        # plain attributes the forward reads at every call (so ``model.packing = ...`` works)
+        for key in ("patch_size", "channels", "num_classes", "token_dropout_prob", "random_token_dropout",
+                    "eval_token_dropout", "avg_pool_tk", "attention_backend", "packing", "softmax_scale",
+                    "past_time_table"):
+            setattr(self, key, self._config[key])
 
         patch_dim = channels * patch_size * patch_size
         self.patch_embed = nn.Sequential(nn.Linear(patch_dim, dim))
@@ -193,6 +171,13 @@ class ElasticAST(nn.Module):
         builds the same architecture with the same softmax scale and options."""
         return {key: list(value) if isinstance(value, list) else value for key, value in self._config.items()}
 
+    @property
+    def patch_grid(self) -> PatchGrid:
+        """How this model reads its inputs (patch size, table extents, the rule past the time
+        table), for `elasticast_kernels.models.inputs`."""
+        return PatchGrid(self.channels, self.patch_size, self.pos_embed_freq.shape[0], self.pos_embed_time.shape[0],
+                         self.past_time_table)
+
     # --------------------------------------------------------------------------------------------
     def forward(self, batched_samples, group_samples: bool = True, group_max_seq_len: int = 2048) -> torch.Tensor:
         """Logits ``[num_samples, num_classes]`` in the input order.
@@ -202,12 +187,13 @@ class ElasticAST(nn.Module):
                 same dtype and device); with ``group_samples=False`` a list of rows, each a list of
                 such tensors, packed as given (no length limit); or a `PackedBatch`.
             group_samples: pack the samples with ``self.packing`` (True) or take the caller's rows.
-            group_max_seq_len: most tokens per pack (after token dropout).
+            group_max_seq_len: most tokens per pack (after token dropout); a longer sample gets a
+                pack of its own (the published model raised).
 
         Raises:
-            TypeError / ValueError: malformed samples (the message names the sample), a sample of
-                more than ``group_max_seq_len`` tokens, a sample longer than the time positional
-                table without ``pos_embed_interpolation``.
+            TypeError / ValueError: malformed samples (the message names the sample), a bad
+                ``group_max_seq_len``, a sample longer than the time positional table with
+                ``past_time_table="error"``, a device or dtype mismatch with the model.
         """
         return self.head(self.embed(batched_samples, group_samples, group_max_seq_len))
 
@@ -215,22 +201,23 @@ class ElasticAST(nn.Module):
         """The pooled, normalised embedding of every sample, ``[num_samples, dim]`` in the input
         order: what the classifier ``head`` sees (``forward(x) == head(embed(x))``). Arguments
         and errors as `forward`."""
+        options = dict(keep_counts=self._keep_counts, like=self.patch_embed[0].weight)
         if isinstance(batched_samples, PackedBatch):
-            batch, time_table = self._prepare_packed(batched_samples), self.pos_embed_time
+            prepared = prepare_packed(batched_samples, self.patch_grid, **options)
         else:
-            batch, time_table = self._pack(batched_samples, group_samples, group_max_seq_len)
-        embeddings = self.embed_packed(batch, time_table)
-        return self._to_input_order(embeddings, batch.sample_index)
+            prepared = prepare_spectrograms(batched_samples, self.patch_grid, group_samples=group_samples,
+                                            max_tokens=group_max_seq_len, strategy=self.packing, **options)
+        embeddings = self.embed_packed(prepared.batch, prepared.time_table(self.pos_embed_time))
+        return prepared.in_input_order(embeddings)
 
     def forward_packed(self, batch: PackedBatch, time_table: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[num_samples, num_classes]`` of a `PackedBatch`, in its segment order.
-
-        ``time_table`` replaces ``pos_embed_time`` (the forward passes an interpolated one).
-        """
+        """Logits ``[num_samples, num_classes]`` of a prepared `PackedBatch` in its segment order."""
         return self.head(self.embed_packed(batch, time_table))
 
     def embed_packed(self, batch: PackedBatch, time_table: torch.Tensor | None = None) -> torch.Tensor:
-        """Embeddings ``[num_samples, dim]`` of a `PackedBatch` in its segment order (see `embed`)."""
+        """Embeddings ``[num_samples, dim]`` of a prepared `PackedBatch` (no checks, no token
+        dropout: `embed` does those) in its segment order. ``batch.time_idx`` indexes
+        ``time_table`` (default ``pos_embed_time``; `embed` passes it extended past the table)."""
         layout = batch.layout
         time_table = self.pos_embed_time if time_table is None else time_table
         x = (
@@ -262,144 +249,8 @@ class ElasticAST(nn.Module):
         """The concrete attention backend this model uses for tensors on ``device``/``dtype``."""
         return resolve_backend(self.attention_backend, device, dtype)
 
-    # --------------------------------------------------------------------------------------------
     def _keep_counts(self, lengths: Sequence[int]) -> list[int] | None:
-        return token_keep_counts(
-            lengths,
-            training=self.training,
-            token_dropout_prob=self.token_dropout_prob,
-            random_token_dropout=self.random_token_dropout,
-            eval_token_dropout=self.eval_token_dropout,
-        )
-
-    @_host_side
-    def _pack(self, batched_samples, group_samples: bool, group_max_seq_len: int):
-        """Validate, drop tokens, pack. Returns ``(PackedBatch, time positional table)``."""
-        specs, rows = flatten_samples(batched_samples, group_samples)
-        grid = patch_grid(specs, self.channels, self.patch_size, self.pos_embed_freq.shape[0])
-        self._check_input_tensor("batched_samples", specs[0])  # patch_grid: all share dtype and device
-        self._check_time_lengths([time for _, time in grid])
-        lengths = [freq * time for freq, time in grid]
-        keep = self._keep_counts(lengths)
-        final_lengths = lengths if keep is None else keep
-
-        if rows is None:
-            check_group_limit(final_lengths, group_max_seq_len)
-            plan = pack_lengths(np.asarray(final_lengths, dtype=np.int64), group_max_seq_len, strategy=self.packing)
-            bins = [np.asarray(b, dtype=np.int64) for b in plan.bins]
-        else:
-            plan, bins = None, [np.asarray(row, dtype=np.int64) for row in rows]
-
-        if keep is None and plan is not None:
-            batch = pack_spectrograms(specs, self.patch_size, plan=plan)
-        else:
-            # Pack the full samples in plan order as one run of segments, then set the packs.
-            order = np.concatenate(bins)
-            batch = pack_spectrograms([specs[i] for i in order], self.patch_size)
-            pack_offsets = np.cumsum([0] + [len(b) for b in bins]).tolist()
-            batch = replace(batch, sample_index=torch.from_numpy(order),
-                            layout=SeqLayout(batch.seqlens, pack_offsets, batch.cu_seqlens))
-            if keep is not None:
-                batch = self._drop_tokens(batch, order, lengths, keep)
-        return self._time_table(batch, [grid[int(i)][1] for i in batch.sample_index.tolist()])
-
-    def _drop_tokens(self, batch, order: np.ndarray, lengths: Sequence[int], keep: Sequence[int]):
-        """Keep ``keep[i]`` random tokens of sample ``i`` (with their positions).
-
-        Draws ``torch.randperm(lengths[i])[:keep[i]]`` for every sample in input order with
-        torch's CPU generator, so a seeded run picks the same tokens on any device, and the
-        gather index reaches the GPU in one copy that does not sync. The kept tokens come in
-        random order, which attention and pooling do not see.
-        """
-        device = batch.patches.device
-        picks = [torch.randperm(n)[:k] for n, k in zip(lengths, keep)]
-        starts = np.cumsum([0] + [lengths[i] for i in order])[:-1]
-        index = host_to_device(torch.cat([picks[i] + int(start) for i, start in zip(order, starts)]), device)
-        kept = [int(keep[i]) for i in order]
-        return replace(
-            batch,
-            patches=batch.patches.index_select(0, index),
-            freq_idx=batch.freq_idx.index_select(0, index),
-            time_idx=batch.time_idx.index_select(0, index),
-            layout=SeqLayout(kept, batch.pack_offsets, device=device),
-        )
-
-    @_host_side
-    def _prepare_packed(self, batch: PackedBatch) -> PackedBatch:
-        """Checks on a caller's `PackedBatch`, then token dropout within its segments."""
-        batch.validate()  # fields may have been reassigned since it was built
-        patch_dim = self.patch_embed[0].in_features
-        if batch.patches.shape[1] != patch_dim:
-            raise ValueError(f"PackedBatch.patches must be [total_tokens, {patch_dim}], got {tuple(batch.patches.shape)}")
-        self._check_input_tensor("PackedBatch.patches", batch.patches)
-        if batch.patches.device.type == "cpu" and batch.total_tokens > 0:
-            # Free on the CPU; on CUDA an out-of-range index trips the device-side assert instead.
-            for name, table in (("freq_idx", self.pos_embed_freq), ("time_idx", self.pos_embed_time)):
-                index = getattr(batch, name)
-                if int(index.min()) < 0 or int(index.max()) >= table.shape[0]:
-                    hint = "; pass the list of spectrograms to use pos_embed_interpolation" if name == "time_idx" else ""
-                    raise ValueError(
-                        f"PackedBatch.{name} holds values outside [0, {table.shape[0]}) (the rows of its positional "
-                        f"table){hint}"
-                    )
-        keep = self._keep_counts(batch.seqlens)
-        if keep is None:
-            return batch
-        # Segments are in pack order already; draw per segment (the caller's "input order").
-        order = np.arange(batch.num_samples)
-        dropped = self._drop_tokens(batch, order, batch.seqlens, keep)
-        return dropped
-
-    def _check_input_tensor(self, name: str, tensor: torch.Tensor) -> None:
-        """Same device as the model, and its dtype unless autocast will cast both anyway."""
-        weight = self.patch_embed[0].weight
-        if tensor.device != weight.device:
-            raise ValueError(f"{name} is on {tensor.device} but the model is on {weight.device}; move one of them")
-        if not tensor.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
-        if tensor.dtype != weight.dtype and not torch.is_autocast_enabled(tensor.device.type):
-            raise ValueError(
-                f"{name} is {tensor.dtype} but the model's weights are {weight.dtype}: cast the inputs "
-                f"(or the model) to one dtype, or run the model under torch.autocast"
-            )
-
-    def _check_time_lengths(self, time_patches: Sequence[int]) -> None:
-        table = self.pos_embed_time.shape[0]
-        if self.pos_embed_interpolation:
-            return
-        for i, time in enumerate(time_patches):
-            if time > table:
-                raise ValueError(
-                    f"sample {i} has T={time * self.patch_size} frames, more than the time positional table "
-                    f"covers ({table * self.patch_size}, sample_size[1]); crop it, or build the model with "
-                    "pos_embed_interpolation=True"
-                )
-
-    def _time_table(self, batch, segment_time_patches: Sequence[int]):
-        """The time positional table for this batch: ``pos_embed_time``, extended by linearly
-        interpolated copies for samples longer than it (their ``time_idx`` is shifted onto them)."""
-        table = self.pos_embed_time
-        rows = table.shape[0]
-        longer = sorted({t for t in segment_time_patches if t > rows})
-        if not longer:
-            return batch, table
-        tables, start, offset = [table], {}, rows
-        for length in longer:
-            stretched = F.interpolate(table.t().unsqueeze(0), size=length, mode="linear", align_corners=False)
-            tables.append(stretched.squeeze(0).t())
-            start[length] = offset
-            offset += length
-        segment_shift = torch.tensor([start.get(t, 0) for t in segment_time_patches], dtype=torch.int32)
-        token_shift = torch.repeat_interleave(segment_shift, torch.tensor(batch.seqlens, dtype=torch.int64))
-        time_idx = batch.time_idx + host_to_device(token_shift.to(torch.int32), batch.time_idx.device)
-        return replace(batch, time_idx=time_idx), torch.cat(tables)
-
-    @staticmethod
-    @_host_side
-    def _to_input_order(logits: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
-        order = np.asarray(sample_index, dtype=np.int64)
-        if np.array_equal(order, np.arange(len(order))):
-            return logits
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        return logits.index_select(0, host_to_device(torch.from_numpy(inverse), logits.device))
+        """Token dropout: tokens kept per sample (None: all), from the current options and mode."""
+        return token_keep_counts(lengths, training=self.training, token_dropout_prob=self.token_dropout_prob,
+                                 random_token_dropout=self.random_token_dropout,
+                                 eval_token_dropout=self.eval_token_dropout)

@@ -3,7 +3,8 @@
 Each function mirrors its C++ twin in ``csrc/pack_plans.cpp`` rule for rule (including the tie
 rules documented in ``csrc/pack_plans.h``), so both give identical plans; the tests check that.
 They take a validated int64 array and return ``pack_of`` (a list: pack id of every sample, packs
-numbered in the order they are opened) and the number of packs.
+numbered in the order they are opened) and the number of packs. A length above ``max_tokens``
+gets a pack of its own, where each strategy's rule puts it (see ``csrc/pack_plans.h``).
 """
 from __future__ import annotations
 
@@ -77,11 +78,15 @@ def first_fit_decreasing(lengths: np.ndarray, max_tokens: int) -> Assignment:
     values = lengths.tolist()
     for i in _desc_order(lengths).tolist():
         length, node = values[i], 1
-        while node < leaves:
-            node = 2 * node if room[2 * node] >= length else 2 * node + 1
+        if length > max_tokens:  # oversize (they come first): alone in the next unopened pack
+            node = leaves + num_packs
+            room[node] = 0
+        else:
+            while node < leaves:
+                node = 2 * node if room[2 * node] >= length else 2 * node + 1
+            room[node] -= length
         pack_of[i] = node - leaves
         num_packs = max(num_packs, node - leaves + 1)
-        room[node] -= length
         node //= 2
         while node:
             room[node] = max(room[2 * node], room[2 * node + 1])
@@ -171,9 +176,12 @@ def best_fit_window(lengths: np.ndarray, max_tokens: int, window: int) -> Assign
 def _exact_fill_patterns(value: list[int], left: list[int], max_tokens: int, groups: list[list[int]]) -> None:
     """Phase 1 of the histogram packer; see exact_fill_patterns in csrc/pack_plans.cpp."""
     types = len(value)
-    if types == 0:
+    first = 0
+    while first < types and value[first] > max_tokens:  # oversize lengths are left to phase 2
+        first += 1
+    if first == types:
         return
-    unit = reduce(math.gcd, value, max_tokens)
+    unit = reduce(math.gcd, value[first:], max_tokens)
     cap = max_tokens // unit
     if cap > HISTOGRAM_MAX_UNITS:
         return
@@ -181,7 +189,6 @@ def _exact_fill_patterns(value: list[int], left: list[int], max_tokens: int, gro
     budget = HISTOGRAM_WORK_BUDGET
     reach_by = [-1] * (cap + 1)
     used = [0] * (cap + 1)
-    first = 0
     while True:
         while first < types and left[first] == 0:
             first += 1
@@ -241,6 +248,10 @@ def _group_best_fit(value: list[int], left: list[int], max_tokens: int, groups: 
 
     for rank, length in enumerate(value):
         todo, left[rank] = left[rank], 0
+        if length > max_tokens:  # oversize: one pack per sample
+            if todo > 0:
+                open_group(-1, rank, 1, todo, 0)
+            continue
         while todo > 0:
             room = by_room.next_ge(length)
             if room < 0:

@@ -26,9 +26,14 @@ class PackedBatch:
             ``sample_index[j]``.
         labels: optional per-segment labels ``[num_samples, ...]``, in segment order (set by the
             data collate function).
+        grid_shapes: optional host ints, per segment the ``(freq_patches, time_patches)`` grid of
+            its sample (before any token dropout, so a segment holds at most ``f * t`` tokens);
+            set by `pack_spectrograms`. A model reads a sample's time extent here without a
+            device sync (e.g. to extend its time positions past the table).
 
     The fields are checked against each other when the batch is built (host facts only, no
-    device sync): token counts, dtypes, devices, and that ``sample_index`` is a permutation.
+    device sync): token counts, dtypes, devices, that ``sample_index`` is a permutation and that
+    every segment fits its grid shape.
 
     Raises:
         TypeError / ValueError: a field of the wrong type, dtype, shape or device, naming it.
@@ -40,6 +45,7 @@ class PackedBatch:
     layout: SeqLayout
     sample_index: torch.Tensor
     labels: torch.Tensor | None = None
+    grid_shapes: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -73,6 +79,8 @@ class PackedBatch:
                 raise ValueError(
                     f"PackedBatch.labels has {self.labels.shape[0]} rows for {self.num_samples} samples"
                 )
+        if self.grid_shapes is not None:
+            self._check_grid_shapes()
 
     def _check_sample_index(self) -> None:
         index = self.sample_index
@@ -90,6 +98,20 @@ class PackedBatch:
         if not seen.all():
             raise ValueError("PackedBatch.sample_index must be a permutation of range(num_samples) "
                              "(every input sample exactly once)")
+
+    def _check_grid_shapes(self) -> None:
+        shapes = self.grid_shapes
+        if not isinstance(shapes, (tuple, list)) or len(shapes) != self.num_samples:
+            got = len(shapes) if isinstance(shapes, (tuple, list)) else type(shapes).__name__
+            raise ValueError(f"PackedBatch.grid_shapes must be None or one (freq, time) pair per segment "
+                             f"({self.num_samples}), got {got}")
+        for j, (shape, tokens) in enumerate(zip(shapes, self.seqlens)):
+            if (not isinstance(shape, (tuple, list)) or len(shape) != 2
+                    or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+                raise ValueError(f"PackedBatch.grid_shapes[{j}] must be a pair of positive ints, got {shape!r}")
+            if tokens > shape[0] * shape[1]:
+                raise ValueError(f"PackedBatch segment {j} holds {tokens} tokens, more than its grid "
+                                 f"{shape[0]} x {shape[1]} (grid_shapes[{j}])")
 
     # --- the layout, read through -------------------------------------------------------------
     @property

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .. import layout
+from .. import layout as _layout
 from . import _fallback
 from ._native import native
 
@@ -66,7 +66,7 @@ class PackPlan:
         order = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum([len(b) for b in arrays], out=offsets[1:])
-        self._set(order, offsets, _int64_array("lengths", lengths), max_tokens, strategy)
+        self._set(order, offsets, _plan_lengths(lengths), max_tokens, strategy)
 
     @classmethod
     def from_order(cls, order: Any, offsets: Any, lengths: Any, max_tokens: int, strategy: str) -> "PackPlan":
@@ -75,18 +75,16 @@ class PackPlan:
         Args:
             order: 1-D ints ``[sum of pack sizes]``, sample indices pack by pack.
             offsets: 1-D ints ``[num_packs + 1]``; pack p is ``order[offsets[p]:offsets[p + 1]]``.
-            lengths: 1-D ints ``[num_samples]``.
+            lengths: 1-D ints ``[num_samples]``, each in ``[0, 2**31 - 1]``.
+            max_tokens: an int in ``[1, 2**31 - 1]``.
+            strategy: a str.
         Raises:
             TypeError: an argument that is not array-like (a generator, a set) or is a meta or
-                half-precision tensor.
+                half-precision tensor; ``max_tokens`` not an int, ``strategy`` not a str.
             ValueError: ``order``, ``offsets`` or ``lengths`` not 1-D, ``offsets`` empty, a
-                non-integer dtype, a non-integral or out-of-int64 value (naming the index).
+                non-integer dtype, a non-integral or out-of-range value (naming the index).
         """
-        order = _int64_array("order", order)
-        offsets = _int64_array("offsets", offsets)
-        if len(offsets) == 0:
-            raise ValueError(f"offsets must be 1-D with num_packs + 1 >= 1 entries, got shape {offsets.shape}")
-        return cls._from_owned(order, offsets, _int64_array("lengths", lengths), max_tokens, strategy)
+        return cls._from_owned(*_flat_arrays(order, offsets, lengths), max_tokens, strategy)
 
     @classmethod
     def _from_owned(cls, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, max_tokens: int,
@@ -99,6 +97,9 @@ class PackPlan:
     def _set(self, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, max_tokens: int, strategy: str) -> None:
         # The arrays are the plan's own (copied by every public constructor); read-only, so the
         # cached bins and every derived count stay true for the plan's lifetime.
+        max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
+        if not isinstance(strategy, str):
+            raise TypeError(f"strategy must be a str, got {type(strategy).__name__}")
         for name, array in (("order", order), ("offsets", offsets), ("lengths", lengths)):
             if array.ndim != 1:
                 raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
@@ -111,9 +112,13 @@ class PackPlan:
         # The flat arrays only: the cached bins would come back as copies, not views of ``order``.
         return {name: getattr(self, name) for name in ("lengths", "max_tokens", "strategy", "_order", "_offsets")}
 
-    def __setstate__(self, state: dict) -> None:
-        arrays = (_int64_array(name, state[key]) for name, key in (("order", "_order"), ("offsets", "_offsets"),
-                                                                    ("lengths", "lengths")))
+    def __setstate__(self, state: Any) -> None:
+        # A pickle is input like any other: the restored plan passes the constructors' checks.
+        keys = ("lengths", "max_tokens", "strategy", "_order", "_offsets")
+        if not isinstance(state, dict) or set(state) != set(keys):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"a pickled PackPlan must hold {list(keys)}, got {got}")
+        arrays = _flat_arrays(state["_order"], state["_offsets"], state["lengths"])
         self._set(*arrays, state["max_tokens"], state["strategy"])
 
     @functools.cached_property
@@ -152,12 +157,21 @@ class PackPlan:
     def pack_tokens(self) -> np.ndarray:
         """int64 ``[num_packs]``: tokens in each pack (the layout's shared rule, over the plan's
         segments in pack order)."""
-        return layout.pack_token_counts(self.lengths[self._order], self._offsets)
+        return _layout.pack_token_counts(self.lengths[self._order], self._offsets)
+
+    def layout(self, device: torch.device | str = "cpu") -> _layout.SeqLayout:
+        """The packed layout this plan describes: segment ``j`` holds sample ``order[j]`` (its
+        ``lengths`` tokens), pack ``p`` the segments ``pack_offsets[p]:pack_offsets[p + 1]``;
+        ``cu_seqlens`` on ``device``, copied there without a host-device sync.
+
+        Raises ValueError when the plan holds more than 2^31 - 1 tokens (int32 ``cu_seqlens``)."""
+        return _layout.SeqLayout(self.lengths[self._order].tolist(), self._offsets.tolist(), device=device)
 
     def cu_seqlens(self, i: int) -> torch.Tensor:
         """int32 CPU ``[len(bins[i]) + 1]``: cumulative token counts of pack ``i``'s samples.
 
-        Raises IndexError for ``i`` outside ``[-num_packs, num_packs)``.
+        Raises IndexError for ``i`` outside ``[-num_packs, num_packs)``, ValueError when the pack
+        holds more than 2^31 - 1 tokens (the int32 counts would wrap).
         """
         i = operator.index(i)
         if not -self.num_packs <= i < self.num_packs:
@@ -165,23 +179,28 @@ class PackPlan:
         if i < 0:
             i += self.num_packs
         members = self._order[self._offsets[i]:self._offsets[i + 1]]
-        cu = np.zeros(len(members) + 1, dtype=np.int32)
+        cu = np.zeros(len(members) + 1, dtype=np.int64)  # lengths < 2**31: an int64 sum cannot wrap
         np.cumsum(self.lengths[members], out=cu[1:])
-        return torch.from_numpy(cu)
+        if cu[-1] > MAX_TOKENS_LIMIT:
+            raise ValueError(f"pack {i} holds {int(cu[-1])} tokens, more than int32 cu_seqlens allow (2**31 - 1)")
+        return torch.from_numpy(cu.astype(np.int32))
 
     def validate(self) -> None:
-        """Raise ValueError unless every sample is in exactly one pack and no pack overflows."""
+        """Raise ValueError unless every sample is in exactly one pack and no pack overflows (a
+        pack holding one sample longer than ``max_tokens`` and nothing else is within the rules)."""
         order, offsets, n = self._order, self._offsets, len(self.lengths)
         if (len(order) != n or offsets[0] != 0 or offsets[-1] != len(order) or (np.diff(offsets) < 0).any()
                 or not np.array_equal(np.sort(order), np.arange(n))):
             raise ValueError("plan bins are not a partition of the samples")
         tokens = self.pack_tokens()
-        bad = (offsets[1:] == offsets[:-1]) | (tokens > self.max_tokens)
+        sizes = np.diff(offsets)
+        bad = (sizes == 0) | ((tokens > self.max_tokens) & (sizes > 1))
         if bad.any():
             p = int(np.argmax(bad))  # the first bad pack, as a loop over the bins would find it
-            if offsets[p + 1] == offsets[p]:
+            if sizes[p] == 0:
                 raise ValueError(f"bins[{p}] is empty")
-            raise ValueError(f"bins[{p}] holds {int(tokens[p])} tokens > max_tokens={self.max_tokens}")
+            raise ValueError(f"bins[{p}] holds {int(tokens[p])} tokens > max_tokens={self.max_tokens} "
+                             "(only a pack of one sample may be longer)")
 
     def __repr__(self) -> str:
         return (
@@ -289,17 +308,39 @@ def _int64_array(name: str, values: Any, ndim: int | None = 1) -> np.ndarray:
     return _integer_array(name, values, -(2**63), 2**63 - 1, "the int64 range", ndim)
 
 
-def as_lengths(lengths: Any, max_tokens: int) -> np.ndarray:
+def _plan_lengths(values: Any) -> np.ndarray:
+    """A plan's private copy of its token counts, each in ``[0, 2**31 - 1]``: no sum over fewer than
+    2^32 of them can wrap int64."""
+    return _integer_array("lengths", values, 0, MAX_TOKENS_LIMIT, "[0, 2**31 - 1]", ndim=1)
+
+
+def _flat_arrays(order: Any, offsets: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked private copies of a plan's flat form (see `PackPlan.from_order`)."""
+    order = _int64_array("order", order)
+    offsets = _int64_array("offsets", offsets)
+    if len(offsets) == 0:
+        raise ValueError(f"offsets must be 1-D with num_packs + 1 >= 1 entries, got shape {offsets.shape}")
+    return order, offsets, _plan_lengths(lengths)
+
+
+def as_lengths(lengths: Any, max_tokens: Any = None) -> np.ndarray:
     """Validate ``lengths`` (1-D ints: sequence, numpy array or tensor) -> a private, contiguous
     int64 numpy array (always a copy: later changes to the caller's data do not reach it).
+
+    Every length must be in ``[1, 2**31 - 1]`` (a pack's tokens are counted in int32); a length
+    above a plan's budget is allowed (it gets a pack of its own), so ``max_tokens`` is not used
+    (passing it warns).
 
     Raises:
         TypeError: ``lengths`` is not array-like (a generator, a set, a mapping), a meta tensor,
             or half-precision floats.
         ValueError: not 1-D, a non-integer (non-finite or fractional float, non-numeric dtype) or a
-            length outside ``[1, max_tokens]``, naming the first offending index.
+            length outside ``[1, 2**31 - 1]``, naming the first offending index.
     """
-    return _integer_array("lengths", lengths, 1, max_tokens, f"[1, max_tokens={max_tokens}]", ndim=1)
+    if max_tokens is not None:
+        warnings.warn("as_lengths(lengths, max_tokens): max_tokens is ignored, a length above it gets a pack "
+                      "of its own", DeprecationWarning, stacklevel=2)
+    return _integer_array("lengths", lengths, 1, MAX_TOKENS_LIMIT, "[1, 2**31 - 1]", ndim=1)
 
 
 def _python_plan(strategy: str, lengths: np.ndarray, max_tokens: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -344,7 +385,7 @@ def pack_order(
     "native" (C++, RuntimeError if missing) or "python".
     """
     max_tokens, window = _check_options(max_tokens, strategy, window, backend)
-    return _plan_arrays(as_lengths(lengths, max_tokens), max_tokens, strategy, window, backend)
+    return _plan_arrays(as_lengths(lengths), max_tokens, strategy, window, backend)
 
 
 def pack_lengths(
@@ -358,8 +399,12 @@ def pack_lengths(
 ) -> PackPlan:
     """Partition samples with the given token ``lengths`` into packs of at most ``max_tokens``.
 
+    A sample longer than ``max_tokens`` gets a pack of its own (in every strategy; where the
+    strategy's rule puts it, see ``csrc/pack_plans.h``), so any length can be planned: a caller
+    that wants such samples dropped or cropped does that before planning.
+
     Args:
-        lengths: 1-D integers (list, numpy array or CPU tensor), each in ``[1, max_tokens]``.
+        lengths: 1-D integers (list, numpy array or CPU tensor), each in ``[1, 2**31 - 1]``.
         max_tokens: pack capacity, in ``[1, 2**31 - 1]``.
         strategy: ``"next_fit"`` (the published ElasticAST grouping: in order, a new pack when the
             next sample would overflow), ``"first_fit_decreasing"``, ``"best_fit_decreasing"``,
@@ -376,7 +421,7 @@ def pack_lengths(
         either backend.
 
     Raises:
-        ValueError: a length < 1, > max_tokens or not an integer (naming its index), lengths not
+        ValueError: a length < 1, > 2**31 - 1 or not an integer (naming its index), lengths not
             1-D, max_tokens or window out of range, an unknown strategy or backend.
         TypeError: max_tokens or window not an int; lengths not array-like (a generator, a set),
             a meta or half-precision tensor (see :func:`as_lengths`).
@@ -386,7 +431,7 @@ def pack_lengths(
         warnings.warn("pack_lengths(seed=...) is deprecated and has no effect: every strategy is deterministic "
                       "and always ignored the seed", DeprecationWarning, stacklevel=2)
     max_tokens, window = _check_options(max_tokens, strategy, window, backend)
-    arr = as_lengths(lengths, max_tokens)  # a private copy: what the packer reads is what was checked
+    arr = as_lengths(lengths)  # a private copy: what the packer reads is what was checked
     order, offsets = _plan_arrays(arr, max_tokens, strategy, window, backend)
     # Kept flat: PackPlan.bins (one array per pack) is built only if someone asks for it. All three
     # arrays are fresh (the copy above, the packer's outputs), so the plan takes them as they are.

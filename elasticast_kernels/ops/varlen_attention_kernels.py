@@ -97,7 +97,12 @@ def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> trit
 
 # arch family (90: sm_90 and newer, 80: sm_8x) -> kernel -> head_dim -> configs. The first config
 # of each list is the default that the AOT test reports on. A head_dim without its own list uses
-# the next larger list that exists.
+# the next larger list that exists. Launches with "heavy" features (softcap, a left window bound or
+# grouped heads: `heavy_features`) take HEAVY_CONFIGS where it has a list: their extra live tiles spill in some
+# of the plain tiles. At head_dim 256 the fp32 accumulator alone is 128 registers per thread (16
+# rows per warp, or 64 per wgmma warpgroup, x 256 columns / 32 lanes): every tile with minimal
+# tensor-core work runs at ptxas' 255-register cap and some spill a few loop-invariant values;
+# the static report lists each one's bytes and its local-memory accesses per main-loop iteration.
 # fwd/dq: BLOCK_M queries per program, BLOCK_N keys per step; dkdv: BLOCK_N keys per program,
 # BLOCK_M queries per step.
 GPU_CONFIGS = {
@@ -105,17 +110,20 @@ GPU_CONFIGS = {
         "fwd": {
             64: [_config(128, 64, 8, 3), _config(128, 128, 8, 3), _config(64, 64, 4, 3), _config(128, 64, 4, 3)],
             128: [_config(128, 64, 8, 3)],
-            256: [_config(128, 64, 8, 2)],
+            # 128x64 keeps 16-112 B of loop-invariant values in local memory, touched only outside the
+            # main loop; 128x32 s1 spills nothing but issues 1.5x the instructions and is unpipelined
+            256: [_config(128, 64, 8, 2), _config(128, 32, 8, 1)],
         },
         "dkdv": {
             64: [_config(32, 64, 4, 3), _config(64, 64, 4, 3), _config(64, 128, 8, 2)],
             128: [_config(32, 64, 4, 2), _config(32, 128, 8, 2)],
-            256: [_config(32, 64, 4, 1)],
+            # each of the two passes (dV, then dK): 64 keys per warpgroup; 4 warps spill at 256
+            256: [_config(32, 128, 8, 2)],
         },
         "dq": {
             64: [_config(64, 32, 4, 3), _config(64, 64, 4, 3)],
             128: [_config(128, 64, 8, 2), _config(64, 32, 4, 2)],
-            256: [_config(64, 32, 4, 1)],
+            256: [_config(128, 32, 8, 2)],
         },
     },
     80: {
@@ -125,7 +133,8 @@ GPU_CONFIGS = {
             32: [_config(128, 64, 4, 3)],
             64: [_config(128, 64, 8, 3), _config(64, 64, 4, 3)],
             128: [_config(128, 32, 8, 3)],  # s2 issues fewer instructions but spills when causal
-            256: [_config(128, 32, 8, 2)],
+            # both keep 40-48 B in local memory (s2: 2 accesses per main-loop iteration, s1: none)
+            256: [_config(64, 32, 4, 2), _config(64, 32, 4, 1)],
         },
         "dkdv": {
             32: [_config(32, 128, 8, 3), _config(32, 64, 4, 1)],
@@ -141,6 +150,18 @@ GPU_CONFIGS = {
         },
     },
 }
+HEAVY_CONFIGS = {
+    90: {
+        "fwd": {64: [_config(128, 64, 8, 3), _config(128, 128, 8, 3), _config(64, 64, 4, 3)]},  # 128x64 w4 spills
+        "dkdv": {128: [_config(32, 64, 4, 1)]},  # pipelined, a window, softcap or grouped heads spill
+    },
+    80: {
+        "fwd": {
+            128: [_config(64, 32, 4, 3)],  # 128x32 w8 keeps 8-16 B of stack with a window
+            256: [_config(64, 32, 4, 2)],  # s1 spills inside its main loop with a window
+        },
+    },
+}
 INTERPRETER_CONFIGS = {"fwd": _config(32, 16, 4, 1), "dkdv": _config(16, 32, 4, 1), "dq": _config(32, 16, 4, 1)}
 
 
@@ -148,7 +169,7 @@ def _check_tiles() -> None:
     """Reject, at import, a candidate that breaks a tiling rule (see ``_check_tile``)."""
     for kernel, config in INTERPRETER_CONFIGS.items():
         _check_tile(kernel, config, gpu=False)
-    for family in GPU_CONFIGS.values():
+    for family in (*GPU_CONFIGS.values(), *HEAVY_CONFIGS.values()):
         for kernel, tables in family.items():
             for config in (c for table in tables.values() for c in table):
                 _check_tile(kernel, config, gpu=True)
@@ -188,10 +209,20 @@ def arch_family(capability: tuple[int, int]) -> int:
     return 90 if capability[0] >= 9 else 80
 
 
-def gpu_configs(kernel: str, head_dim: int, family: int = 90) -> list[triton.Config]:
-    """The autotuning candidates of ``kernel`` ("fwd", "dkdv", "dq") for ``head_dim`` on an arch family."""
+def heavy_features(window_left: bool, softcap: bool, grouped: bool) -> bool:
+    """Whether a launch takes `HEAVY_CONFIGS`: softcap (the tanh tile stays live), a left window
+    bound (a second masked range) or grouped heads (dK/dV's loop over the group)."""
+    return bool(window_left or softcap or grouped)
+
+
+def gpu_configs(kernel: str, head_dim: int, family: int = 90, heavy: bool = False) -> list[triton.Config]:
+    """The autotuning candidates of ``kernel`` ("fwd", "dkdv", "dq") for ``head_dim`` on an arch family
+    (``heavy``: for a launch with `heavy_features`)."""
     tables = GPU_CONFIGS[family][kernel]
-    return tables[min(d for d in tables if d >= head_dim)]
+    head_dim = min(d for d in tables if d >= head_dim)
+    if heavy:
+        return HEAVY_CONFIGS[family].get(kernel, {}).get(head_dim, tables[head_dim])
+    return tables[head_dim]
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,14 +235,17 @@ def _autotune_args(kernel: str) -> dict:
         return {"configs": [INTERPRETER_CONFIGS[kernel]]}
 
     def prune(configs, named_args, **kwargs):
-        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-        return gpu_configs(kernel, head_dim, _device_family(named_args["Q"].device.index or 0))
+        args = {**named_args, **kwargs}
+        heavy = heavy_features(args["WINDOW_LEFT"], args["SOFTCAP"], args["group"] > 1)
+        return gpu_configs(kernel, args["HEAD_DIM"], _device_family(named_args["Q"].device.index or 0), heavy)
 
-    configs = [c for family in GPU_CONFIGS.values() for table in family[kernel].values() for c in table]
+    configs = [c for family in (*GPU_CONFIGS.values(), *HEAVY_CONFIGS.values())
+               for table in family.get(kernel, {}).values() for c in table]
     return {"configs": configs, "prune_configs_by": {"early_config_prune": prune}}
 
 
-_TUNE_KEY = ["HEAD_DIM", "WINDOW_LEFT", "WINDOW_RIGHT", "SOFTCAP", "SEQ_BUCKET"]
+# every input of `gpu_configs` (``group`` for the feature class), and the length bucket
+_TUNE_KEY = ["HEAD_DIM", "WINDOW_LEFT", "WINDOW_RIGHT", "SOFTCAP", "group", "SEQ_BUCKET"]
 # integers that change from batch to batch: no value specialisation (it would only add compiles).
 # ``group`` is left specialised: group == 1 (no grouped heads) then compiles as a constant.
 _VARYING_INTS = ["batch", "n_search", "window_left", "window_right", "SEQ_BUCKET"]
@@ -332,7 +366,9 @@ def _spans(r0, r_last, o_start, o_end, lo_off, hi_off, HAS_LO: tl.constexpr, HAS
     else:
         span_lo = o_start
         lead_end = o_start
-    full_end = lead_end + tl.maximum(full_hi - lead_end, 0) // STEP * STEP
+    # the unmasked blocks end on the last block boundary (counted from lead_end) at or before full_hi.
+    # (Written with % rather than // STEP * STEP: the same value, and 10 fewer registers on sm_90.)
+    full_end = tl.maximum(full_hi - (full_hi - lead_end) % STEP, lead_end)
     return span_lo, lead_end, full_end, span_hi
 
 
@@ -386,10 +422,49 @@ def _heaviest_first(block_start, seq_start, seq_end, BLOCK: tl.constexpr):
 @triton.jit
 def _capped(s, cap_scale, cap_log2):
     """Soft-capped scores in the log2 domain, ``softcap * log2(e) * tanh(scale * s / softcap)``,
-    and the tanh (the backward's ``1 - tanh^2``). ``cap_scale = 2 * log2(e) * scale / softcap``:
-    tanh(x) = 1 - 2 / (2^(2 x log2(e)) + 1), which saturates to +-1 without NaN."""
-    t = 1.0 - 2.0 / (tl.math.exp2(s * cap_scale) + 1.0)
+    and the tanh (the backward's ``1 - tanh^2``). ``cap_scale = 2 * log2(e) * scale / softcap``.
+
+    tanh(x) = 1 - 2 / y with y = 2^(2 x log2(e)) + 1 >= 1, and 1 / y taken as rsqrt(y * y): one
+    MUFU.RSQ (relative error ~2^-22) where a division costs a full-precision sequence. For large x,
+    y * y overflows to inf and t = 1 exactly; nothing here can give NaN.
+    """
+    y = tl.math.exp2(s * cap_scale) + 1.0
+    t = 1.0 - 2.0 * tl.math.rsqrt(y * y)
     return t * cap_log2, t
+
+
+@triton.jit
+def _probs(s, lse, qk_scale, cap_scale, cap_log2, SOFTCAP: tl.constexpr):
+    """The backward's probabilities from raw scores ``s`` and the saved log-sum-exp (base 2, scale
+    folded in; broadcast to ``s``'s shape), and with SOFTCAP the derivative of the cap, ``1 - tanh^2``
+    (otherwise 1.0)."""
+    if SOFTCAP:
+        capped, t = _capped(s, cap_scale, cap_log2)
+        p = tl.math.exp2(capped - lse)
+        dtanh = 1.0 - t * t
+    else:
+        p = tl.math.exp2(s * qk_scale - lse)
+        dtanh = 1.0
+    return p, dtanh
+
+
+@triton.jit
+def _key_plan(q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right, WINDOW_LEFT: tl.constexpr,
+              WINDOW_RIGHT: tl.constexpr, CROSS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keys a query block (forward, dQ) visits: ``(q_start, k_start, k_end, lo_off, hi_off)`` and
+    `_spans`' four bounds. The block is reordered last-first under a right bound; query token ``t``
+    sees keys ``[t + lo_off, t + hi_off]`` of ``[k_start, k_end)``. Records the trips into TRIPS."""
+    if WINDOW_RIGHT:
+        q_start = _heaviest_first(q_start, seq_start, seq_end, BLOCK_M)
+    k_start, k_end = _other_range(CU_K, sample, seq_start, seq_end, CROSS)
+    diag = k_end - seq_end  # query token t is aligned with key token t + diag
+    lo_off = diag - window_left
+    hi_off = diag + window_right
+    span_lo, lead_end, full_end, span_hi = _spans(q_start, tl.minimum(q_start + BLOCK_M, seq_end) - 1, k_start,
+                                                  k_end, lo_off, hi_off, WINDOW_LEFT, WINDOW_RIGHT, BLOCK_N)
+    if TRIPS is not None:
+        tl.store(TRIPS + tl.program_id(0), _trips(span_lo, lead_end, full_end, span_hi, BLOCK_N))
+    return q_start, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi
 
 
 # --- forward ------------------------------------------------------------------------------------
@@ -471,16 +546,9 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SCHED_ORDER, SCHED_CU,
     q_start, seq_start, seq_end, sample = _locate_block(CU_Q, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK_M)
     if q_start >= seq_end:
         return
-    if WINDOW_RIGHT:
-        q_start = _heaviest_first(q_start, seq_start, seq_end, BLOCK_M)
-    k_start, k_end = _other_range(CU_K, sample, seq_start, seq_end, CROSS)
-    diag = k_end - seq_end  # query token t is aligned with key token t + diag
-    lo_off = diag - window_left
-    hi_off = diag + window_right
-    span_lo, lead_end, full_end, span_hi = _spans(q_start, tl.minimum(q_start + BLOCK_M, seq_end) - 1, k_start,
-                                                  k_end, lo_off, hi_off, WINDOW_LEFT, WINDOW_RIGHT, BLOCK_N)
-    if TRIPS is not None:
-        tl.store(TRIPS + tl.program_id(0), _trips(span_lo, lead_end, full_end, span_hi, BLOCK_N))
+    q_start, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi = _key_plan(
+        q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right, WINDOW_LEFT, WINDOW_RIGHT, CROSS,
+        BLOCK_M, BLOCK_N)
     offs_m = q_start + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_end
     first_row = q_start.to(tl.int64)
@@ -534,61 +602,98 @@ def _bwd_preprocess_kernel(O, DO, DELTA, stride_ot, stride_oh, stride_dot, strid
 
 
 @triton.jit
-def _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot, lo, hi,
-                    offs_n, q_end, lo_off, hi_off, qk_scale, cap_scale, cap_log2,
-                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, WINDOW_LEFT: tl.constexpr,
-                    WINDOW_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, MASKED: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr):
-    """Accumulate dK, dV of one key block over query blocks ``[lo, hi)`` (transposed scores [N, M]).
+def _bwd_dkdv_step(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot, start_m,
+                   offs_n, q_end, lo_off, hi_off, qk_scale, cap_scale, cap_log2,
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, WINDOW_LEFT: tl.constexpr,
+                   WINDOW_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, MASKED: tl.constexpr,
+                   OUTPUTS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Add query block ``start_m`` of one head to dK, dV of one key block (transposed scores [N, M]);
+    OUTPUTS: 3 both, 1 dV only, 2 dK only (see `_DKDV_SPLIT_HEAD_DIM`).
 
     ``lo_off``/``hi_off`` are the key-side window: key ``u`` is visible to query ``t`` iff
     ``u + lo_off <= t <= u + hi_off`` (a lower bound from the right edge, an upper from the left).
     """
-    q_tile = tile_offsets(stride_qt, BLOCK_M, HEAD_DIM)
-    do_tile = tile_offsets(stride_dot, BLOCK_M, HEAD_DIM)
-    for start_m in range(lo, hi, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        q_block = Q_head + tl.cast(start_m, tl.int64) * stride_qt
-        do_block = DO_head + tl.cast(start_m, tl.int64) * stride_dot
-        if MASKED:
-            q_ok = offs_m < q_end
-            q = tl.load(q_block + q_tile, mask=q_ok[:, None], other=0.0)
-            do = tl.load(do_block + do_tile, mask=q_ok[:, None], other=0.0)
-            # +inf for rows past the sample: their probabilities come out exactly 0
-            lse = tl.load(LSE_head + offs_m, mask=q_ok, other=float("inf"))
-            delta = tl.load(DELTA_head + offs_m, mask=q_ok, other=0.0)
-        else:
-            q = tl.load(q_block + q_tile)
-            do = tl.load(do_block + do_tile)
-            lse = tl.load(LSE_head + offs_m)
-            delta = tl.load(DELTA_head + offs_m)
-        # P^T recomputed from the saved log-sum-exp (base 2, scale folded in)
-        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-        if SOFTCAP:
-            s_t, t_t = _capped(s_t, cap_scale, cap_log2)
-        else:
-            s_t = s_t * qk_scale
-        p_t = tl.math.exp2(s_t - lse[None, :])
-        if MASKED:
-            p_t = tl.where(_visible(offs_n, offs_m, q_end, lo_off, hi_off, WINDOW_RIGHT, WINDOW_LEFT), p_t, 0.0)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q_block = Q_head + tl.cast(start_m, tl.int64) * stride_qt + tile_offsets(stride_qt, BLOCK_M, HEAD_DIM)
+    do_block = DO_head + tl.cast(start_m, tl.int64) * stride_dot + tile_offsets(stride_dot, BLOCK_M, HEAD_DIM)
+    if MASKED:
+        q_ok = offs_m < q_end
+        q = tl.load(q_block, mask=q_ok[:, None], other=0.0)
+        do = tl.load(do_block, mask=q_ok[:, None], other=0.0)
+        # +inf for rows past the sample: their probabilities come out exactly 0
+        lse = tl.load(LSE_head + offs_m, mask=q_ok, other=float("inf"))
+        delta = tl.load(DELTA_head + offs_m, mask=q_ok, other=0.0)
+    else:
+        q = tl.load(q_block)
+        do = tl.load(do_block)
+        lse = tl.load(LSE_head + offs_m)
+        delta = tl.load(DELTA_head + offs_m)
+    p_t, dtanh_t = _probs(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), lse[None, :], qk_scale, cap_scale,
+                          cap_log2, SOFTCAP)
+    if MASKED:
+        p_t = tl.where(_visible(offs_n, offs_m, q_end, lo_off, hi_off, WINDOW_RIGHT, WINDOW_LEFT), p_t, 0.0)
+    if SOFTCAP:
+        pd_t = p_t * dtanh_t  # taken now, so that the tanh is dead before the dP product
+    else:
+        pd_t = p_t
+    if OUTPUTS & 1:
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+    if OUTPUTS & 2:
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        if SOFTCAP:
-            ds_t = ds_t * (1.0 - t_t * t_t)  # d tanh
+        ds_t = pd_t * (dp_t - delta[None, :])
         dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
 
 
-@triton.autotune(key=_TUNE_KEY + ["group"], **_autotune_args("dkdv"))
+@triton.jit
+def _bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_qh, stride_dot, stride_doh, stride_lse_h,
+                    first_head, group, lo, hi, offs_n, q_end, lo_off, hi_off, qk_scale, cap_scale, cap_log2,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, WINDOW_LEFT: tl.constexpr,
+                    WINDOW_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, MASKED: tl.constexpr,
+                    GROUPED: tl.constexpr, OUTPUTS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate dK, dV of one key block over query blocks ``[lo, hi)`` of the query heads
+    ``first_head ... first_head + group - 1`` (one head unless GROUPED).
+
+    Grouped heads run as one flat loop over (head, block) pairs rather than a loop over heads
+    around the loop over blocks: the nested loops kept ~40 more registers live (spills at
+    head_dim 128), the flat one only a head counter.
+    """
+    if GROUPED:
+        start_m = lo
+        member = first_head
+        for _ in range(0, group * tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_M)):
+            dk, dv = _bwd_dkdv_step(dk, dv, k, v, Q + member * stride_qh, DO + member * stride_doh,
+                                    LSE + member * stride_lse_h, DELTA + member * stride_lse_h, stride_qt, stride_dot,
+                                    start_m, offs_n, q_end, lo_off, hi_off, qk_scale, cap_scale, cap_log2,
+                                    HEAD_DIM, BLOCK_M, WINDOW_LEFT, WINDOW_RIGHT, SOFTCAP, MASKED, OUTPUTS,
+                                    DOT_PRECISION)
+            start_m += BLOCK_M
+            next_head = start_m >= hi
+            start_m = tl.where(next_head, lo, start_m)
+            member = tl.where(next_head, member + 1, member)
+    else:
+        Q_head = Q + first_head * stride_qh
+        DO_head = DO + first_head * stride_doh
+        LSE_head = LSE + first_head * stride_lse_h
+        DELTA_head = DELTA + first_head * stride_lse_h
+        for start_m in range(lo, hi, BLOCK_M):
+            dk, dv = _bwd_dkdv_step(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot,
+                                    start_m, offs_n, q_end, lo_off, hi_off, qk_scale, cap_scale, cap_log2,
+                                    HEAD_DIM, BLOCK_M, WINDOW_LEFT, WINDOW_RIGHT, SOFTCAP, MASKED, OUTPUTS,
+                                    DOT_PRECISION)
+    return dk, dv
+
+
+@triton.autotune(key=_TUNE_KEY, **_autotune_args("dkdv"))
 @triton.jit(do_not_specialize=_VARYING_INTS)
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU_K, SCHED_ORDER, SCHED_CU,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                      stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
                      heads_k, group, batch, n_search, window_left, window_right, qk_scale, sm_scale, cap_scale,
                      cap_log2, SEQ_BUCKET, TRIPS, HEAD_DIM: tl.constexpr, WINDOW_LEFT: tl.constexpr,
-                     WINDOW_RIGHT: tl.constexpr, CROSS: tl.constexpr, SOFTCAP: tl.constexpr,
-                     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     WINDOW_RIGHT: tl.constexpr, CROSS: tl.constexpr, SOFTCAP: tl.constexpr, GROUPED: tl.constexpr,
+                     OUTPUTS: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
     slot, kv_head = _program(heads_k)
     k_start, seq_start, seq_end, sample = _locate_block(CU_K, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK_N)
     if k_start >= seq_end:
@@ -611,27 +716,27 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU_K, SCHED_ORDER, S
                 mask=key_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    # the query heads of the group, summed in registers (group == 1 compiles to one pass)
-    for member in range(group):
-        head = kv_head * group + member
-        Q_head = Q + head * stride_qh
-        DO_head = DO + head * stride_doh
-        LSE_head = LSE + head * stride_lse_h
-        DELTA_head = DELTA + head * stride_lse_h
-        if WINDOW_RIGHT:
-            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot,
-                                     span_lo, lead_end, offs_n, q_end, lo_off, hi_off, qk_scale, cap_scale, cap_log2,
-                                     HEAD_DIM, BLOCK_M, WINDOW_LEFT, WINDOW_RIGHT, SOFTCAP, True, DOT_PRECISION)
-        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot,
-                                 lead_end, full_end, offs_n, q_end, lo_off, hi_off, qk_scale, cap_scale, cap_log2,
-                                 HEAD_DIM, BLOCK_M, WINDOW_LEFT, WINDOW_RIGHT, SOFTCAP, False, DOT_PRECISION)
-        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, stride_qt, stride_dot,
-                                 full_end, span_hi, offs_n, q_end, lo_off, hi_off, qk_scale, cap_scale, cap_log2,
-                                 HEAD_DIM, BLOCK_M, WINDOW_LEFT, WINDOW_RIGHT, SOFTCAP, True, DOT_PRECISION)
-    tl.store(_row_tile(DK, kv_head, stride_dkh, first_row, stride_dkt, BLOCK_N, HEAD_DIM),
-             (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok[:, None])
-    tl.store(_row_tile(DV, kv_head, stride_dvh, first_row, stride_dvt, BLOCK_N, HEAD_DIM),
-             dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
+    # the query heads of the group, summed in registers
+    first_head = kv_head * group
+    if WINDOW_RIGHT:
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_qh, stride_dot, stride_doh,
+                                 stride_lse_h, first_head, group, span_lo, lead_end, offs_n, q_end, lo_off, hi_off,
+                                 qk_scale, cap_scale, cap_log2, HEAD_DIM, BLOCK_M, WINDOW_LEFT, WINDOW_RIGHT, SOFTCAP,
+                                 True, GROUPED, OUTPUTS, DOT_PRECISION)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_qh, stride_dot, stride_doh,
+                             stride_lse_h, first_head, group, lead_end, full_end, offs_n, q_end, lo_off, hi_off,
+                             qk_scale, cap_scale, cap_log2, HEAD_DIM, BLOCK_M, WINDOW_LEFT, WINDOW_RIGHT, SOFTCAP,
+                             False, GROUPED, OUTPUTS, DOT_PRECISION)
+    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_qh, stride_dot, stride_doh,
+                             stride_lse_h, first_head, group, full_end, span_hi, offs_n, q_end, lo_off, hi_off,
+                             qk_scale, cap_scale, cap_log2, HEAD_DIM, BLOCK_M, WINDOW_LEFT, WINDOW_RIGHT, SOFTCAP,
+                             True, GROUPED, OUTPUTS, DOT_PRECISION)
+    if OUTPUTS & 2:
+        tl.store(_row_tile(DK, kv_head, stride_dkh, first_row, stride_dkt, BLOCK_N, HEAD_DIM),
+                 (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok[:, None])
+    if OUTPUTS & 1:
+        tl.store(_row_tile(DV, kv_head, stride_dvh, first_row, stride_dvt, BLOCK_N, HEAD_DIM),
+                 dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
 
 
 @triton.jit
@@ -653,18 +758,14 @@ def _bwd_dq_inner(dq, q, do, lse, delta, K_head, V_head, stride_kt, stride_vt, l
         else:
             k = tl.load(k_block + k_tile)
             v = tl.load(v_block + v_tile)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if SOFTCAP:
-            s, t = _capped(s, cap_scale, cap_log2)
-        else:
-            s = s * qk_scale
-        p = tl.math.exp2(s - lse[:, None])
+        p, dtanh = _probs(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), lse[:, None], qk_scale, cap_scale,
+                          cap_log2, SOFTCAP)
         if MASKED:
             p = tl.where(_visible(offs_m, offs_n, k_end, lo_off, hi_off, WINDOW_LEFT, WINDOW_RIGHT), p, 0.0)
+        if SOFTCAP:
+            p = p * dtanh
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
-        if SOFTCAP:
-            ds = ds * (1.0 - t * t)  # d tanh
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
     return dq
 
@@ -682,16 +783,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, SCHED_ORDER, SCHED_C
     q_start, seq_start, seq_end, sample = _locate_block(CU_Q, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK_M)
     if q_start >= seq_end:
         return
-    if WINDOW_RIGHT:
-        q_start = _heaviest_first(q_start, seq_start, seq_end, BLOCK_M)
-    k_start, k_end = _other_range(CU_K, sample, seq_start, seq_end, CROSS)
-    diag = k_end - seq_end
-    lo_off = diag - window_left
-    hi_off = diag + window_right
-    span_lo, lead_end, full_end, span_hi = _spans(q_start, tl.minimum(q_start + BLOCK_M, seq_end) - 1, k_start,
-                                                  k_end, lo_off, hi_off, WINDOW_LEFT, WINDOW_RIGHT, BLOCK_N)
-    if TRIPS is not None:
-        tl.store(TRIPS + tl.program_id(0), _trips(span_lo, lead_end, full_end, span_hi, BLOCK_N))
+    q_start, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi = _key_plan(
+        q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right, WINDOW_LEFT, WINDOW_RIGHT, CROSS,
+        BLOCK_M, BLOCK_N)
     offs_m = q_start + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_end
     first_row = q_start.to(tl.int64)
@@ -773,6 +867,11 @@ def program_trips(kernel: str, len_q: int, len_k: int, block: int, block_m: int,
 # --- launchers ----------------------------------------------------------------------------------
 
 _PREPROCESS_BLOCK = 64
+# Above this head_dim dV and dK come from two launches of the dK/dV kernel (OUTPUTS 1, then 2): one
+# program holding both fp32 accumulators needs 2 x 16 x head_dim / 32 = 256 registers per thread
+# for them alone at 256 (16 rows per warp, or 64 per wgmma warpgroup), so it spills heavily; apart,
+# each pass holds one. The price is recomputing P in the dK pass: 5 GEMMs per tile instead of 4.
+_DKDV_SPLIT_HEAD_DIM = 128
 
 
 def seqlen_bucket(max_seqlen: int) -> int:
@@ -889,10 +988,11 @@ def varlen_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tens
     )
     shared = (group, batch, n_search, left, right, qk_scale, softmax_scale, cap_scale, cap_log2,
               seqlen_bucket(seq_hint))
-    _launch("dkdv", _bwd_dkdv_kernel, lambda meta: (total_k // meta["BLOCK_N"] + batch) * heads_k, q.device,
-            q, k, v, dout, dk, dv, lse, delta, cu_seqlens_q, cu_seqlens_k, *schedule_k,
-            *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(dout), *_stride2(dk), *_stride2(dv), lse.stride(0),
-            heads_k, *shared, **constexprs)
+    for outputs in (1, 2) if head_dim > _DKDV_SPLIT_HEAD_DIM else (3,):
+        _launch("dkdv", _bwd_dkdv_kernel, lambda meta: (total_k // meta["BLOCK_N"] + batch) * heads_k, q.device,
+                q, k, v, dout, dk, dv, lse, delta, cu_seqlens_q, cu_seqlens_k, *schedule_k,
+                *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(dout), *_stride2(dk), *_stride2(dv),
+                lse.stride(0), heads_k, *shared, GROUPED=group > 1, OUTPUTS=outputs, **constexprs)
     _launch("dq", _bwd_dq_kernel, lambda meta: (total_q // meta["BLOCK_M"] + batch) * heads, q.device,
             q, k, v, dout, dq, lse, delta, cu_seqlens_q, cu_seqlens_k, *schedule_q,
             *_stride2(q), *_stride2(k), *_stride2(v), *_stride2(dout), *_stride2(dq), lse.stride(0),

@@ -7,7 +7,9 @@ Every figure is a compile-time estimate read from the machine code (no GPU runs 
   iteration issues, divided by the minimum for its tile (1.0 = no replicated MMA)
 - ``instr_per_tile``: main-loop SASS instructions x warps, normalised to one 128 x 64 tile
 - ``ex2_per_tile``: ``MUFU.EX2`` per 128 x 64 tile (x warps)
-- the busy fraction of the default forward tile's launch on the schedule workloads
+- the busy fraction of the default tiles' launches on the schedule workloads
+- window trip counts: blocks the default tiles' programs visit over one sample, by length, for
+  full, causal and sliding-window attention (the kernels' own loop bounds, `program_trips`)
 """
 from __future__ import annotations
 
@@ -17,12 +19,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from elasticast_kernels.bench.static.compile import run_jobs
-from elasticast_kernels.bench.static.occupancy import SMS, ctas_per_sm
-from elasticast_kernels.bench.static.schedule import simulate
-from elasticast_kernels.bench.static.specs import Case
+from tools.static_report.compile import run_jobs
+from tools.static_report.occupancy import SMS, ctas_per_sm
+from tools.static_report.schedule import simulate, trip_count
+from tools.static_report.specs import Case
+from tools.static_report.summary import variants_table
 
 SCHEDULE_HEADS = 12
+# the window each simulated variant runs with (as the launchers take it)
+SCHEDULE_WINDOWS = {"plain": (-1, -1), "causal": (-1, 0), "window": (256, 0)}
+TRIP_LENGTHS = (1024, 2048, 4096, 8192, 16384)
+TRIP_WINDOWS = {"full": (-1, -1), "causal": (-1, 0), "window (256, 0)": (256, 0), "window (128, 128)": (128, 128)}
 
 
 def schedule_workloads() -> dict[str, list[int]]:
@@ -58,6 +65,7 @@ def metrics(case: Case, compiled: dict) -> dict:
         loop_instructions=loop["instructions"],
         barriers=loop["barriers"],
         async_copies=loop["async_copies"],
+        loop_spill_ops=loop.get("spill_ops", 0),
     )
     if minimum:  # attention kernels: per 128 x 64 score tile
         row["instr_per_tile"] = round(loop["instructions"] * case.num_warps * case.tile_scale, 1)
@@ -70,19 +78,44 @@ def metrics(case: Case, compiled: dict) -> dict:
 
 
 def grid_schedules(rows: Sequence[dict], grid_order: str) -> list[dict]:
-    """Busy fraction of each default fwd/dkdv/dq tile (sm_90, bf16, head_dim 64) on the workloads."""
+    """Busy fraction of each default fwd/dkdv/dq tile (sm_90, bf16, head_dim 64) on the workloads,
+    for the variants of ``SCHEDULE_WINDOWS``."""
     out = []
     for row in rows:
         if not (row["default"] and row["kernel"] in ("fwd", "dkdv", "dq") and row["arch"] == 90
-                and row["dtype"] == "bf16" and row["head_dim"] == 64):
+                and row["dtype"] == "bf16" and row["head_dim"] == 64 and row["variant"] in SCHEDULE_WINDOWS):
             continue
+        window = SCHEDULE_WINDOWS[row["variant"]]
         for name, lengths in schedule_workloads().items():
-            result = simulate(row["kernel"], lengths, SCHEDULE_HEADS, row["block_m"], row["block_n"], row["causal"],
+            result = simulate(row["kernel"], lengths, SCHEDULE_HEADS, row["block_m"], row["block_n"], window,
                               grid_order, SMS[90], row["ctas_per_sm"])
-            out.append({"kernel": row["kernel"], "causal": row["causal"], "workload": name, "lengths": lengths,
-                        "heads": SCHEDULE_HEADS, "block_m": row["block_m"], "block_n": row["block_n"],
-                        "ctas_per_sm": row["ctas_per_sm"], "sms": SMS[90], "order": grid_order,
-                        **{k: round(v, 4) for k, v in asdict(result).items()}})
+            out.append({"kernel": row["kernel"], "variant": row["variant"], "window": list(window), "workload": name,
+                        "lengths": lengths, "heads": SCHEDULE_HEADS, "block_m": row["block_m"],
+                        "block_n": row["block_n"], "ctas_per_sm": row["ctas_per_sm"], "sms": SMS[90],
+                        "order": grid_order, **{k: round(v, 4) for k, v in asdict(result).items()}})
+    return out
+
+
+def window_trips(head_dims: Sequence[int] = (64, 128)) -> list[dict]:
+    """Blocks visited over one sample (one head) by the default sm_90 tiles, per length and window:
+    linear in the length for a fixed window, quadratic for full or causal attention."""
+    from elasticast_kernels.ops import varlen_attention_kernels as kernels
+
+    out = []
+    for head_dim in head_dims:
+        for kernel in ("fwd", "dkdv", "dq"):
+            config = kernels.gpu_configs(kernel, head_dim, 90)[0]
+            block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+            own = block_n if kernel == "dkdv" else block_m
+            for name, window in TRIP_WINDOWS.items():
+                totals, worst = [], []
+                for length in TRIP_LENGTHS:
+                    trips = [trip_count(kernel, length, b, block_m, block_n, window) for b in range(-(-length // own))]
+                    totals.append(sum(trips))
+                    worst.append(max(trips))
+                out.append({"kernel": kernel, "head_dim": head_dim, "block_m": block_m, "block_n": block_n,
+                            "window_name": name, "window": list(window), "lengths": list(TRIP_LENGTHS),
+                            "total_trips": totals, "max_trips_per_program": worst})
     return out
 
 
@@ -93,7 +126,7 @@ def build(cases: Iterable[Case], workers: int = 2, python: str | None = None, la
     cases = list(cases)
     compiled = run_jobs([case.job for case in cases], workers=workers, python=python)
     rows = [metrics(case, result) for case, result in zip(cases, compiled)]
-    grid_order = getattr(kernels, "GRID_ORDER", "slots_then_heads")
+    grid_order = kernels.GRID_ORDER
     return {
         "kind": "static-kernel-report",
         "note": "compile-time estimates read from SASS; no GPU ran these kernels",
@@ -103,6 +136,7 @@ def build(cases: Iterable[Case], workers: int = 2, python: str | None = None, la
         "grid_order": grid_order,
         "rows": rows,
         "schedules": grid_schedules(rows, grid_order),
+        "window_trips": window_trips(),
     }
 
 
@@ -123,30 +157,53 @@ def _fmt(value) -> str:
 
 
 def format_markdown(report: dict) -> str:
-    """The report as markdown: one table row per compile, then the grid schedules."""
+    """The report as markdown: one table row per compile, the grid schedules, the window trip counts."""
     title = f"# Static kernel report (compile-time estimates), triton {report['triton']}"
     lines = [title + (f", {report['label']}" if report["label"] else ""), "",
              "Read from SASS compiled for sm_80/sm_90 without a GPU. instr/tile: main-loop SASS instructions"
-             " x warps per 128x64 score tile; MMA ratio: tensor work issued / minimum; * = default tile.", "",
-             "| kernel | sm | dtype | d | causal | tile | warps/stages | regs | spill B | smem B | CTAs/SM |"
+             " x warps per 128x64 score tile; MMA ratio: tensor work issued / minimum; * = default tile."
+             " Variants: plain (self-attention), causal, window (left and right bounds), softcap,"
+             " gqa_cross (grouped heads and cross-attention offsets), all (every feature at once).", "",
+             "| kernel | sm | dtype | d | variant | tile | warps/stages | regs | spill B | smem B | CTAs/SM |"
              " MMA | MMA ratio | instr/tile | ex2/tile |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines[2:2] = [variants_table(report)]
     for row in report["rows"]:
         tile = f"{row['block_m']}x{row['block_n']}" + ("*" if row["default"] else "")
         per_tile = row.get("instr_per_tile")
         if per_tile is None and row.get("instr_per_iteration") is not None:
             per_tile = f"{row['instr_per_iteration']}/iter"
         lines.append(
-            f"| {row['kernel']} | {row['arch']} | {row['dtype']} | {row['head_dim']} | {_fmt(row['causal'])} |"
+            f"| {row['kernel']} | {row['arch']} | {row['dtype']} | {row['head_dim']} | {row['variant']} |"
             f" {tile} | w{row['num_warps']} s{row['num_stages']} | {row['registers']} | {row['spill_bytes']} |"
             f" {row['shared']} |"
             f" {row['ctas_per_sm']} | {row['mma_kind']} | {_fmt(row.get('mma_ratio'))} | {_fmt(per_tile)} |"
             f" {_fmt(row.get('ex2_per_tile'))} |")
     lines += ["", f"## Grid schedule (list-scheduled on 132 SMs, order `{report['grid_order']}`, "
                   f"{SCHEDULE_HEADS} heads)", "",
-              "| kernel | causal | workload | tokens | programs | waves | busy fraction |",
+              "| kernel | variant (window) | workload | tokens | programs | waves | busy fraction |",
               "|---|---|---|---|---|---|---|"]
     for s in report["schedules"]:
-        lines.append(f"| {s['kernel']} | {_fmt(s['causal'])} | {s['workload']} | {sum(s['lengths'])} |"
-                     f" {s['programs']} | {s['waves']:.2f} | {s['busy_fraction']:.3f} |")
+        lines.append(f"| {s['kernel']} | {s['variant']} {tuple(s['window'])} | {s['workload']} |"
+                     f" {sum(s['lengths'])} | {s['programs']} | {s['waves']:.2f} | {s['busy_fraction']:.3f} |")
+    lines += ["", window_trips_markdown(report.get("window_trips", []))]
+    return "\n".join(lines) + "\n"
+
+
+def window_trips_markdown(trips: Sequence[dict]) -> str:
+    """Total blocks visited over one sample and head, by length; the last column is the growth
+    from the second-longest to the longest length (2x = linear, 4x = quadratic)."""
+    if not trips:
+        return ""
+    lengths = trips[0]["lengths"]
+    lines = ["## Window trip counts (blocks the loops visit over one sample, one head; default sm_90 tiles)", "",
+             "From the kernels' own loop bounds (`program_trips`, checked against the kernels' recorded trips"
+             " by tests/test_varlen_attention.py). In brackets: the most blocks one program visits.", "",
+             "| kernel | d | tile | window | " + " | ".join(f"{n} tokens" for n in lengths) + " | growth x2 |",
+             "|---|---|---|---|" + "---|" * len(lengths) + "---|"]
+    for t in trips:
+        cells = " | ".join(f"{total} ({worst})" for total, worst in zip(t["total_trips"], t["max_trips_per_program"]))
+        growth = t["total_trips"][-1] / max(t["total_trips"][-2], 1)
+        lines.append(f"| {t['kernel']} | {t['head_dim']} | {t['block_m']}x{t['block_n']} | {t['window_name']} |"
+                     f" {cells} | {growth:.2f}x |")
     return "\n".join(lines) + "\n"

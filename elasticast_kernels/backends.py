@@ -168,9 +168,13 @@ def _xformers_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch
 
 
 def _triton_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
-    from elasticast_kernels.ops.varlen_attention import varlen_attention
+    from elasticast_kernels.ops.varlen_attention import launch_schedule, varlen_attention
 
-    return varlen_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, softmax_scale=softmax_scale)
+    # the kernels' launch order depends on the layout alone: built once per batch, shared by
+    # every layer and by the backward
+    schedule = layout.cached("launch_schedule", lambda: launch_schedule(layout.cu_seqlens))
+    return varlen_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, softmax_scale=softmax_scale,
+                            schedule=schedule)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ __all__ = ["EXTRAS", "import_optional"]
 EXTRAS = {
     "soundfile": "audio",
     "soxr": "audio",
-    "matplotlib": "bench",
+    "matplotlib": "plot",
     "pytest_benchmark": "bench",
     "transformers": "hf",
     "safetensors": "hf",

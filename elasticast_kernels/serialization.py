@@ -171,8 +171,11 @@ def read_file(path: str | os.PathLike, what: str = "checkpoint", map_location: A
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # zip, pickle, unicode and EOF errors come in many types
+        # torch's first line says what failed; its further paragraphs advise weights_only=False,
+        # which is exactly what must not be done with a file one cannot trust
+        reason = (str(error).strip().splitlines() or [""])[0][:300]
         raise CheckpointError(
-            f"{what} {path} is unreadable, truncated or not a torch file ({type(error).__name__}: {error})"
+            f"{what} {path} is unreadable, truncated or not a torch file ({type(error).__name__}: {reason})"
         ) from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{what} {path} holds a {type(payload).__name__}, not a dict")

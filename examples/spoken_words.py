@@ -9,7 +9,8 @@ speed and pitch offset, so lengths still vary. Either way: float32 mono waveform
 
 :func:`write_dataset` stores a dataset the way real audio arrives: 16-bit wav files plus
 ``train.csv`` / ``test.csv`` manifests (``path,label``), which the training example then reads
-through :class:`elasticast_kernels.data.ManifestDataset`, the same path as any real corpus.
+through :class:`elasticast_kernels.data.ManifestDataset`, the same path as any real corpus;
+:func:`prepare` does so once per folder and request (a resumed run finds the same clips).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+from elasticast_kernels._optional import import_optional
 
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
@@ -156,9 +159,9 @@ def write_dataset(data: SpokenWords, out_dir: str, test_fraction: float = 0.2, s
     """Write ``data`` as ``out_dir/audio/NNNNN.wav`` (16-bit PCM) plus ``train.csv`` and ``test.csv``.
 
     The split is a seeded permutation; ``dataset.json`` records the source and description.
-    Needs ``soundfile``. Returns the two manifest paths.
+    Needs ``soundfile`` (the ``audio`` extra). Returns the two manifest paths.
     """
-    import soundfile
+    soundfile = import_optional("soundfile", "writing the demo's wav files")
 
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
@@ -182,3 +185,48 @@ def write_dataset(data: SpokenWords, out_dir: str, test_fraction: float = 0.2, s
         json.dump({"source": data.source, "description": data.description, "classes": list(data.class_names),
                    "clips": len(data.waveforms), "test_fraction": test_fraction, "seed": seed}, handle, indent=1)
     return paths["train"], paths["test"]
+
+
+def prepare(data_dir: str, clips_per_word: int, seed: int, use_espeak: bool, test_fraction: float,
+            write: bool = True) -> tuple[str, str, dict]:
+    """The demo data in ``data_dir``: ``(train manifest, test manifest, dataset.json contents)``.
+
+    With ``write`` (one process: rank 0), synthesises and writes it unless ``data_dir`` already
+    holds the data of the same request (a resumed run then trains on the very same clips).
+    Without ``write`` (the other ranks, after a barrier), only reads what is there.
+    """
+    info_path = os.path.join(data_dir, "dataset.json")
+    request = {"clips_per_word": clips_per_word, "seed": seed, "espeak": use_espeak, "test_fraction": test_fraction}
+    info = {}
+    if os.path.exists(info_path):
+        with open(info_path) as handle:
+            info = json.load(handle)
+    if write and info.get("request") != request:
+        data = synthesise(clips_per_word, seed=seed, use_espeak=use_espeak)
+        write_dataset(data, data_dir, test_fraction, seed)
+        with open(info_path) as handle:
+            info = {**json.load(handle), "request": request}
+        with open(info_path, "w") as handle:
+            json.dump(info, handle, indent=1)
+    return os.path.join(data_dir, "train.csv"), os.path.join(data_dir, "test.csv"), info
+
+
+def add_arguments(parser) -> None:
+    """The demo's command-line options (``examples/train.py``)."""
+    parser.add_argument("--clips-per-word", type=int, help="demo clips per class (default 120; quick: 16)")
+    parser.add_argument("--no-espeak", action="store_true", help="use the synthetic tone dataset even with espeak-ng")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="demo clips held out for evaluation")
+
+
+def manifests(args, is_main: bool, barrier, say=print) -> tuple[str, str, str]:
+    """``(train manifest, test manifest, description)`` of the demo in ``args.data_dir``: written by
+    the main process (``is_main``), read by every process after ``barrier()``."""
+    request = (args.data_dir, args.clips_per_word, args.seed, not args.no_espeak, args.test_fraction)
+    if is_main:
+        prepare(*request)
+    barrier()  # every rank reads what rank 0 wrote (several machines: a data_dir on shared storage)
+    train_csv, test_csv, info = prepare(*request, write=False)
+    if info["source"] != "espeak-ng":
+        say("NOTE: espeak-ng was not found (or --no-espeak): this run uses the SYNTHETIC TONE DATASET.\n"
+            "      Install it for spoken words: apt-get update && apt-get install -y espeak-ng")
+    return train_csv, test_csv, info["description"]

@@ -38,10 +38,17 @@ def test_report_runs_and_validates(tiny_report):
     assert report_mod.validate(report) == []
     errors = [(r["key"], r["reason"]) for r in report["results"] if r["status"] == "error"]
     assert rc == (1 if errors else 0)
-    assert report["device"] == "cpu" and "CPU" in report["device_label"]
+    assert report["device"] == "cpu" and "CPU" in report["device_label"] and report["suite"] == "tiny"
     env = report["environment"]
     for key in ("torch", "triton", "python", "cpu", "git_commit", "gpu_name", "cuda_runtime"):
         assert key in env
+    # The machine's load before and after the run (1/5/15 min) and its CPUs, in the JSON and the summary.
+    assert env["cpu_count"] == os.cpu_count()
+    for key in ("load_average_before", "load_average_after"):
+        assert len(env[key]) == 3 and all(x >= 0 for x in env[key])
+    summary = (out / "summary.txt").read_text()
+    assert f"Machine load: {os.cpu_count()} CPUs" in summary and "before the run" in summary
+    assert report["targets"] == [] and "Targets: not checked at tiny sizes." in summary
     groups = {r["group"] for r in report["results"]}
     assert groups == {"packing", "attention", "pooling", "model", "end_to_end", "sweep"}
     for r in report["results"]:
@@ -55,6 +62,24 @@ def test_report_runs_and_validates(tiny_report):
     skipped = {r["variant"] for r in report["results"] if r["status"] == "skipped" and r["group"] == "attention"}
     assert {"varlen_attn", "flash_attn", "xformers"} <= skipped
     assert (out / "summary.txt").read_text().startswith("elasticast-bench")
+
+
+def test_report_cases_are_the_pytest_benchmark_cases(tiny_report):
+    """Both front ends run the same cases under the same names: every timed result of the report
+    is a case of ``group_cases``, which the pytest-benchmark suite parametrizes over."""
+    from elasticast_kernels.bench.config import GROUPS, tiny_config
+    from elasticast_kernels.bench.runner import group_cases
+
+    _, _, report = tiny_report
+    cases = {c.key: c for g in GROUPS for c in group_cases(tiny_config("cpu"), g)}
+    timed = {r["key"] for r in report["results"] if r["status"] == "ok" and "median_ms" in r["metrics"]}
+    assert timed and timed <= set(cases)
+    for group in GROUPS:  # pytest ids are unique within a group's test
+        ids = [c.id for c in cases.values() if c.group == group]
+        assert len(ids) == len(set(ids)), group
+    case = cases["attention/step/torch/voxceleb[dtype=float32,head_dim=32,heads=2,pass_=fwd,samples=4]"]
+    assert case.id == "step/torch/voxceleb/pass=fwd,samples=4,dtype=float32"
+    assert case.comparison == "attention/step/voxceleb/pass=fwd,samples=4,dtype=float32"
 
 
 def test_report_has_plots(tiny_report):
@@ -116,7 +141,7 @@ def test_device_script_dry_run(tmp_path):
     assert (tmp_path / "out" / "SUMMARY.txt").exists()
 
 
-def test_time_budget_cuts_the_run_short_but_writes_the_report(tmp_path):
+def test_time_budget_cuts_the_run_short_but_writes_the_report(tmp_path, capsys):
     saved = os.environ.get("TRITON_INTERPRET")
     try:
         rc = cli.main(["--tiny", "--device", "cpu", "--group", "packing", "--budget-s", "0", "--out", str(tmp_path),
@@ -125,6 +150,8 @@ def test_time_budget_cuts_the_run_short_but_writes_the_report(tmp_path):
         if saved is not None:
             os.environ["TRITON_INTERPRET"] = saved
     assert rc == 3
+    err = capsys.readouterr().err
+    assert "expected duration: a few seconds" in err and f"machine: {os.cpu_count()} CPUs, load average now" in err
     report = json.loads((tmp_path / "results.json").read_text())
     assert report_mod.validate(report) == []
     assert report["results"] and all("time budget" in r["reason"] for r in report["results"])

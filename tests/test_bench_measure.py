@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from elasticast_kernels.bench import flops
 from elasticast_kernels.bench.baselines import nested_sdpa, padded_masked_pool, textbook_best_fit_decreasing, unfold_pack
+from elasticast_kernels.bench.config import tiny_config
+from elasticast_kernels.bench.groups._common import Case, Timed, Unavailable, measure_case
 from elasticast_kernels.bench.groups.sweep import min_padded_tokens
 from elasticast_kernels.bench.timing import measure, peak_memory
 from helpers import cu_from, reference_pool
@@ -93,3 +95,38 @@ def test_python_best_fit_is_a_valid_tight_partition(seed):
 def test_min_padded_tokens_is_a_lower_bound():
     assert min_padded_tokens(np.array([100, 100, 100]), 200) == 2 * 150
     assert min_padded_tokens(np.array([190, 10, 10]), 200) == 2 * 190
+
+
+def _case(setup):
+    return Case("packing", "plan", "v", "voxceleb", {"num_lengths": 3}, setup)
+
+
+def test_measure_case_checks_the_result_once_and_times_the_rest():
+    calls, checked = [], []
+
+    def check(out):
+        checked.append(out)
+        return {"max_abs_err": 0.0}
+    timed = Timed(lambda: calls.append(1) or len(calls), check, rates=lambda s: {"per_s": 1 / s},
+                  info={"total_tokens": 7}, memory=False, repeats=4)
+    result = measure_case(_case(lambda: timed), tiny_config())
+    assert result.status == "ok", result.reason
+    assert checked == [1] and len(calls) == 5  # the checked (untimed) call, then 4 timed repeats
+    m = result.metrics
+    assert m["repeats"] == 4 and m["max_abs_err"] == 0.0 and m["total_tokens"] == 7 and m["per_s"] > 0
+    assert result.key == "packing/plan/v/voxceleb[num_lengths=3]"
+
+
+def test_a_wrong_result_is_an_error_not_a_figure():
+    def check(out):
+        raise AssertionError("logits vs the sdpa_masked model's: max abs difference 3 > 0.0001 x 1")
+    result = measure_case(_case(lambda: Timed(lambda: 1, check, memory=False)), tiny_config())
+    assert result.status == "error" and "AssertionError: logits vs the sdpa_masked" in result.reason
+    assert result.metrics == {}
+
+
+def test_an_unavailable_case_is_skipped_with_the_reason():
+    def setup():
+        raise Unavailable("xformers (pip install xformers) needs a CUDA device, got cpu")
+    result = measure_case(_case(setup), tiny_config())
+    assert result.status == "skipped" and "needs a CUDA device" in result.reason

@@ -91,9 +91,15 @@ def test_bad_batches(batch, error):
         collate_packed(batch)
 
 
-def test_oversize_sample_for_budget_raises():
-    with pytest.raises(ValueError, match="batch\\[1\\] has 8 tokens"):
-        collate_packed([(torch.randn(1, 32, 16), 0), (torch.randn(1, 32, 64), 0)], max_tokens=4)
+def test_oversize_sample_gets_a_pack_of_its_own():
+    """A sample over the budget (the sampler's oversize="own_pack") is alone in its pack; the
+    others are packed by in-order next-fit as the budget allows, and the labels follow."""
+    tokens = [2, 8, 1, 1, 9, 3]  # budget 4: [0] [1] [2, 3] [4] [5]
+    batch = [(torch.randn(1, 16, 16 * t), i) for i, t in enumerate(tokens)]  # one frequency patch
+    packed = collate_packed(batch, max_tokens=4)
+    assert list(packed.seqlens) == tokens and packed.labels.tolist() == list(range(6))
+    assert list(packed.pack_offsets) == [0, 1, 2, 4, 5, 6]
+    assert list(packed.pack_tokens()) == [2, 8, 2, 9, 3]
 
 
 @pytest.mark.parametrize("options,match", [

@@ -1,5 +1,6 @@
-"""examples/train_spoken.py (= train.py) runs end to end in its reduced mode, and its datasets
-synthesise and are written as wav files plus manifests that ManifestDataset reads back.
+"""examples/train.py runs end to end in its reduced mode on the demo data, and the demo datasets
+(examples/spoken_words.py) synthesise and are written as wav files plus manifests that
+ManifestDataset reads back.
 
 The training run uses the synthetic tone dataset (``--no-espeak``) so that it behaves the same on
 machines with and without espeak-ng; espeak-ng synthesis is checked on its own when installed.
@@ -34,7 +35,7 @@ def test_quick_training_run(tmp_path, torch_cpu_path):
     root = str(EXAMPLES.parent)
     env["PYTHONPATH"] = root + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else root
     completed = subprocess.run(
-        [sys.executable, str(EXAMPLES / "train_spoken.py"), "--quick", "--no-espeak", "--json", str(result_file)],
+        [sys.executable, str(EXAMPLES / "train.py"), "--quick", "--no-espeak", "--json", str(result_file)],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -44,7 +45,7 @@ def test_quick_training_run(tmp_path, torch_cpu_path):
     assert "1 rank(s) on cpu (single process)" in out
 
     result = json.loads(result_file.read_text())
-    assert result["dataset"] == "synthetic tones" and result["classes"] == 10 and not result["multi_label"]
+    assert "SYNTHETIC TONE" in result["dataset"] and result["classes"] == 10 and not result["multi_label"]
     train = result["train"]
     assert train["steps"] > 0 and train["samples_per_s"] > 0 and np.isfinite(train["final_loss"])
     for quality in ("1", "2"):
@@ -95,3 +96,22 @@ def test_espeak_dataset(spoken_words):
     assert len(data.waveforms) == 10 and data.labels.tolist() == list(range(10))
     for wave in data.waveforms:
         assert wave.dtype == np.float32 and len(wave) > 0.1 * data.sample_rate and np.abs(wave).max() > 0.05
+
+
+def test_prepare_writes_the_demo_once_per_request(spoken_words, tmp_path):
+    """A resumed run finds the very clips the crashed one trained on; another request rewrites them."""
+    pytest.importorskip("soundfile")
+    first = spoken_words.prepare(str(tmp_path), 1, 3, False, 0.2)
+    stamp = os.stat(first[0]).st_mtime_ns
+    again = spoken_words.prepare(str(tmp_path), 1, 3, False, 0.2)
+    assert again == first and os.stat(first[0]).st_mtime_ns == stamp and first[2]["source"] == "synthetic tones"
+    assert spoken_words.prepare(str(tmp_path), 1, 3, False, 0.2, write=False) == first
+    other = spoken_words.prepare(str(tmp_path), 2, 3, False, 0.2)
+    assert other[2]["clips"] == 20 and other[2]["request"]["clips_per_word"] == 2
+
+
+def test_demo_without_soundfile_names_the_audio_extra(spoken_words, tmp_path, monkeypatch):
+    data = spoken_words.synthesise(1, seed=1, use_espeak=False)
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # import soundfile -> ImportError
+    with pytest.raises(ImportError, match=r'pip install "elasticast-kernels\[audio\]"'):
+        spoken_words.write_dataset(data, str(tmp_path))

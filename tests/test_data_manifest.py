@@ -3,6 +3,9 @@ multi-label, resampling, the token counts the sampler packs, and every kind of b
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from elasticast_kernels.data import (  # noqa: E402
     PackedBatchSampler,
     PackedCollator,
     audio_to_spectrogram,
+    estimate_normalization,
 )
 
 RATE = 16000
@@ -186,3 +190,113 @@ def test_audio_that_stops_decoding_after_the_header_names_the_file(tmp_path, cli
         handle.write(data[:200] + bytes(255 - (b % 256) for b in data[200:]))
     with pytest.raises(ManifestError, match=r"line 2, file .*b\.flac: unreadable audio"):
         dataset[0]
+
+
+# ---------------------------------------------------------------- every problem named, at once
+def write_nan_wav(path, seconds: float = 0.3, value: float = float("nan")):
+    data = tone(seconds, RATE)
+    data[len(data) // 2] = value
+    soundfile.write(path, data, RATE, subtype="FLOAT")
+    return path
+
+
+def test_every_bad_line_is_listed_in_one_error_and_skipped_by_path(tmp_path, clips):
+    (tmp_path / "audio" / "broken.wav").write_bytes(b"RIFF\x00\x00not really a wav file")
+    write_nan_wav(tmp_path / "audio" / "nan.wav")
+    manifest = write_csv(tmp_path / "m.csv", "path,label", [
+        "audio/a.wav,dog", "audio/missing.wav,dog", "audio/broken.wav,cat", "audio/b.flac,cat", "audio/nan.wav,dog"])
+    with pytest.raises(ManifestError) as caught:
+        ManifestDataset(manifest, verify_audio=True)
+    error = caught.value
+    assert [(p.line, os.path.basename(p.path)) for p in error.problems] == [
+        (3, "missing.wav"), (4, "broken.wav"), (6, "nan.wav")]
+    message = str(error)
+    assert "3 unusable lines" in message and str(manifest) in message
+    for problem in error.problems:
+        assert f"line {problem.line}, file {problem.path}: {problem.reason}" in message
+    assert "NaN or infinite samples" in error.problems[2].reason
+    assert pickle.loads(pickle.dumps(error)).problems == error.problems  # crosses from loader workers intact
+
+    dataset = ManifestDataset(manifest, verify_audio=True, skip_bad=True)
+    assert [e.line for e in dataset.entries] == [2, 5]
+    assert dataset.skipped == list(error.problems)
+
+
+def test_nan_audio_found_when_loaded_names_line_and_file(tmp_path, clips):
+    write_nan_wav(tmp_path / "audio" / "inf.wav", value=float("inf"))
+    manifest = write_csv(tmp_path / "m.csv", "path,label", ["audio/a.wav,dog", "audio/inf.wav,dog"])
+    dataset = ManifestDataset(manifest)  # headers only: the samples are read when the item is
+    dataset[0]
+    with pytest.raises(ManifestError, match=r"line 3, file .*inf\.wav: holds NaN or infinite samples"):
+        dataset[1]
+
+
+def test_manifest_file_problems_name_the_file(tmp_path, clips):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,label\naudio/a.wav,dog\naudio/b.flac,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"latin\.csv, line 3: is not UTF-8 text \(byte 0xe9"):
+        ManifestDataset(latin)
+    with pytest.raises(ValueError, match=r"is a directory"):
+        ManifestDataset(tmp_path / "audio")
+    with pytest.raises(TypeError, match="manifest must be a path"):
+        ManifestDataset(3)
+    huge = tmp_path / "huge.csv"  # a field past the csv module's limit (131072 characters)
+    huge.write_text("path,label\naudio/a.wav,dog\naudio/a.wav," + "x" * 200_000 + "\n")
+    with pytest.raises(ManifestError, match=r"huge\.csv, line 3: malformed CSV \(field larger than field limit"):
+        ManifestDataset(huge)
+    bom = tmp_path / "bom.csv"  # Excel's UTF-8 with a byte-order mark
+    bom.write_bytes(b"\xef\xbb\xbfpath,label\naudio/a.wav,dog\n")
+    assert ManifestDataset(bom).num_clips == 1
+
+
+def test_missing_soundfile_names_the_audio_extra(tmp_path, clips, monkeypatch):
+    manifest = write_csv(tmp_path / "m.csv", "path,label", ["audio/a.wav,dog"])
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # import soundfile -> ImportError
+    with pytest.raises(ImportError, match=r'pip install "elasticast-kernels\[audio\]"'):
+        ManifestDataset(manifest)
+
+
+def test_max_frames_reads_only_the_frames_it_needs(tmp_path, clips, monkeypatch):
+    soundfile.write(tmp_path / "audio" / "long.wav", tone(6.0, 22050), 22050)  # resampled, so soxr runs too
+    manifest = write_csv(tmp_path / "m.csv", "path,label", ["audio/a.wav,dog", "audio/long.wav,cat"])
+    whole = ManifestDataset(manifest, qualities=(1.0, 2.0))
+    crop = ManifestDataset(manifest, qualities=(1.0, 2.0), max_frames=64)
+    assert crop.cropped().tolist() == [1, 3] and whole.cropped().size == 0
+    assert (crop.token_lengths() <= 8 * 4).all() and crop.token_lengths()[0] == whole.token_lengths()[0]
+    import elasticast_kernels.data.manifest as manifest_module
+
+    reads = []
+    real_read = manifest_module.read_audio
+    monkeypatch.setattr(manifest_module, "read_audio", lambda *a, **k: reads.append(k["max_samples"]) or real_read(*a, **k))
+    for index in (1, 3):  # the long clip at quality 1 and 2: only the samples of 64 frames
+        cropped, full = crop.spectrogram(index), whole.spectrogram(index)
+        assert cropped.shape[2] == 64
+        torch.testing.assert_close(cropped, full[:, :, :64], rtol=0, atol=0)  # a partial read equals the whole
+    assert reads[0] == 400 + 63 * 160 and reads[2] == 400 + 63 * 320 and reads[1] is reads[3] is None
+    assert crop.describe(3) == f"{tmp_path / 'audio' / 'long.wav'} (m.csv line 3, quality 2)"
+
+
+# ---------------------------------------------------------------- the normalisation estimate
+def test_estimate_normalization_matches_all_features_and_checks_finiteness(tmp_path, clips):
+    manifest = write_csv(tmp_path / "m.csv", "path,label", ["audio/a.wav,0", "audio/b.flac,1", "audio/d.wav,0"])
+    dataset = ManifestDataset(manifest, normalize=(100.0, 1.0))  # its own normalisation is ignored
+    mean, std = estimate_normalization(dataset, clips=10, seed=0)
+    values = torch.cat([dataset.spectrogram(i).double().flatten() for i in range(3)])
+    assert mean == pytest.approx(float(values.mean()), rel=1e-12) and std == pytest.approx(float(values.std()), rel=1e-12)
+    one = estimate_normalization(dataset, clips=1, seed=5)
+    chosen = int(np.random.default_rng(5).permutation(3)[0])
+    assert one[0] == pytest.approx(float(dataset.spectrogram(chosen).double().mean()), rel=1e-12)
+
+    write_nan_wav(tmp_path / "audio" / "nan.wav")
+    huge = tone(0.3, RATE) * np.float32(1e30)  # finite samples whose power overflows float32
+    soundfile.write(tmp_path / "audio" / "huge.wav", huge, RATE, subtype="FLOAT")
+    with pytest.raises(ManifestError, match=r"line 2, file .*nan\.wav: holds NaN"):
+        estimate_normalization(ManifestDataset(write_csv(tmp_path / "n.csv", "path,label", ["audio/nan.wav,0"])))
+    with pytest.raises(ManifestError, match=r"h\.csv, line 2, file .*huge\.wav: its features at quality 1 are not finite"):
+        estimate_normalization(ManifestDataset(write_csv(tmp_path / "h.csv", "path,label", ["audio/huge.wav,0"])))
+    soundfile.write(tmp_path / "audio" / "silent.wav", np.zeros(8000, dtype=np.float32), RATE)
+    with pytest.raises(ValueError, match="std 0"):
+        estimate_normalization(ManifestDataset(write_csv(tmp_path / "s.csv", "path,label", ["audio/silent.wav,0"])))
+    for bad, error in ((dict(clips=0), ValueError), (dict(clips=2.0), TypeError), (dict(seed=-1), ValueError)):
+        with pytest.raises(error):
+            estimate_normalization(dataset, **bad)

@@ -1,7 +1,7 @@
 """PackedBatchSampler / DistributedPackedBatchSampler invariants over random inputs.
 
 Invariants: every kept index exactly once per epoch (coverage), every pack within max_tokens
-(capacity), the same schedule from the same (seed, epoch) (determinism), len() equal to what is
+(capacity), the same steps from the same (seed, epoch) (determinism), len() equal to what is
 yielded, and for the distributed sampler: the same number of steps on every rank, no index on two
 ranks, balanced tokens. The gloo test runs the sampler in real local processes.
 """
@@ -40,7 +40,8 @@ def check_packs(sampler, epoch: int, lengths: np.ndarray, max_tokens: int) -> li
     sampler.set_epoch(epoch)
     for step, yielded in zip(packs, sampler):
         assert 1 <= len(step) <= sampler.packs_per_step
-        assert all(len(pack) >= 1 and lengths[pack].sum() <= max_tokens for pack in step)
+        # within the budget, or (oversize="own_pack") one sample over it alone
+        assert all(len(pack) >= 1 and (lengths[pack].sum() <= max_tokens or len(pack) == 1) for pack in step)
         assert [i for pack in step for i in pack] == yielded
     return packs
 
@@ -100,12 +101,13 @@ def test_oversize_drop_is_counted_and_warned():
     "kwargs, error, match",
     [
         (dict(lengths=[], max_tokens=10), ValueError, "empty"),
-        (dict(lengths=[5, 20], max_tokens=10), ValueError, "longer than max_tokens"),
+        (dict(lengths=[5, 20], max_tokens=10, oversize="error"), ValueError, "longer than max_tokens"),
         (dict(lengths=[20, 30], max_tokens=10, oversize="drop"), ValueError, "every sample"),
         (dict(lengths=[5, 0], max_tokens=10), ValueError, "lengths\\[1\\]"),
         (dict(lengths=[[5]], max_tokens=10), ValueError, "1-D"),
-        (dict(lengths=[1.5, 2], max_tokens=10), TypeError, "whole"),
-        (dict(lengths=["a"], max_tokens=10), TypeError, "integers"),
+        (dict(lengths=[1.5, 2], max_tokens=10), ValueError, r"whole token counts, but lengths\[0\] = 1.5"),
+        (dict(lengths=[3, float("nan")], max_tokens=10), ValueError, r"lengths\[1\] = nan"),
+        (dict(lengths=["a"], max_tokens=10), ValueError, "integers"),
         (dict(lengths=[5], max_tokens=0), ValueError, "max_tokens"),
         (dict(lengths=[5], max_tokens=10, packs_per_step=0), ValueError, "packs_per_step"),
         (dict(lengths=[5], max_tokens=10, oversize="skip"), ValueError, "oversize"),
@@ -286,8 +288,8 @@ def build_or_skip(lengths, max_tokens, num_replicas, **kwargs):
             raise
 
 
-schedule_inputs = st.fixed_dictionaries({
-    "lengths": st.lists(st.integers(1, 64), min_size=1, max_size=80),
+sampler_inputs = st.fixed_dictionaries({
+    "lengths": st.lists(st.integers(1, 64) | st.integers(150, 400), min_size=1, max_size=80),  # some oversize
     "max_tokens": st.integers(64, 160),
     "num_replicas": st.integers(1, 4),
     "packs_per_step": st.integers(1, 3),
@@ -298,7 +300,7 @@ schedule_inputs = st.fixed_dictionaries({
 
 
 @PROPERTY_SETTINGS
-@given(schedule_inputs, st.integers(0, 3))
+@given(sampler_inputs, st.integers(0, 3))
 def test_property_every_sample_once_within_budget(inputs, epoch):
     lengths = np.array(inputs["lengths"])
     samplers = build_or_skip(lengths, inputs["max_tokens"], inputs["num_replicas"], seed=inputs["seed"],
@@ -319,7 +321,7 @@ def test_property_every_sample_once_within_budget(inputs, epoch):
 
 
 @PROPERTY_SETTINGS
-@given(schedule_inputs, st.integers(0, 2), st.data())
+@given(sampler_inputs, st.integers(0, 2), st.data())
 def test_property_resume_at_any_step_equals_uninterrupted(inputs, epoch, data):
     lengths = np.array(inputs["lengths"])
     options = dict(seed=inputs["seed"], strategy=inputs["strategy"], packs_per_step=inputs["packs_per_step"],
@@ -328,21 +330,25 @@ def test_property_resume_at_any_step_equals_uninterrupted(inputs, epoch, data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         uninterrupted = [epoch_steps(s, epoch) + epoch_steps(s, epoch + 1) for s in samplers]
+        consumed = data.draw(st.integers(0, samplers[0].stats.num_steps))
         for sampler in samplers:
             sampler.set_epoch(epoch)
-        consumed = data.draw(st.integers(0, len(samplers[0])))
-        states = [s.state_dict(consumed_steps=consumed) for s in samplers]
+            sampler.advance(consumed)
+        states = [s.state_dict() for s in samplers]  # Stateful: no arguments
         fresh = build_or_skip(lengths, inputs["max_tokens"], inputs["num_replicas"], **options)
         for sampler, state, expected in zip(fresh, pickle.loads(pickle.dumps(states)), uninterrupted):
             sampler.load_state_dict(state)
             sampler.set_epoch(epoch)  # what a training loop does at the top of the epoch: keeps the point
-            assert sampler.start_step == consumed and len(sampler) == len(samplers[0]) - consumed
+            assert sampler.start_step == sampler.consumed_steps == consumed
+            assert len(sampler) == samplers[0].stats.num_steps - consumed
             resumed = list(sampler) + epoch_steps(sampler, epoch + 1)
             assert expected[:consumed] + resumed == expected
+            assert [sampler.step_indices(i, epoch) for i in range(len(expected) - len(resumed))] == \
+                expected[: len(expected) - len(resumed)]  # the samples of any step, from the seed
 
 
 def test_resume_with_loader_workers_counts_consumed_not_prefetched():
-    """Workers prefetch steps the loop never used; the state counts the loop's steps, so none is lost."""
+    """Workers prefetch steps the loop never used; advance() counts the loop's steps, so none is lost."""
     from torch.utils.data import DataLoader
 
     lengths = random_lengths(31, n=200)
@@ -360,7 +366,9 @@ def test_resume_with_loader_workers_counts_consumed_not_prefetched():
     consumed, loader_iter = [], iter(loader_for(sampler))
     for _ in range(5):
         consumed.append(next(loader_iter))
-    state = sampler.state_dict(consumed_steps=len(consumed))  # the workers have fetched more than 5
+        sampler.advance()
+    state = sampler.state_dict()  # the workers have fetched more than 5
+    assert state["consumed_steps"] == 5
     del loader_iter
 
     restored = PackedBatchSampler(lengths, 512, seed=4)
@@ -369,27 +377,113 @@ def test_resume_with_loader_workers_counts_consumed_not_prefetched():
     rest = list(loader_for(restored))
     assert indices(consumed + rest) == indices(expected) and len(rest) == len(expected) - 5
     restored.set_epoch(2)  # the next epoch is whole again
-    assert restored.start_step == 0 and len(restored) == restored.stats.num_steps
+    assert restored.start_step == restored.consumed_steps == 0 and len(restored) == restored.stats.num_steps
 
 
-def test_state_dict_refuses_other_schedules_and_bad_counts():
+def test_state_dict_refuses_other_steps_and_bad_counts():
     lengths = random_lengths(8, n=120)
     sampler = PackedBatchSampler(lengths, 512, seed=1)
-    with pytest.raises(ValueError, match="consumed_steps"):
-        sampler.state_dict(consumed_steps=len(sampler) + 1)
-    with pytest.raises(ValueError, match="consumed_steps"):
-        sampler.state_dict(consumed_steps=-1)
-    state = sampler.state_dict(consumed_steps=2)
+    with pytest.raises(ValueError, match="passes the end of epoch 0"):
+        sampler.advance(len(sampler) + 1)
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        sampler.advance(-1)
+    sampler.advance(2)
+    state = sampler.state_dict()
+    assert state["consumed_steps"] == 2 and sampler.state_dict() == state  # reading the state changes nothing
     with pytest.raises(ValueError, match="seed"):
         PackedBatchSampler(lengths, 512, seed=2).load_state_dict(state)
     with pytest.raises(ValueError, match="max_tokens"):
         PackedBatchSampler(lengths, 400, seed=1).load_state_dict(state)
     with pytest.raises(ValueError, match="lengths_crc32"):
         PackedBatchSampler(lengths[::-1].copy(), 512, seed=1).load_state_dict(state)
-    with pytest.raises(ValueError, match="version"):
+    with pytest.raises(ValueError, match="missing fields"):
         sampler.load_state_dict({"epoch": 0})
     ranks = all_ranks(lengths, 512, 2, seed=1)
     with pytest.raises(ValueError, match="num_replicas"):
-        ranks[0].load_state_dict(state)  # mid-epoch on another world size: another schedule
-    ranks[0].load_state_dict(sampler.state_dict(consumed_steps=0))  # an epoch start resumes on any world size
+        ranks[0].load_state_dict(state)  # mid-epoch on another world size: other steps
+    ranks[0].load_state_dict({**state, "consumed_steps": 0})  # an epoch start resumes on any world size
     assert ranks[0].start_step == 0
+
+
+@pytest.mark.parametrize("field, value, error, match", [
+    ("consumed_steps", 2.5, TypeError, r"state\['consumed_steps'\] must be an int, got float"),
+    ("consumed_steps", True, TypeError, r"state\['consumed_steps'\] must be an int, got bool"),
+    ("consumed_steps", -1, ValueError, r"state\['consumed_steps'\] must be >= 0"),
+    ("consumed_steps", 10**6, ValueError, "consumed_steps=1000000, but epoch 0 has"),
+    ("epoch", "2", TypeError, r"state\['epoch'\] must be an int, got str"),
+    ("epoch", -3, ValueError, r"state\['epoch'\] must be >= 0"),
+    ("num_replicas", 0, ValueError, r"state\['num_replicas'\] must be >= 1"),
+    ("version", 7, ValueError, "version 7"),
+    ("shuffle", 1, ValueError, "shuffle=1"),  # 1 == True, but not the saved option
+    ("seed", 1.0, ValueError, "seed=1.0"),
+    ("max_tokens", None, ValueError, "max_tokens=None"),
+    ("surprise", 0, ValueError, r"unknown fields \['surprise'\]"),
+])
+def test_load_state_dict_checks_fields_types_and_ranges(field, value, error, match):
+    sampler = PackedBatchSampler(random_lengths(8, n=120), 512, seed=1)
+    state = sampler.state_dict()
+    with pytest.raises(error, match=match):
+        sampler.load_state_dict({**state, field: value})
+    with pytest.raises(TypeError, match="must be a dict"):
+        sampler.load_state_dict([("epoch", 0)])
+    sampler.load_state_dict(state)  # the original still loads
+
+
+def test_deprecated_consumed_steps_argument_still_works():
+    sampler = PackedBatchSampler(random_lengths(8, n=120), 512, seed=1)
+    with pytest.warns(DeprecationWarning, match="advance"):
+        state = sampler.state_dict(consumed_steps=3)
+    assert state["consumed_steps"] == 3 and sampler.consumed_steps == 0
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="consumed_steps"):
+        sampler.state_dict(consumed_steps=len(sampler) + 1)
+
+
+@pytest.mark.parametrize("num_replicas", [1, 2])
+def test_oversize_samples_get_packs_of_their_own(num_replicas):
+    lengths = np.array([100, 600, 200, 513, 50, 3000, 90, 80])
+    samplers = all_ranks(lengths, 512, num_replicas, seed=3) if num_replicas > 1 else \
+        [PackedBatchSampler(lengths, 512, seed=3)]
+    assert samplers[0].oversize == "own_pack" and samplers[0].oversize_indices.tolist() == [1, 3, 5]
+    for epoch in (0, 1):
+        flat = []
+        for sampler in samplers:
+            for step in sampler.packs(epoch):
+                for pack in step:
+                    assert lengths[pack].sum() <= 512 or pack in ([1], [3], [5])  # alone when over the budget
+                    flat += pack
+        assert sorted(flat) == list(range(len(lengths)))  # nothing dropped or repeated
+        stats = samplers[0].stats
+        assert stats.num_dropped == 0 and stats.num_oversize_packs == 3
+    # a state saved without any oversize sample resumes whatever the mode (same steps)
+    short = np.array([100, 200, 300, 50])
+    state = PackedBatchSampler(short, 512, oversize="error").state_dict()
+    PackedBatchSampler(short, 512).load_state_dict(state)
+    with pytest.raises(ValueError, match="oversize='drop'"):
+        with pytest.warns(UserWarning):
+            samplers_drop = PackedBatchSampler(lengths, 512, seed=3, oversize="drop")
+        PackedBatchSampler(lengths, 512, seed=3).load_state_dict(samplers_drop.state_dict())
+
+
+def test_step_indices_checks_its_arguments():
+    sampler = PackedBatchSampler(random_lengths(8, n=50), 512, seed=1)
+    with pytest.raises(ValueError, match="step must be in"):
+        sampler.step_indices(len(sampler))
+    with pytest.raises(TypeError, match="step must be an int"):
+        sampler.step_indices(1.0)
+
+
+def test_sampler_is_stateful_for_torch_distributed_checkpoint(tmp_path):
+    """torch's own checkpointing calls state_dict() / load_state_dict() with no other argument."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.stateful import Stateful
+
+    sampler = PackedBatchSampler(random_lengths(8, n=120), 512, seed=3)
+    sampler.set_epoch(2)
+    sampler.advance(3)
+    assert isinstance(sampler, Stateful)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP notes that no process group is initialised
+        dcp.save({"sampler": sampler}, checkpoint_id=str(tmp_path))
+        restored = PackedBatchSampler(random_lengths(8, n=120), 512, seed=3)
+        dcp.load({"sampler": restored}, checkpoint_id=str(tmp_path))
+    assert (restored.epoch, restored.consumed_steps, restored.start_step) == (2, 3, 3)

@@ -1,4 +1,5 @@
-"""The diagnostic command runs, and every public name in the README's API table imports."""
+"""The README's API table: every name in it imports, and every top-level public name is in it.
+(Also the diagnostic command and the version, until their tests move to tests/test_info.py.)"""
 import importlib
 import json
 import re
@@ -27,6 +28,14 @@ def test_readme_api_name_imports(name, module):
     for part in name.split("."):
         obj = getattr(obj, part)
     assert obj is not None
+
+
+def test_readme_api_table_lists_every_top_level_name():
+    import elasticast_kernels
+
+    listed = {name for name, _ in _api_table_rows()}
+    missing = sorted(set(elasticast_kernels.__all__) - {"__version__"} - listed)
+    assert not missing, f"public names of elasticast_kernels missing from the README's API table: {missing}"
 
 
 def test_info_command_runs_and_reports_backends():

@@ -25,11 +25,11 @@ import pytest
 import torch
 
 from elasticast_kernels.training import load_checkpoint
+from example_scripts import EXAMPLES, import_train_example, write_tone_manifests
 
 pytest.importorskip("soundfile")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
 # tiny and fast: 8 clips per class, dim 32; token dropout on so that the RNG states matter
 COMMON = ["--quick", "--dim", "32", "--max-steps", "8", "--checkpoint-every", "3", "--token-dropout", "0.2",
           "--threads", "1", "--seed", "3"]
@@ -37,20 +37,12 @@ COMMON = ["--quick", "--dim", "32", "--max-steps", "8", "--checkpoint-every", "3
 
 @pytest.fixture(scope="module")
 def train_module():
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import train
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return train
+    return import_train_example()
 
 
 @pytest.fixture(scope="module")
-def manifests(tmp_path_factory, train_module):
-    from spoken_words import synthesise, write_dataset  # importable: train.py put examples/ on the path
-
-    out = tmp_path_factory.mktemp("tones")
-    train_csv, test_csv = write_dataset(synthesise(8, seed=5, use_espeak=False), str(out), 0.2, seed=5)
+def manifests(tmp_path_factory):
+    train_csv, test_csv = write_tone_manifests(tmp_path_factory.mktemp("tones"), 8)
     return ["--train-manifest", train_csv, "--eval-manifest", test_csv]
 
 

@@ -22,6 +22,15 @@ from pathlib import Path
 from elasticast_kernels.bench.workloads import WORKLOADS
 
 DEFAULT_OUT = "bench-report"
+# What a run takes, as measured (suite, device kind) -> text; said before the run starts.
+EXPECTED_DURATION = {
+    ("quick", "cpu"): "about 2-3 minutes on a quiet 2-core CPU (measured: 2 min 6 s with load average 1.6), "
+                      "less with more cores, more when other processes are running",
+    ("full", "cpu"): "not timed yet on a CPU: five workloads and every baseline, several times the quick suite",
+    ("quick", "cuda"): "not timed yet on a GPU (no GPU machine has run it): a few minutes expected",
+    ("full", "cuda"): "about 8 minutes on an H100 by the GPU script's budget (not timed yet)",
+}
+TINY_DURATION = "a few seconds (tiny sizes; the figures mean nothing)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from elasticast_kernels.bench import runner
     from elasticast_kernels.bench.config import make_config, tiny_config
+    from elasticast_kernels._optional import import_optional
+    from elasticast_kernels.bench.results import load_average
 
     try:
         cfg = make_config(args.suite, args.device, args.workload, args.seed)
@@ -90,13 +101,24 @@ def main(argv: list[str] | None = None) -> int:
 
         precise_cpu_memory()
     label = "GPU" if cfg.is_cuda else "CPU (reference torch paths; no GPU kernels are timed)"
-    print(f"elasticast-bench: {cfg.suite} suite on {label}, workloads {', '.join(cfg.workloads)}", file=sys.stderr)
+    expected = TINY_DURATION if args.tiny else EXPECTED_DURATION[(cfg.suite, "cuda" if cfg.is_cuda else "cpu")]
+    load = load_average()
+    print(f"elasticast-bench: {cfg.suite} suite on {label}, workloads {', '.join(cfg.workloads)}\n"
+          f"  expected duration: {expected}" + (f"; budget {args.budget_s:.0f} s" if args.budget_s is not None else "")
+          + f"\n  machine: {os.cpu_count()} CPUs, load average now "
+          + (f"{load[0]:.2f}" if load else "unknown"), file=sys.stderr)
     report = runner.run(cfg, progress=not args.no_progress, budget_s=args.budget_s)
     out = Path(args.out)
     path, plots = runner.write(report, out, plots=not args.no_plots)
     print(report_mod.format_table(report))
     errors = [r for r in report["results"] if r["status"] == "error"]
-    print(f"\nReport written to {path.resolve()}" + (f" (+ {len(plots)} plots in {out.resolve()})" if plots else ""))
+    print(f"\nReport written to {path.resolve()}" + (f" (+ {len(plots)} plots in {out.resolve()})" if plots else "")
+          + f"; took {report_mod.duration_text(report['duration_s'])}")
+    if not args.no_plots and not plots:
+        try:
+            import_optional("matplotlib", "the report's plots")
+        except ImportError as exc:
+            print(f"elasticast-bench: no plots: {exc}", file=sys.stderr)
     cut = [r for r in report["results"] if r["name"] == "task" and r["status"] == "skipped"]
     if errors:
         print(f"elasticast-bench: {len(errors)} case(s) failed; see 'status' above and in {path}", file=sys.stderr)

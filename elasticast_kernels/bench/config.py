@@ -13,7 +13,8 @@ import torch
 
 from elasticast_kernels.bench.workloads import PACK_TOKENS, SAMPLES_PER_STEP, WORKLOADS
 
-# "static" compiles the kernels and reads their machine code (bench/static); it takes no BenchConfig
+# "static" compiles the kernels and reads their machine code (bench/static); it takes no BenchConfig.
+# A BenchConfig's suite is "quick", "full" or "tiny" (tiny_config: tests and smoke runs).
 SUITES = ("quick", "full", "static")
 STRATEGIES = ("next_fit", "first_fit_decreasing", "best_fit_decreasing", "best_fit_window", "histogram")
 GROUPS = ("packing", "attention", "pooling", "model", "end_to_end", "sweep")
@@ -170,9 +171,11 @@ def make_config(suite: str = "quick", device: str | None = None, workload: str |
 
 
 def tiny_config(device: str = "cpu") -> BenchConfig:
-    """A configuration small enough for unit tests (seconds on a laptop core)."""
+    """A configuration small enough for unit tests and smoke runs (seconds on a laptop core); its
+    suite is "tiny", whose figures mean nothing (no performance target is checked against them)."""
     return replace(
         make_config("quick", device),
+        suite="tiny",
         repeats=1,
         warmup=0,
         packing_num_lengths=2000,

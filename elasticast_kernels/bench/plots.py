@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-PLOTS = ("speedup_vs_seqlen.png", "memory_vs_batch.png", "packing_efficiency.png", "sweep_padding.png",
-         "sweep_throughput.png")
-
 
 def _plt():
     import matplotlib
@@ -26,46 +23,46 @@ def _title(report: dict, what: str) -> str:
     return f"{what}\n{report['device_label']}, {report['created_utc'][:10]}"
 
 
-def speedup_vs_seqlen(report: dict, out: Path) -> Path | None:
-    cases = _ok(report, "attention", "seqlen")
-    lines = defaultdict(list)
-    for r in cases:
-        if r["metrics"].get("speedup_vs_baseline") is not None and r["variant"] != "sdpa_masked":
-            lines[(r["variant"], r["params"]["pass_"])].append((r["params"]["seqlen"], r["metrics"]["speedup_vs_baseline"]))
-    if not lines:
-        return None
+def _line_plot(lines: dict[str, list[tuple[float, float]]], path: Path, title: str, xlabel: str, ylabel: str,
+               log2_x: bool = False, unit_line: bool = False) -> Path:
+    """One line per label through its (x, y) points, sorted by x."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (variant, pass_), pts in sorted(lines.items()):
+    for label, pts in sorted(lines.items()):
         xs, ys = zip(*sorted(pts))
-        ax.plot(xs, ys, marker="o", label=f"{variant} {pass_}")
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("tokens per sample (equal-length samples, 2048-token rows)")
-    ax.set_ylabel("speedup over masked SDPA on padded rows")
-    ax.set_title(_title(report, "Attention speedup vs sequence length"), fontsize=9)
+        ax.plot(xs, ys, marker="o", label=label)
+    if unit_line:
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    if log2_x:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, out / "speedup_vs_seqlen.png")
+    return _save(fig, path)
+
+
+def speedup_vs_seqlen(report: dict, out: Path) -> Path | None:
+    lines = defaultdict(list)
+    for r in _ok(report, "attention", "seqlen"):
+        if r["metrics"].get("speedup_vs_baseline") is not None and r["variant"] != "sdpa_masked":
+            lines[f"{r['variant']} {r['params']['pass_']}"].append((r["params"]["seqlen"], r["metrics"]["speedup_vs_baseline"]))
+    if not lines:
+        return None
+    return _line_plot(lines, out / "speedup_vs_seqlen.png", _title(report, "Attention speedup vs sequence length"),
+                      "tokens per sample (equal-length samples, 2048-token rows)",
+                      "speedup over masked SDPA on padded rows", log2_x=True, unit_line=True)
 
 
 def memory_vs_batch(report: dict, out: Path) -> Path | None:
-    cases = _ok(report, "attention", "batch_memory")
     lines = defaultdict(list)
-    for r in cases:
+    for r in _ok(report, "attention", "batch_memory"):
         if r["metrics"].get("peak_mem_mib") is not None:
             lines[r["variant"]].append((r["params"]["samples"], r["metrics"]["peak_mem_mib"]))
     if not lines:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for variant, pts in sorted(lines.items()):
-        xs, ys = zip(*sorted(pts))
-        ax.plot(xs, ys, marker="o", label=variant)
-    ax.set_xlabel("samples per step")
-    ax.set_ylabel("peak memory of attention fwd+bwd (MiB)")
-    ax.set_title(_title(report, "Attention memory vs batch"), fontsize=9)
-    ax.legend(fontsize=8)
-    return _save(fig, out / "memory_vs_batch.png")
+    return _line_plot(lines, out / "memory_vs_batch.png", _title(report, "Attention memory vs batch"),
+                      "samples per step", "peak memory of attention fwd+bwd (MiB)")
 
 
 def packing_efficiency(report: dict, out: Path) -> Path | None:

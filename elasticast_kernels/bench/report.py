@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from elasticast_kernels.bench.results import busy
+
 SCHEMA = "elasticast-bench/1"
 REQUIRED_KEYS = ("schema", "created_utc", "suite", "device", "device_label", "environment", "config",
                  "duration_s", "results", "targets", "notes")
@@ -94,17 +96,52 @@ def format_table(report: dict) -> str:
         rows.append([r["group"], r["name"], r["variant"], r["workload"], _params(r["params"]), *cells, status[:90]])
     parts = [f"elasticast-bench {report['suite']} suite on {report['device_label']}",
              f"(torch {report['environment']['torch']}, triton {report['environment']['triton']}, "
-             f"commit {report['environment']['git_commit']})",
+             f"commit {report['environment']['git_commit']}; took {duration_text(report['duration_s'])})\n"
+             + machine_load_text(report["environment"]),
              _table(rows, header),
              "* TFLOP/s counts only real, unmasked work; speedup = masked-SDPA (or named) baseline time / case time, same run."]
     pivot = _padding_pivot(report["results"])
     if pivot:
         parts.append(pivot)
     if report["targets"]:
-        trows = [[t["claim"], _fmt(t["value"], "{:.4g}"), {True: "met", False: "MISSED", None: "not measured"}[t["met"]]]
-                 for t in report["targets"]]
-        parts.append(_table(trows, ["target", "value", "result"]))
+        parts.append(targets_text(report["targets"]))
+    elif report["suite"] == "tiny":
+        parts.append("Targets: not checked at tiny sizes.")
     return "\n\n".join(parts)
+
+
+def duration_text(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
+
+
+def machine_load_text(env: dict) -> str:
+    """The load line of a report: CPUs, threads, load averages before and after the run, and a
+    warning when other processes were competing for the CPUs."""
+    cpus, before, after = env.get("cpu_count"), env.get("load_average_before"), env.get("load_average_after")
+    fmt = lambda load: "/".join(f"{x:.2f}" for x in load) if load else "unknown"  # noqa: E731
+    text = (f"Machine load: {cpus} CPUs, {env.get('torch_threads')} torch threads; load average (1/5/15 min) "
+            f"{fmt(before)} before the run, {fmt(after)} after it (this run's own threads included).")
+    if busy(env):
+        text += (f"\nBUSY: other processes were running (load {before[0]:.2f} on {cpus} CPUs before the run): "
+                 "CPU times are inflated and noisier; compare ratios within this run, or rerun on a quiet machine.")
+    return text
+
+
+def targets_text(targets: list[dict]) -> str:
+    """The target table, then what was measured and the likely reason for each target not met."""
+    result = {True: "met", False: "MISSED (see below)", None: "not measured (see below)"}
+    trows = [[t["claim"], _fmt(t["value"], "{:.4g}"), result[t["met"]]] for t in targets]
+    lines = [_table(trows, ["target", "value", "result"])]
+    for t in targets:
+        if t["met"] is True:
+            continue
+        lines.append(f"\n{'MISSED' if t['met'] is False else 'NOT MEASURED'}: {t['claim']}")
+        if t.get("measured"):
+            lines.append(f"  measured: {t['measured']}")
+        if t.get("reason"):
+            lines.append(f"  {'likely reason' if t['met'] is False else 'why'}: {t['reason']}")
+    return "\n".join(lines)
 
 
 def _padding_pivot(results: list[dict]) -> str:

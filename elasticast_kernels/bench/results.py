@@ -11,7 +11,12 @@ from typing import Any
 
 import torch
 
-STATUSES = ("ok", "skipped", "error")
+
+def case_key(group: str, name: str, variant: str, workload: str, params: dict[str, Any]) -> str:
+    """The identity of a case across runs: ``group/name/variant/workload[param=value,...]``
+    (``--compare`` matches on it)."""
+    extra = ",".join(f"{k}={params[k]}" for k in sorted(params))
+    return f"{group}/{name}/{variant}/{workload}[{extra}]"
 
 
 @dataclass
@@ -34,8 +39,7 @@ class CaseResult:
 
     @property
     def key(self) -> str:
-        extra = ",".join(f"{k}={self.params[k]}" for k in sorted(self.params))
-        return f"{self.group}/{self.name}/{self.variant}/{self.workload}[{extra}]"
+        return case_key(self.group, self.name, self.variant, self.workload, self.params)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -112,8 +116,6 @@ def environment(device: str) -> dict[str, Any]:
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        # Other processes on the machine skew CPU timings; the load says how much.
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
         "triton": triton_version,
         "numpy": numpy_version,
@@ -131,6 +133,26 @@ def environment(device: str) -> dict[str, Any]:
         env["gpu_capability"] = f"{props.major}.{props.minor}"
         env["cuda_driver"] = _driver_version()
     return env
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (processes running or waiting for a CPU), or None
+    where the platform has none. Other processes skew CPU timings; the run records how much."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+# Load average per CPU before a run from which other processes take a noticeable share of the CPUs.
+BUSY_LOAD_PER_CPU = 0.5
+
+
+def busy(env: dict) -> bool:
+    """Whether other processes were competing for the CPUs when the run started (``env`` as in a
+    report: ``load_average_before`` and ``cpu_count``)."""
+    before, cpus = env.get("load_average_before"), env.get("cpu_count")
+    return bool(before and cpus and before[0] / cpus >= BUSY_LOAD_PER_CPU)
 
 
 def _driver_version() -> str | None:

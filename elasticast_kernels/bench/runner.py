@@ -11,8 +11,8 @@ from pathlib import Path
 from elasticast_kernels.bench import report as report_mod
 from elasticast_kernels.bench.config import BenchConfig
 from elasticast_kernels.bench.groups import attention, end_to_end, model, packing, pooling, sweep
-from elasticast_kernels.bench.groups._common import Task
-from elasticast_kernels.bench.results import CaseResult, environment
+from elasticast_kernels.bench.groups._common import Case, Task
+from elasticast_kernels.bench.results import CaseResult, environment, load_average
 from elasticast_kernels.bench.targets import check_targets
 
 GROUP_MODULES = {
@@ -28,6 +28,13 @@ def collect_tasks(cfg: BenchConfig) -> list[Task]:
             raise ValueError(f"groups must be among {tuple(GROUP_MODULES)}, got {group!r}")
         tasks.extend(GROUP_MODULES[group].tasks(cfg))
     return tasks
+
+
+def group_cases(cfg: BenchConfig, group: str) -> list[Case]:
+    """Every timed case of ``group`` under ``cfg``, in report order (the pytest-benchmark suite)."""
+    if group not in GROUP_MODULES:
+        raise ValueError(f"group must be one of {tuple(GROUP_MODULES)}, got {group!r}")
+    return [case for task in GROUP_MODULES[group].tasks(cfg) for case in task.cases]
 
 
 def ordered(tasks: list[Task], first_workload: str) -> list[Task]:
@@ -47,7 +54,7 @@ def run(cfg: BenchConfig, progress: bool = True, budget_s: float | None = None) 
         # Benchmarks time the real CPU paths, not the Triton interpreter.
         warnings.warn("TRITON_INTERPRET=1 is set: CPU ops run in the Triton interpreter and times are not meaningful")
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     start = time.perf_counter()
     tasks = ordered(collect_tasks(cfg), cfg.workloads[0])
     results: list[CaseResult] = []
@@ -64,7 +71,7 @@ def run(cfg: BenchConfig, progress: bool = True, budget_s: float | None = None) 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # prototype-API warnings from baselines would bury the bar
-                results.extend(task.run())
+                results.extend(task.run(cfg))
         except KeyboardInterrupt:
             stop_reason = "interrupted"
             results.append(CaseResult(task.group, "task", task.label, task.workload or "-", {}, {}, "skipped", stop_reason))
@@ -72,10 +79,12 @@ def run(cfg: BenchConfig, progress: bool = True, budget_s: float | None = None) 
             bar.update(1)
     if bar is not None:
         bar.close()
-    env = dict(environment(cfg.device), load_average_start_1m=load_at_start)
+    # 1/5/15-minute load averages: "before" is what other processes ran; "after" adds this run's
+    # own threads. Both go into the report so a reader can tell a quiet run from a busy one.
+    env = dict(environment(cfg.device), load_average_before=load_before, load_average_after=load_average())
     dicts = [r.as_dict() for r in results]
-    return report_mod.build_report(cfg.as_dict(), env, dicts, check_targets(dicts, cfg.device), created,
-                                   time.perf_counter() - start)
+    targets = [] if cfg.suite == "tiny" else check_targets(dicts, cfg.device, env)
+    return report_mod.build_report(cfg.as_dict(), env, dicts, targets, created, time.perf_counter() - start)
 
 
 def _progress(total: int, enabled: bool):

@@ -88,7 +88,9 @@ def collate_packed(
             :class:`~elasticast_kernels.data.PackedBatchSampler` step with ``packs_per_step=1``
             is). With a budget, the samples are split into packs by in-order next-fit, the
             reference's grouping rule; for a sampler step of ``packs_per_step`` packs, given in
-            pack order, that yields at most ``packs_per_step`` packs, each within the budget.
+            pack order, that yields at most ``packs_per_step`` packs, each within the budget
+            except a sample longer than the budget, which gets a pack of its own (as the
+            sampler's ``oversize="own_pack"`` planned it).
 
     Returns:
         ``PackedBatch``; ``labels``: int64 ``[N]`` for int labels, float32 ``[N]`` for float
@@ -99,20 +101,15 @@ def collate_packed(
         input order: ``F.cross_entropy(model(batch), batch.labels)``.
 
     Raises:
-        ValueError / TypeError: empty batch, malformed items or labels; a sample longer than
-        ``max_tokens``; the errors of :func:`~elasticast_kernels.packing.pack_spectrograms`.
+        ValueError / TypeError: empty batch, malformed items or labels; the errors of
+        :func:`~elasticast_kernels.packing.pack_spectrograms`.
     """
     _check_options(patch_size, max_tokens)
     specs, labels = _split_items(batch)
     plan = None
     if max_tokens is not None:
         tokens = [(spec.shape[1] // patch_size) * (spec.shape[2] // patch_size) for spec in specs]
-        too_long = [i for i, count in enumerate(tokens) if count > max_tokens]
-        if too_long:
-            raise ValueError(
-                f"batch[{too_long[0]}] has {tokens[too_long[0]]} tokens, more than max_tokens={max_tokens}"
-            )
-        plan = pack_lengths(tokens, int(max_tokens), "next_fit")
+        plan = pack_lengths(tokens, max_tokens, "next_fit")
     packed = pack_spectrograms(specs, patch_size, plan, pin_memory=pin_memory)
     if labels is not None:
         stacked = _stack_labels(labels)

@@ -1,14 +1,15 @@
 """Audio from a manifest (CSV or JSON lines): ``path`` plus ``label`` (single-label) or ``labels`` (multi-label).
 
-The manifest is read once, with every audio file's header (frames, sample rate) probed by
-``soundfile``, so the token count of every item is known before any audio is decoded: that is what
+The manifest is read once, with every audio file's header (frames, sample rate) probed, so the
+token count of every item is known before any audio is decoded: that is what
 :class:`~elasticast_kernels.data.PackedBatchSampler` packs. ``__getitem__``, which runs in the
-data-loader workers, decodes the file (wav, flac, ogg, ... through libsndfile), averages the
-channels, resamples to ``sample_rate`` with ``soxr`` when the file has another rate, and computes
-the features with :func:`~elasticast_kernels.data.audio_to_spectrogram` (our Kaldi-compatible
-``fbank``) at the item's quality.
+data-loader workers, reads the file through :func:`~elasticast_kernels.data.audio.read_audio`
+(decode, mono, resample to ``sample_rate``, NaN/inf refused) and computes the features with
+:func:`~elasticast_kernels.data.audio_to_spectrogram` (our Kaldi-compatible ``fbank``) at the
+item's quality. With ``max_frames`` only the samples those frames need are read: a 20-minute
+file cropped to 10 s decodes 10 s, every epoch.
 
-Manifest formats (paths relative to the manifest's folder, or absolute)::
+Manifest formats (UTF-8; paths relative to the manifest's folder, or absolute)::
 
     path,label                      path,labels
     clips/a.wav,dog                 clips/a.flac,"/m/09x0r,/m/05zppz"      (also ';'-separated)
@@ -16,64 +17,92 @@ Manifest formats (paths relative to the manifest's folder, or absolute)::
     {"path": "clips/a.wav", "label": "dog"}
     {"path": "clips/a.flac", "labels": ["/m/09x0r", "/m/05zppz"]}
 
-A malformed line, a missing file or a file libsndfile cannot read raises :class:`ManifestError`
-naming the manifest, the line and the file; with ``skip_bad=True`` those entries are left out
-instead and listed in :attr:`ManifestDataset.skipped`. (A file whose header reads but whose
-audio does not decode fails later, in ``__getitem__``, with the same kind of message: the sampler
-has planned it by then, so it cannot be skipped.)
+Every unusable line is found in one pass: a malformed line, a label outside ``classes``, a
+missing, unreadable or empty file, and with ``verify_audio=True`` also a file whose audio does
+not decode or holds NaN/inf samples. Without ``skip_bad`` one :class:`ManifestError` lists all
+of them (manifest, line, file, reason); with ``skip_bad=True`` they are left out and listed in
+:attr:`ManifestDataset.skipped`. A file that breaks after that (or whose audio was not verified)
+raises a :class:`ManifestError` naming its line and path when an item is loaded.
 
 Requires the ``audio`` extra: ``pip install "elasticast-kernels[audio]"`` (soundfile, soxr).
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .features import audio_to_spectrogram, num_frames, num_tokens
+from .audio import AudioError, AudioInfo, audio_info, read_audio, resampled_length
+from .features import _frame_geometry, audio_to_spectrogram, num_frames, num_tokens
 
-__all__ = ["ManifestDataset", "ManifestEntry", "ManifestError"]
+__all__ = ["ManifestDataset", "ManifestEntry", "ManifestError", "ManifestProblem"]
 
 _LABEL_SEPARATORS = re.compile(r"[;,]")
 
 
-class ManifestError(ValueError):
-    """A manifest line or the file it names is unusable.
+class ManifestProblem(NamedTuple):
+    """One unusable manifest line: ``line`` (1-based), the audio ``path`` (None when the line has
+    none) and the ``reason``."""
 
-    Attributes: ``manifest`` (its path), ``line`` (1-based line number), ``path`` (the audio file,
-    or None when the line has none), ``reason``.
+    line: int
+    path: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}" + (f", file {self.path}" if self.path else "") + f": {self.reason}"
+
+
+class ManifestError(ValueError):
+    """Manifest lines, or the files they name, that are unusable.
+
+    Attributes: ``manifest`` (its path), ``problems`` (every :class:`ManifestProblem` found, in
+    line order), and ``line``, ``path``, ``reason`` of the first one.
     """
 
-    def __init__(self, manifest: str, line: int, path: str | None, reason: str) -> None:
+    def __init__(self, manifest: str, line: int, path: str | None, reason: str,
+                 problems: Sequence[ManifestProblem] = ()) -> None:
+        first = ManifestProblem(line, path, reason)
         self.manifest, self.line, self.path, self.reason = manifest, line, path, reason
-        where = f"{manifest}, line {line}" + (f", file {path}" if path else "")
-        super().__init__(f"{where}: {reason}")
+        self.problems = tuple(problems) or (first,)
+        if len(self.problems) == 1:
+            message = f"{manifest}, {first}"
+        else:
+            listing = "\n".join(f"  {problem}" for problem in self.problems)
+            message = f"{manifest}: {len(self.problems)} unusable lines (skip_bad=True leaves them out):\n{listing}"
+        super().__init__(message)
+
+    def __reduce__(self):  # loader workers send it to the main process pickled
+        return type(self), (self.manifest, self.line, self.path, self.reason, self.problems)
 
 
 @dataclass(frozen=True)
 class ManifestEntry:
     """One usable manifest line: the resolved audio ``path``, its label names, where it came from,
-    and the header facts (``frames`` at ``file_rate`` Hz)."""
+    and the header facts (``frames`` at ``file_rate`` Hz, ``channels``)."""
 
     line: int
     path: str
     labels: tuple[str, ...]
     frames: int
     file_rate: int
+    channels: int = 1
 
 
 class ManifestDataset(Dataset):
     """``(spectrogram [1, num_mel_bins, T], label)`` items from a manifest, one per (line, quality).
 
     Args:
-        manifest: a ``.csv`` file with a header, or a ``.jsonl`` / ``.json`` file of one object per line.
+        manifest: a ``.csv`` file with a header, or a ``.jsonl`` / ``.json`` file of one object
+            per line, UTF-8.
         classes: label names in class-index order. Default: the names found in the manifest,
             sorted (numerically when all are integers). Pass the training set's ``classes`` to
             its test set so the indices agree.
@@ -81,23 +110,31 @@ class ManifestDataset(Dataset):
             ``qualities[q]`` (one item per clip and quality, mixed by the sampler).
         sample_rate: rate the features are computed at (16 kHz in every recipe).
         num_mel_bins, patch_size, max_frames, normalize: as
-            :func:`~elasticast_kernels.data.audio_to_spectrogram`.
-        skip_bad: leave out malformed lines, missing and unreadable files (listed in
-            :attr:`skipped`) instead of raising.
+            :func:`~elasticast_kernels.data.audio_to_spectrogram`; ``normalize`` is ``(mean, std)``
+            applied as ``(x - mean) / std``. With ``max_frames`` an item reads only the audio of
+            its first ``max_frames`` frames (see :meth:`cropped`).
+        skip_bad: leave out unusable lines (listed in :attr:`skipped`) instead of raising.
+        verify_audio: decode every file once now (``verify_threads`` threads), so that corrupt
+            audio and NaN/inf samples are found before training rather than when the item is
+            first loaded (costs about one pass of decoding, without the features).
 
     Attributes:
         entries: the usable :class:`ManifestEntry` lines, in manifest order.
         classes: tuple of label names; ``multi_label``: whether the manifest uses ``labels``.
-        skipped: ``(line, path or None, reason)`` of every skipped line; ``num_skipped``.
+        skipped: every :class:`ManifestProblem` left out with ``skip_bad``; ``num_skipped``.
 
     Labels: single-label items carry the class index (int); multi-label items a float32 multi-hot
     ``[num_classes]`` tensor (train with BCE, score with mAP).
 
     Raises:
-        ValueError: an unsupported manifest type, bad options, a manifest with no usable line.
-        ManifestError: a bad line or file (without ``skip_bad``); a label not in ``classes``
-            (skipped with ``skip_bad``).
-        ImportError: soundfile (or, for a file at another rate, soxr) is not installed.
+        TypeError: ``manifest`` not a path, ``classes`` not label names.
+        FileNotFoundError: no manifest at that path.
+        ValueError: a directory or an unsupported file type as the manifest, bad options, a
+            manifest with no usable line.
+        ManifestError: a manifest that is not UTF-8 or has no ``path`` column; without
+            ``skip_bad``, every unusable line (one error listing all of them).
+        ImportError: soundfile (or, for a file at another rate, soxr) is not installed; the
+            message names the ``audio`` extra.
     """
 
     def __init__(
@@ -112,49 +149,55 @@ class ManifestDataset(Dataset):
         max_frames: int | None = None,
         normalize: tuple[float, float] | None = None,
         skip_bad: bool = False,
+        verify_audio: bool = False,
+        verify_threads: int = 4,
     ) -> None:
-        self.manifest = os.fspath(manifest)
-        if not os.path.isfile(self.manifest):
-            raise FileNotFoundError(f"manifest {self.manifest} does not exist")
+        self.manifest = _manifest_path(manifest)
         qualities = tuple(float(q) for q in qualities)
         if not qualities or any(not q > 0 for q in qualities):
             raise ValueError(f"qualities must be a non-empty sequence of values > 0, got {qualities!r}")
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
-            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        for name, value in (("sample_rate", sample_rate), ("verify_threads", verify_threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
+                                       or max_frames < patch_size):
+            raise ValueError(f"max_frames must be None or an int >= patch_size={patch_size}, got {max_frames!r}")
         self.qualities, self.sample_rate, self.skip_bad = qualities, sample_rate, bool(skip_bad)
         self.num_mel_bins, self.patch_size, self.max_frames, self.normalize = num_mel_bins, patch_size, max_frames, normalize
-        self.skipped: list[tuple[int, str | None, str]] = []
+        self._problems: list[ManifestProblem] = []
 
         rows, self.multi_label = self._read_rows()
+        if classes is not None and not all(isinstance(name, str) for name in classes):
+            raise TypeError("classes must be label names (str)")
         self.classes = tuple(classes) if classes is not None else _sorted_names(l for _, _, ls in rows for l in ls)
         if len(set(self.classes)) != len(self.classes):
             raise ValueError("classes must not repeat a name")
         self._class_index = {name: i for i, name in enumerate(self.classes)}
         self.entries = self._probe(rows)
+        if verify_audio:
+            self.entries = self._verify(self.entries, verify_threads)
+        self.skipped: list[ManifestProblem] = sorted(self._problems)
+        if self.skipped and not self.skip_bad:
+            first = self.skipped[0]
+            raise ManifestError(self.manifest, first.line, first.path, first.reason, self.skipped)
         if not self.entries:
             raise ValueError(f"manifest {self.manifest} has no usable line ({self.num_skipped} skipped)")
 
     # ------------------------------------------------------------------ reading
     def _bad(self, line: int, path: str | None, reason: str) -> None:
-        """Raise, or (skip_bad) record the line as skipped."""
-        if not self.skip_bad:
-            raise ManifestError(self.manifest, line, path, reason)
-        self.skipped.append((line, path, reason))
+        """Note an unusable line; the constructor raises them all at once, or skips them."""
+        self._problems.append(ManifestProblem(line, path, reason))
 
     def _read_rows(self) -> tuple[list[tuple[int, str, tuple[str, ...]]], bool]:
-        """-> ([(line, resolved path, label names)], multi_label), malformed lines raised or skipped."""
+        """-> ([(line, resolved path, label names)], multi_label); malformed lines are noted."""
         extension = os.path.splitext(self.manifest)[1].lower()
-        if extension == ".csv":
-            records = self._csv_records()
-        elif extension in (".jsonl", ".json"):
-            records = self._jsonl_records()
-        else:
+        if extension not in (".csv", ".jsonl", ".json"):
             raise ValueError(f"manifest {self.manifest} must end in .csv, .jsonl or .json")
+        text = self._read_text()
+        records = self._csv_records(text) if extension == ".csv" else self._jsonl_records(text)
         base = os.path.dirname(os.path.abspath(self.manifest))
         rows, kinds = [], set()
         for line, record in records:
-            if record is None:
-                continue
             path = record.get("path")
             if not isinstance(path, str) or not path.strip():
                 self._bad(line, None, "no 'path'")
@@ -175,58 +218,77 @@ class ManifestDataset(Dataset):
             rows.append((line, resolved, labels))
         return rows, kinds == {"labels"}
 
-    def _csv_records(self):
-        with open(self.manifest, newline="") as handle:
-            reader = csv.DictReader(handle)
+    def _read_text(self) -> str:
+        with open(self.manifest, "rb") as handle:
+            data = handle.read()
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            line = data[: error.start].count(b"\n") + 1
+            raise ManifestError(self.manifest, line, None, f"is not UTF-8 text (byte 0x{data[error.start]:02x} "
+                                "cannot be decoded); save the manifest as UTF-8") from None
+
+    def _csv_records(self, text: str) -> Iterator[tuple[int, dict]]:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
             if not reader.fieldnames or "path" not in reader.fieldnames:
                 raise ManifestError(self.manifest, 1, None, f"the CSV header needs a 'path' column, got {reader.fieldnames}")
             for record in reader:
                 if None in record:  # more fields than the header
                     self._bad(reader.line_num, record.get("path"), "more fields than the header has columns")
-                    yield reader.line_num, None
                 else:
                     yield reader.line_num, record
+        except csv.Error as error:
+            # line_num counts the lines read before the one that failed
+            raise ManifestError(self.manifest, reader.line_num + 1, None, f"malformed CSV ({error})") from None
 
-    def _jsonl_records(self):
-        with open(self.manifest) as handle:
-            for line, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as error:
-                    self._bad(line, None, f"not valid JSON ({error.msg})")
-                    yield line, None
-                    continue
-                if not isinstance(record, dict):
-                    self._bad(line, None, f"expected a JSON object, got {type(record).__name__}")
-                    yield line, None
-                    continue
-                yield line, record
+    def _jsonl_records(self, text: str) -> Iterator[tuple[int, dict]]:
+        for line, content in enumerate(io.StringIO(text), start=1):
+            if not content.strip():
+                continue
+            try:
+                record = json.loads(content)
+            except json.JSONDecodeError as error:
+                self._bad(line, None, f"not valid JSON ({error.msg})")
+                continue
+            if not isinstance(record, dict):
+                self._bad(line, None, f"expected a JSON object, got {type(record).__name__}")
+                continue
+            yield line, record
 
     def _probe(self, rows) -> list[ManifestEntry]:
-        """Header of every file (frames, rate) without decoding the audio."""
-        import soundfile
-
+        """Header of every file (frames, rate, channels) without decoding the audio."""
         entries = []
         for line, path, labels in rows:
             unknown = [name for name in labels if name not in self._class_index]
             if unknown:
                 self._bad(line, path, f"label(s) {unknown} not in classes")
                 continue
-            if not os.path.isfile(path):
-                self._bad(line, path, "file not found")
-                continue
             try:
-                info = soundfile.info(path)
-            except (RuntimeError, OSError) as error:  # soundfile.LibsndfileError is a RuntimeError
-                self._bad(line, path, f"unreadable audio ({error})")
+                info = audio_info(path)
+            except AudioError as error:
+                self._bad(line, path, error.reason)
                 continue
-            if info.frames < 1:
-                self._bad(line, path, "no audio frames")
-                continue
-            entries.append(ManifestEntry(line, path, labels, int(info.frames), int(info.samplerate)))
+            entries.append(ManifestEntry(line, path, labels, info.frames, info.sample_rate, info.channels))
         return entries
+
+    def _verify(self, entries: list[ManifestEntry], threads: int) -> list[ManifestEntry]:
+        """Decode every entry as its items will (the crop included); note those that fail."""
+        max_samples = None if self.max_frames is None else max(self._max_samples(q) for q in self.qualities)
+
+        def check(entry: ManifestEntry) -> str | None:
+            try:
+                read_audio(entry.path, self.sample_rate, max_samples=max_samples, info=_info(entry))
+            except AudioError as error:
+                return error.reason
+            return None
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:  # libsndfile and soxr release the GIL
+            reasons = list(pool.map(check, entries))
+        for entry, reason in zip(entries, reasons):
+            if reason is not None:
+                self._bad(entry.line, entry.path, reason)
+        return [entry for entry, reason in zip(entries, reasons) if reason is None]
 
     # ------------------------------------------------------------------ dataset
     @property
@@ -241,27 +303,37 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries) * len(self.qualities)
 
-    def _locate(self, index: int) -> tuple[ManifestEntry, float]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        quality, clip = divmod(index % len(self), len(self.entries))
+    def locate(self, index: int) -> tuple[ManifestEntry, float]:
+        """``(entry, quality)`` of item ``index``. Raises IndexError out of range."""
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -len(self) <= index < len(self):
+            raise IndexError(f"index {index!r} out of range for {len(self)} items")
+        quality, clip = divmod(int(index) % len(self), len(self.entries))
         return self.entries[clip], self.qualities[quality]
 
-    def _resampled_length(self, entry: ManifestEntry) -> int:
-        if entry.file_rate == self.sample_rate:
-            return entry.frames
-        return max(1, int(round(entry.frames * self.sample_rate / entry.file_rate)))  # soxr's output length
+    def describe(self, index: int) -> str:
+        """Where item ``index`` comes from: ``"PATH (manifest line N, quality Q)"``."""
+        entry, quality = self.locate(index)
+        return f"{entry.path} ({os.path.basename(self.manifest)} line {entry.line}, quality {quality:g})"
+
+    def _full_frames(self) -> np.ndarray:
+        """int64 ``[len(self)]``: feature frames of every item before any crop (from the headers)."""
+        samples = np.array([resampled_length(e.frames, e.file_rate, self.sample_rate) for e in self.entries],
+                           dtype=np.int64)
+        return np.concatenate([np.asarray(num_frames(samples, self.sample_rate, q), dtype=np.int64).reshape(-1)
+                               for q in self.qualities])
 
     def token_lengths(self) -> np.ndarray:
         """int64 ``[len(self)]``: tokens of every item, from the file headers (what the sampler packs)."""
-        samples = np.array([self._resampled_length(e) for e in self.entries], dtype=np.int64)
-        per_quality = []
-        for quality in self.qualities:
-            frames = num_frames(samples, self.sample_rate, quality)
-            if self.max_frames is not None:
-                frames = np.minimum(frames, self.max_frames)
-            per_quality.append(np.asarray(num_tokens(frames, self.num_mel_bins, self.patch_size), dtype=np.int64))
-        return np.concatenate(per_quality)
+        frames = self._full_frames()
+        if self.max_frames is not None:
+            frames = np.minimum(frames, self.max_frames)
+        return np.asarray(num_tokens(frames, self.num_mel_bins, self.patch_size), dtype=np.int64).reshape(-1)
+
+    def cropped(self) -> np.ndarray:
+        """int64 indices of the items longer than ``max_frames`` frames (cut to it when loaded)."""
+        if self.max_frames is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self._full_frames() > self.max_frames)
 
     def label_of(self, entry: ManifestEntry) -> Any:
         """Class index (single-label) or float32 multi-hot ``[num_classes]`` (multi-label)."""
@@ -272,38 +344,62 @@ class ManifestDataset(Dataset):
         target[indices] = 1.0
         return target
 
-    def load_waveform(self, entry: ManifestEntry) -> np.ndarray:
-        """float32 mono ``[samples]`` at :attr:`sample_rate`, exactly as long as the header promised.
+    def _max_samples(self, quality: float) -> int | None:
+        """Samples the first ``max_frames`` frames at ``quality`` span (None: no crop)."""
+        if self.max_frames is None:
+            return None
+        shift, size, _ = _frame_geometry(self.sample_rate, 10.0, 25.0, quality)
+        return size + (self.max_frames - 1) * shift
+
+    def load_waveform(self, entry: ManifestEntry, max_samples: int | None = None) -> np.ndarray:
+        """float32 mono ``[samples]`` at :attr:`sample_rate`, exactly as long as the header promised
+        (or ``max_samples``, reading only those).
 
         Raises:
-            ManifestError: the audio does not decode.
+            ManifestError: the audio does not decode or holds NaN/inf samples (names the line and file).
         """
-        import soundfile
-
         try:
-            audio, rate = soundfile.read(entry.path, dtype="float32", always_2d=True)
-        except (RuntimeError, OSError) as error:
-            raise ManifestError(self.manifest, entry.line, entry.path, f"unreadable audio ({error})") from None
-        wave = audio.mean(axis=1)
-        if rate != self.sample_rate:
-            import soxr
-
-            wave = soxr.resample(wave, rate, self.sample_rate).astype(np.float32, copy=False)
+            wave = read_audio(entry.path, self.sample_rate, max_samples=max_samples, info=_info(entry))
+        except AudioError as error:
+            raise ManifestError(self.manifest, entry.line, entry.path, error.reason) from None
         # Pin the length to the header's promise (the resampler may differ by a sample): the
         # sampler planned this item's tokens from it.
-        expected = self._resampled_length(entry)
+        expected = resampled_length(entry.frames, entry.file_rate, self.sample_rate)
+        expected = expected if max_samples is None else min(expected, max_samples)
         if wave.shape[0] != expected:
             wave = np.pad(wave[:expected], (0, max(0, expected - wave.shape[0])))
-        return np.ascontiguousarray(wave, dtype=np.float32)
+        return wave
+
+    def spectrogram(self, index: int, normalize: tuple[float, float] | None = None) -> torch.Tensor:
+        """Features ``[1, num_mel_bins, T]`` of item ``index`` with the given ``normalize``
+        (``__getitem__`` uses the dataset's own). Raises ManifestError for unusable audio."""
+        return self._features(*self.locate(index), normalize)
+
+    def _features(self, entry: ManifestEntry, quality: float, normalize: tuple[float, float] | None) -> torch.Tensor:
+        wave = self.load_waveform(entry, self._max_samples(quality))
+        return audio_to_spectrogram(
+            torch.from_numpy(wave), self.sample_rate, quality, num_mel_bins=self.num_mel_bins,
+            patch_size=self.patch_size, max_frames=self.max_frames, normalize=normalize,
+        )
 
     def __getitem__(self, index: int):
-        entry, quality = self._locate(index)
-        spectrogram = audio_to_spectrogram(
-            torch.from_numpy(self.load_waveform(entry)), self.sample_rate, quality,
-            num_mel_bins=self.num_mel_bins, patch_size=self.patch_size, max_frames=self.max_frames,
-            normalize=self.normalize,
-        )
-        return spectrogram, self.label_of(entry)
+        entry, quality = self.locate(index)
+        return self._features(entry, quality, self.normalize), self.label_of(entry)
+
+
+def _manifest_path(manifest: object) -> str:
+    if not isinstance(manifest, (str, os.PathLike)):
+        raise TypeError(f"manifest must be a path (str or os.PathLike), got {type(manifest).__name__}")
+    path = os.fspath(manifest)
+    if os.path.isdir(path):
+        raise ValueError(f"manifest {path} is a directory; pass a .csv or .jsonl file that lists the audio")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    return path
+
+
+def _info(entry: ManifestEntry) -> AudioInfo:
+    return AudioInfo(entry.frames, entry.file_rate, entry.channels)
 
 
 def _label_names(value: Any) -> tuple[str, ...] | None:

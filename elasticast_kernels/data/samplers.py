@@ -8,23 +8,34 @@ A step is one or more *packs*; a pack is a set of samples whose token counts sum
 3. shuffles the packs, and groups them into steps of at most ``packs_per_step`` packs,
 4. in the distributed sampler, hands every rank the same number of steps with balanced tokens.
 
-Every rank computes the whole schedule from the seed, so no communication is needed, and a rank
+Every rank computes the steps of every rank from the seed, so no communication is needed, and a rank
 keeps only its own steps. A step is yielded as a list of sample indices, pack after pack, which is
 what ``torch.utils.data.DataLoader(batch_sampler=...)`` expects; :func:`collate_packed` turns the
 fetched samples into a :class:`~elasticast_kernels.packing.PackedBatch`.
 
-Resuming mid-epoch: the training loop, not the sampler, knows how many steps were *used* (a
-``DataLoader`` with workers draws ``num_workers * prefetch_factor`` steps ahead of the loop), so
-the loop passes that count to :meth:`PackedBatchSampler.state_dict`, and
-:meth:`~PackedBatchSampler.load_state_dict` makes the next pass over that epoch yield exactly
-the steps that were not used yet::
+Resuming mid-epoch: a ``DataLoader`` with workers draws ``num_workers * prefetch_factor`` steps
+ahead of the training loop, so the sampler cannot tell from its own iteration which steps were
+*used*. The loop says so: :meth:`~PackedBatchSampler.advance` after every finished step. The
+samplers follow torch's ``Stateful`` protocol (``state_dict()`` / ``load_state_dict(state)``, as
+`torch.distributed.checkpoint` and `elasticast_kernels.training.CheckpointManager` call them):
+the state is the epoch and the steps the loop finished, and after :meth:`load_state_dict` the
+next pass over that epoch yields exactly the steps that were not used yet::
 
     sampler.set_epoch(epoch)
-    for step_in_epoch, batch in enumerate(loader, start=sampler.start_step):
+    for batch in loader:
         train_step(batch)
-        checkpoint["sampler"] = sampler.state_dict(consumed_steps=step_in_epoch + 1)
+        sampler.advance()                  # this step's samples are used
+        checkpoint["sampler"] = sampler.state_dict()
     ...
     sampler.load_state_dict(checkpoint["sampler"])  # then set_epoch(same epoch) and iterate
+
+(Counting what the loop consumed, rather than what the sampler yielded minus the loader's
+prefetch depth, stays right at the end of an epoch, where the loader prefetches less, and for
+any loader; the samples of any step are known from the seed, see :meth:`step_indices`.)
+
+Samples longer than ``max_tokens`` get a pack of their own by default (``oversize="own_pack"``):
+the pack exceeds the budget, and nothing is cropped or lost; ``"drop"`` leaves them out and
+``"error"`` refuses them.
 """
 from __future__ import annotations
 
@@ -44,28 +55,30 @@ from ._balance import balanced_groups, split_pack
 
 __all__ = ["EpochStats", "PackedBatchSampler", "DistributedPackedBatchSampler"]
 
-_OVERSIZE_MODES = ("error", "drop")
+_OVERSIZE_MODES = ("own_pack", "drop", "error")
 _STATE_VERSION = 1
-# Options that shape the schedule: a state only resumes a sampler built with the same ones.
-_SCHEDULE_OPTIONS = ("max_tokens", "strategy", "shuffle", "seed", "drop_last", "packs_per_step", "oversize", "window")
+# Options that shape the steps: a state only resumes a sampler built with the same ones.
+_STEP_OPTIONS = ("max_tokens", "strategy", "shuffle", "seed", "drop_last", "packs_per_step", "oversize", "window")
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    """What one epoch's schedule looks like, over all ranks.
+    """What one epoch's steps look like, over all ranks.
 
     Attributes:
         epoch: the epoch it describes.
         num_steps: steps per rank (the same on every rank).
         num_packs: packs over all ranks.
-        num_samples: samples scheduled over all ranks.
-        num_dropped: samples not scheduled this epoch: longer than ``max_tokens`` (``oversize="drop"``)
+        num_samples: samples in the steps of all ranks.
+        num_dropped: samples in no step this epoch: longer than ``max_tokens`` (``oversize="drop"``)
             plus those in packs left out by ``drop_last`` or by the equal-steps rule.
+        num_oversize_packs: packs holding one sample longer than ``max_tokens`` (``oversize="own_pack"``).
         rank_tokens: tokens per rank, ``num_replicas`` entries.
         token_imbalance: ``max(rank_tokens) / mean(rank_tokens) - 1`` (0 = perfectly balanced).
         step_imbalance: mean over steps of ``max / mean - 1`` of the ranks' tokens in that step: the
             fraction of a step that the average rank waits for the slowest one.
-        efficiency: ``tokens / (num_packs * max_tokens)``, how full the packs are.
+        efficiency: ``tokens / (num_packs * max_tokens)``, how full the packs are (an oversize pack
+            counts all its tokens).
     """
 
     epoch: int
@@ -77,10 +90,11 @@ class EpochStats:
     token_imbalance: float
     step_imbalance: float
     efficiency: float
+    num_oversize_packs: int = 0
 
 
 @dataclass(frozen=True)
-class _Schedule:
+class _EpochSteps:
     epoch: int
     steps: list[list[list[np.ndarray]]]  # [rank][step] -> packs (int64 index arrays)
     stats: EpochStats
@@ -94,11 +108,13 @@ def _as_lengths(lengths: object) -> np.ndarray:
         raise ValueError(f"lengths must be 1-D (one token count per sample), got shape {array.shape}")
     if array.size == 0:
         raise ValueError("lengths is empty: the dataset has no samples")
+    # ValueError for a wrong value, as packing.as_lengths raises for the same mistakes
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise TypeError("lengths must hold whole token counts, got non-integer values")
+            bad = int(np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))[0])
+            raise ValueError(f"lengths must hold whole token counts, but lengths[{bad}] = {array[bad]}")
     elif array.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
+        raise ValueError(f"lengths must be integers, got dtype {array.dtype}")
     array = array.astype(np.int64)
     if array.min() < 1:
         bad = int(np.flatnonzero(array < 1)[0])
@@ -106,12 +122,45 @@ def _as_lengths(lengths: object) -> np.ndarray:
     return array
 
 
-def _positive_int(name: str, value: object) -> int:
+def _int_at_least(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _positive_int(name: str, value: object) -> int:
+    return _int_at_least(name, value, 1)
+
+
+_STATE_COUNTS = ("version", "epoch", "consumed_steps", "num_replicas")
+
+
+def _checked_state(state: object, identity: dict, num_oversize: int) -> tuple[int, int, int]:
+    """Validate a sampler state against what this sampler's steps depend on.
+
+    Returns ``(epoch, consumed_steps, num_replicas)``. Raises TypeError / ValueError naming the
+    field: a restored state passes the same checks as the arguments of a new sampler.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict from PackedBatchSampler.state_dict(), got {type(state).__name__}")
+    expected = set(_STATE_COUNTS) | set(identity)
+    missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected, key=repr)
+    if missing or unknown:
+        raise ValueError(f"state is not a sampler state_dict: missing fields {missing}, unknown fields {unknown}")
+    counts = {name: _int_at_least(f"state[{name!r}]", state[name], minimum)
+              for name, minimum in zip(_STATE_COUNTS, (0, 0, 0, 1))}
+    if counts["version"] != _STATE_VERSION:
+        raise ValueError(f"state has version {counts['version']}; this sampler reads version {_STATE_VERSION}")
+    for name, value in identity.items():
+        if name == "oversize" and num_oversize == 0:
+            continue  # no sample is oversize: every mode gives the same steps
+        saved = state[name]
+        if type(saved) is not type(value) or saved != value:  # True == 1, but a bool is not an int here
+            raise ValueError(f"state was saved with {name}={saved!r}, this sampler has {value!r}: "
+                             "resuming would follow other steps")
+    return counts["epoch"], counts["consumed_steps"], counts["num_replicas"]
 
 
 class PackedBatchSampler(Sampler[list[int]]):
@@ -124,22 +173,25 @@ class PackedBatchSampler(Sampler[list[int]]):
         max_tokens: token budget of one pack (the model's ``group_max_seq_len``).
         strategy: any strategy of :func:`~elasticast_kernels.packing.pack_lengths`.
         shuffle: shuffle samples before packing and packs before stepping, from ``(seed, epoch)``.
-        seed: non-negative int; the schedule is a pure function of ``(seed, epoch)``.
+        seed: non-negative int; the steps are a pure function of ``(seed, epoch)``.
         drop_last: drop the final step when it has fewer than ``packs_per_step`` packs (its
             samples are counted in :attr:`stats`); with ``packs_per_step=1`` nothing is dropped.
         packs_per_step: packs per step (gradient-accumulation-free larger steps); each step has
             between 1 and ``packs_per_step`` packs.
-        oversize: what to do with samples longer than ``max_tokens``: ``"error"`` (ValueError) or
-            ``"drop"`` (left out of every epoch, with one warning; see :attr:`num_oversize`).
+        oversize: what to do with samples longer than ``max_tokens`` (see :attr:`oversize_indices`):
+            ``"own_pack"`` (each gets a pack of its own, over the budget), ``"drop"`` (left out of
+            every epoch, with one warning) or ``"error"`` (ValueError).
         window: look-ahead window of the windowed strategies.
 
     Every kept index appears exactly once per epoch. Call :meth:`set_epoch` before each epoch.
     ``len(sampler)`` is the number of steps of the current epoch (the pack count can change a
-    little between epochs because the shuffled order packs differently). :meth:`state_dict` /
-    :meth:`load_state_dict` resume an epoch where training stopped (see the module docstring).
+    little between epochs because the shuffled order packs differently). :meth:`advance`,
+    :meth:`state_dict` and :meth:`load_state_dict` resume an epoch where training stopped (see
+    the module docstring).
 
     Raises:
-        ValueError / TypeError: empty or malformed ``lengths``, bad options, every sample oversize.
+        ValueError / TypeError: empty or malformed ``lengths``, bad options, every sample oversize
+            with ``oversize="drop"``.
     """
 
     def __init__(
@@ -151,14 +203,14 @@ class PackedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         drop_last: bool = False,
         packs_per_step: int = 1,
-        oversize: str = "error",
+        oversize: str = "own_pack",
         *,
         window: int = 256,
     ) -> None:
         self._init_common(lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window)
         self.num_replicas = 1
         self.rank = 0
-        self._schedule(self.epoch)  # fail early on a bad strategy or too few packs
+        self._epoch_steps(self.epoch)  # fail early on a bad strategy or too few packs
 
     # ------------------------------------------------------------------ setup
     def _init_common(
@@ -180,9 +232,10 @@ class PackedBatchSampler(Sampler[list[int]]):
         self.drop_last = bool(drop_last)
         self.oversize = oversize
         self.epoch = 0
-        self._start_step = 0
+        self._start_step = 0  # first step of the current epoch the next pass yields
+        self._consumed = 0  # steps of the current epoch the training loop has finished
         self._crc32: int | None = None
-        self._cached: _Schedule | None = None
+        self._cached: _EpochSteps | None = None
 
         too_long = np.flatnonzero(self.lengths > self.max_tokens)
         if too_long.size and oversize == "error":
@@ -190,64 +243,88 @@ class PackedBatchSampler(Sampler[list[int]]):
             raise ValueError(
                 f"{too_long.size} sample(s) are longer than max_tokens={self.max_tokens} "
                 f"(e.g. lengths[{first}] = {self.lengths[first]}); raise max_tokens, crop them, "
-                f"or pass oversize='drop'"
+                f"or pass oversize='own_pack' or 'drop'"
             )
-        if too_long.size == self.lengths.size:
+        if too_long.size == self.lengths.size and oversize == "drop":
             raise ValueError(f"every sample is longer than max_tokens={self.max_tokens}; nothing to sample")
-        if too_long.size:
+        if too_long.size and oversize == "drop":
             warnings.warn(
                 f"dropping {too_long.size} of {self.lengths.size} samples longer than max_tokens={self.max_tokens}",
                 stacklevel=3,
             )
-        #: indices of samples left out of every epoch because they exceed ``max_tokens``
+        #: indices of the samples longer than ``max_tokens`` (own packs, or dropped: see ``oversize``)
         self.oversize_indices = too_long
         self._kept = np.flatnonzero(self.lengths <= self.max_tokens)
 
     @property
     def num_oversize(self) -> int:
-        """Samples dropped from every epoch for being longer than ``max_tokens``."""
+        """Samples longer than ``max_tokens`` (in packs of their own, or dropped: see ``oversize``)."""
         return int(self.oversize_indices.size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose schedule ``__iter__`` and ``__len__`` use (same on every rank)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        if int(epoch) != self.epoch:
-            self._start_step = 0  # a resume point belongs to the epoch it was saved in
-        self.epoch = int(epoch)
+        """Select the epoch whose steps ``__iter__`` and ``__len__`` use (the same on every rank).
+
+        Another epoch starts at its first step; the same epoch again continues after the steps
+        counted by :meth:`advance` (or restored by :meth:`load_state_dict`).
+        """
+        epoch = _int_at_least("epoch", epoch, 0)
+        if epoch != self.epoch:
+            self._consumed = 0  # a resume point belongs to the epoch it was saved in
+        self.epoch = epoch
+        self._start_step = self._consumed
 
     @property
     def start_step(self) -> int:
         """Index of the first step the next pass over the current epoch yields (0 unless resumed)."""
         return self._start_step
 
-    def state_dict(self, consumed_steps: int) -> dict:
-        """Where training stands in the current epoch, to resume it with :meth:`load_state_dict`.
+    @property
+    def consumed_steps(self) -> int:
+        """Steps of the current epoch the training loop has finished (:meth:`advance`)."""
+        return self._consumed
 
-        Args:
-            consumed_steps: steps of the current epoch the training loop has finished, counted
-                from the epoch's first step (after a resume, include the steps before it:
-                ``start_step + steps since``). Pass what the loop *used*, not what the sampler
-                yielded: loader workers prefetch steps that a crash would lose.
+    def advance(self, steps: int = 1) -> None:
+        """Record that the training loop finished ``steps`` more steps of the current epoch.
 
-        Returns:
-            A dict of plain Python values (``torch.save``/JSON friendly): the epoch, the consumed
-            steps, and the options and a CRC of ``lengths`` that the schedule depends on.
+        Call it after each step whose samples were used (trained on, or skipped on purpose);
+        :meth:`state_dict` saves this count, so steps the loader prefetched but the loop did not
+        reach are yielded again after a resume.
 
         Raises:
-            ValueError: ``consumed_steps`` outside ``[0, steps in the epoch]``.
+            TypeError / ValueError: ``steps`` not an int >= 0, or more steps than the epoch has.
         """
-        num_steps = self._schedule(self.epoch).stats.num_steps
-        if isinstance(consumed_steps, bool) or not isinstance(consumed_steps, (int, np.integer)) \
-                or not 0 <= consumed_steps <= num_steps:
-            raise ValueError(f"consumed_steps must be an int in [0, {num_steps}] (steps in epoch {self.epoch}), "
-                             f"got {consumed_steps!r}")
+        steps = _int_at_least("steps", steps, 0)
+        num_steps = self._epoch_steps(self.epoch).stats.num_steps
+        if self._consumed + steps > num_steps:
+            raise ValueError(f"advance({steps}) after {self._consumed} steps passes the end of epoch {self.epoch} "
+                             f"({num_steps} steps)")
+        self._consumed += steps
+
+    def state_dict(self, consumed_steps: int | None = None) -> dict:
+        """Where training stands in the current epoch (``Stateful``), for :meth:`load_state_dict`.
+
+        Args:
+            consumed_steps: deprecated: the count :meth:`advance` keeps (pass nothing).
+
+        Returns:
+            A dict of plain Python values (``torch.save``/JSON friendly): the epoch, the steps the
+            loop finished, and the options and a CRC of ``lengths`` that the steps depend on.
+        """
+        consumed = self._consumed
+        if consumed_steps is not None:
+            warnings.warn("state_dict(consumed_steps=...) is deprecated: call sampler.advance() after each step "
+                          "and state_dict() without arguments", DeprecationWarning, stacklevel=2)
+            num_steps = self._epoch_steps(self.epoch).stats.num_steps
+            consumed = _int_at_least("consumed_steps", consumed_steps, 0)
+            if consumed > num_steps:
+                raise ValueError(f"consumed_steps must be in [0, {num_steps}] (steps in epoch {self.epoch}), "
+                                 f"got {consumed}")
         return {
             "version": _STATE_VERSION,
             "epoch": self.epoch,
-            "consumed_steps": int(consumed_steps),
+            "consumed_steps": consumed,
             "num_replicas": self.num_replicas,
-            **self._schedule_identity(),
+            **self._steps_identity(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -258,65 +335,78 @@ class PackedBatchSampler(Sampler[list[int]]):
         the resume point, another epoch drops it.
 
         Raises:
-            ValueError: not a sampler state, or built for other lengths or options (the schedule
-                would differ); another ``num_replicas``, unless the state is at an epoch's start.
+            TypeError: ``state`` is not a dict, or a field has the wrong type (names the field;
+                a bool is not an int). ValueError: missing or unknown fields, a count out of
+                range, a state built for other lengths or options (the steps would differ),
+                or another ``num_replicas`` unless the state is at an epoch's start.
         """
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise ValueError(f"state is not a sampler state_dict of version {_STATE_VERSION}: {state!r:.200}")
-        for name, value in self._schedule_identity().items():
-            if state.get(name) != value:
-                raise ValueError(f"state was saved with {name}={state.get(name)!r}, this sampler has {value!r}: "
-                                 "resuming would follow another schedule")
-        if state.get("num_replicas") != self.num_replicas and state["consumed_steps"] != 0:
+        epoch, consumed, replicas = _checked_state(state, self._steps_identity(), self.num_oversize)
+        if replicas != self.num_replicas and consumed != 0:
             raise ValueError(
-                f"state was saved on num_replicas={state.get('num_replicas')} in the middle of epoch "
-                f"{state['epoch']}; this sampler has num_replicas={self.num_replicas}, whose schedule differs "
-                "(resume on the same world size, or from a state saved at the start of an epoch)"
+                f"state was saved on num_replicas={replicas} in the middle of epoch {epoch}; this sampler has "
+                f"num_replicas={self.num_replicas}, whose steps differ (resume on the same world size, "
+                "or from a state saved at the start of an epoch)"
             )
-        epoch, consumed = state["epoch"], state["consumed_steps"]
-        num_steps = self._schedule(epoch).stats.num_steps
-        if not 0 <= consumed <= num_steps:
+        num_steps = self._epoch_steps(epoch).stats.num_steps
+        if consumed > num_steps:
             raise ValueError(f"state has consumed_steps={consumed}, but epoch {epoch} has {num_steps} steps")
-        self.epoch = int(epoch)
-        self._start_step = int(consumed)
+        self.epoch = epoch
+        self._start_step = self._consumed = consumed
 
-    def _schedule_identity(self) -> dict:
-        """What the schedule depends on: the lengths (count and CRC) and the schedule options."""
+    def _steps_identity(self) -> dict:
+        """What the steps depend on: the lengths (count and CRC) and the step options."""
         if self._crc32 is None:
             self._crc32 = zlib.crc32(np.ascontiguousarray(self.lengths).tobytes())
         return {"num_samples": int(self.lengths.size), "lengths_crc32": self._crc32,
-                **{name: getattr(self, name) for name in _SCHEDULE_OPTIONS}}
+                **{name: getattr(self, name) for name in _STEP_OPTIONS}}
 
     # ------------------------------------------------------------------ public
     def __iter__(self) -> Iterator[list[int]]:
-        for step in self._schedule(self.epoch).steps[self.rank][self._start_step :]:
+        for step in self._epoch_steps(self.epoch).steps[self.rank][self._start_step :]:
             yield np.concatenate(step).tolist()
 
     def __len__(self) -> int:
         """Steps the next pass yields: the epoch's steps, less those consumed before a resume."""
-        return self._schedule(self.epoch).stats.num_steps - self._start_step
+        return self._epoch_steps(self.epoch).stats.num_steps - self._start_step
 
     @property
     def stats(self) -> EpochStats:
         """:class:`EpochStats` of the current epoch (all ranks)."""
-        return self._schedule(self.epoch).stats
+        return self._epoch_steps(self.epoch).stats
 
     def packs(self, epoch: int | None = None) -> list[list[list[int]]]:
         """This rank's steps for ``epoch`` (default: current) as ``[step][pack] -> indices``."""
-        schedule = self._schedule(self.epoch if epoch is None else epoch)
-        return [[pack.tolist() for pack in step] for step in schedule.steps[self.rank]]
+        steps = self._epoch_steps(self.epoch if epoch is None else epoch).steps[self.rank]
+        return [[pack.tolist() for pack in step] for step in steps]
 
-    # ------------------------------------------------------------------ schedule
+    def step_indices(self, step: int, epoch: int | None = None) -> list[int]:
+        """The sample indices of this rank's ``step`` (0-based, counted from the epoch's first
+        step) in ``epoch`` (default: current): what ``__iter__`` yields for it. The steps are a
+        function of the seed, so this names the samples of any step without the loader.
+
+        Raises:
+            TypeError / ValueError: ``step`` not an int in ``[0, steps in the epoch)``.
+        """
+        steps = self._epoch_steps(self.epoch if epoch is None else _int_at_least("epoch", epoch, 0)).steps[self.rank]
+        step = _int_at_least("step", step, 0)
+        if step >= len(steps):
+            raise ValueError(f"step must be in [0, {len(steps)}), got {step}")
+        return np.concatenate(steps[step]).tolist()
+
+    # ------------------------------------------------------------------ steps
     def _plan_packs(self, rng: np.random.Generator) -> list[np.ndarray]:
-        """All packs of one epoch as arrays of dataset indices, in (shuffled) pack order."""
+        """All packs of one epoch as arrays of dataset indices, in (shuffled) pack order; with
+        ``oversize="own_pack"`` each sample longer than ``max_tokens`` is a pack of its own."""
         order = rng.permutation(self._kept) if self.shuffle else self._kept
         plan = pack_lengths(self.lengths[order], self.max_tokens, self.strategy, window=self.window)
         packs = [order[np.asarray(b, dtype=np.int64)] for b in plan.bins if len(b)]
+        if self.oversize == "own_pack":
+            packs += [self.oversize_indices[i : i + 1] for i in range(self.num_oversize)]
         if self.shuffle:
             packs = [packs[i] for i in rng.permutation(len(packs))]
         return packs
 
-    def _schedule(self, epoch: int) -> _Schedule:
+    def _epoch_steps(self, epoch: int) -> _EpochSteps:
         if self._cached is not None and self._cached.epoch == epoch:
             return self._cached
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
@@ -326,7 +416,7 @@ class PackedBatchSampler(Sampler[list[int]]):
             steps = [[packs[i : i + self.packs_per_step] for i in range(0, len(packs), self.packs_per_step)]]
         else:
             steps = self._assign_ranks(packs, num_steps, rng)
-        self._cached = _Schedule(epoch, steps, self._stats(epoch, steps, left_out))
+        self._cached = _EpochSteps(epoch, steps, self._stats(epoch, steps, left_out))
         return self._cached
 
     def _fit_to_ranks(self, packs: list[np.ndarray], epoch: int) -> tuple[list[np.ndarray], int, int]:
@@ -408,18 +498,20 @@ class PackedBatchSampler(Sampler[list[int]]):
             num_steps=int(step_tokens.shape[1]),
             num_packs=num_packs,
             num_samples=num_samples,
-            num_dropped=self.num_oversize + left_out,
+            num_dropped=(self.num_oversize if self.oversize == "drop" else 0) + left_out,
             rank_tokens=tuple(int(t) for t in rank_tokens),
             token_imbalance=float(rank_tokens.max() / max(rank_tokens.mean(), 1) - 1),
             step_imbalance=step_imbalance,
             efficiency=float(rank_tokens.sum() / (num_packs * self.max_tokens)),
+            num_oversize_packs=sum(int(self.lengths[p[0]]) > self.max_tokens
+                                   for rank_steps in steps for step in rank_steps for p in step if len(p) == 1),
         )
 
 
 class DistributedPackedBatchSampler(PackedBatchSampler):
     """:class:`PackedBatchSampler` for data parallelism: each rank gets its own share of the packs.
 
-    Every rank builds the same schedule from ``(seed, epoch)`` and keeps its own steps: no index is
+    Every rank computes every rank's steps from ``(seed, epoch)`` and keeps its own: no index is
     on two ranks, and every rank has the same number of steps (so collective ops stay in step).
     Packs are spread by tokens (largest first to the rank with the fewest tokens), and steps are
     aligned so that step ``s`` is about the same size on every rank; :attr:`stats` reports the
@@ -449,7 +541,7 @@ class DistributedPackedBatchSampler(PackedBatchSampler):
         seed: int = 0,
         drop_last: bool = False,
         packs_per_step: int = 1,
-        oversize: str = "error",
+        oversize: str = "own_pack",
         *,
         num_replicas: int | None = None,
         rank: int | None = None,
@@ -466,4 +558,4 @@ class DistributedPackedBatchSampler(PackedBatchSampler):
         self._init_common(lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window)
         self.num_replicas = num_replicas
         self.rank = int(rank)
-        self._schedule(self.epoch)
+        self._epoch_steps(self.epoch)

@@ -25,6 +25,7 @@ __all__ = [
     "load_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
+    "seed_rng",
 ]
 
 #: Marker stored in every checkpoint: ``(name, version)``. Version 2 adds the content digest;
@@ -101,6 +102,13 @@ def capture_rng_state() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def seed_rng(seed: int) -> None:
+    """Seed torch (CPU and every CUDA device), numpy's global generator and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:

@@ -15,14 +15,16 @@ ranks' samples: what one process would get from the whole step.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
+import traceback
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "init_distributed", "reduce_sums", "scale_to_global_mean"]
+__all__ = ["DistributedContext", "gather_objects", "init_distributed", "reduce_sums", "scale_to_global_mean"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class DistributedContext:
         rank, world_size, local_rank: from ``torchrun`` (``0, 1, 0`` for a plain process).
         device: ``cuda:<local_rank>`` with CUDA, else ``cpu``.
         backend: ``"nccl"``, ``"gloo"`` or ``None`` (plain process: no process group).
+
+    As a context manager (``with init_distributed() as ctx:``) it leaves the process group on
+    exit, after releasing what an exception's frames still hold (a DDP reducer destroyed after
+    its gloo group can deadlock on gloo's thread, which needs the GIL the destructor holds).
     """
 
     rank: int = 0
@@ -57,6 +63,15 @@ class DistributedContext:
     def shutdown(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+    def __enter__(self) -> "DistributedContext":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if tb is not None:
+            traceback.clear_frames(tb)  # the model and its wrapper go before the process group
+        gc.collect()
+        self.shutdown()
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistributedContext:
@@ -112,6 +127,16 @@ def reduce_sums(values: Mapping[str, float | int | torch.Tensor], ctx: Distribut
     if ctx.distributed and names:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     return dict(zip(names, flat.tolist()))
+
+
+def gather_objects(value: Any, ctx: DistributedContext) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; ``[value]`` without a
+    process group. A collective: every rank must call it."""
+    if not ctx.distributed:
+        return [value]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def scale_to_global_mean(loss_sum: torch.Tensor, global_samples: float, world_size: int) -> torch.Tensor:

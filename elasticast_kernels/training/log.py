@@ -1,12 +1,13 @@
-"""A JSON-lines metrics log that a resumed run continues without duplicated steps."""
+"""A JSON-lines metrics log that a resumed run continues without duplicated steps, and the running
+totals its lines are computed from."""
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Iterable, Mapping
 
-__all__ = ["MetricsLog"]
+__all__ = ["MetricsLog", "RunningTotals"]
 
 
 class MetricsLog:
@@ -43,3 +44,31 @@ class MetricsLog:
                  for key, value in record.items()}
         with open(self.path, "a") as handle:
             handle.write(json.dumps(clean) + "\n")
+
+
+class RunningTotals:
+    """Sums of named per-step totals (samples, tokens, loss sum, seconds, ...) since the last
+    metrics line (:meth:`take`) and over the whole run (:attr:`run`).
+
+    Args:
+        keys: the names summed; :meth:`add` ignores other names in its mapping.
+    """
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = tuple(keys)
+        self.window = dict.fromkeys(self.keys, 0.0)
+        self.run = dict.fromkeys(self.keys, 0.0)
+
+    def add(self, values: Mapping[str, float] = {}, **more: float) -> None:  # noqa: B006 (read only)
+        """Add this step's values (a mapping and/or keywords; every key of ``keys`` once)."""
+        merged = {**values, **more}
+        for key in self.keys:
+            self.window[key] += float(merged[key])
+
+    def take(self) -> dict[str, float]:
+        """The window's sums; the window starts again (its sums join :attr:`run`)."""
+        window = self.window
+        for key in self.keys:
+            self.run[key] += window[key]
+        self.window = dict.fromkeys(self.keys, 0.0)
+        return window

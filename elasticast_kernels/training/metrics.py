@@ -1,9 +1,14 @@
-"""Evaluation scores: accuracy (single-label) and mean average precision (multi-label, AudioSet-style)."""
+"""Evaluation scores: accuracy (single-label) and mean average precision (multi-label, AudioSet-style),
+and :func:`evaluate`, which computes them over a loader of packed batches."""
 from __future__ import annotations
 
-import torch
+import time
+from typing import Iterable
 
-__all__ = ["accuracy", "average_precision", "mean_average_precision"]
+import torch
+from torch import nn
+
+__all__ = ["accuracy", "average_precision", "mean_average_precision", "evaluate"]
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -60,3 +65,34 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float
     per_class = average_precision(scores, targets)
     present = per_class[~torch.isnan(per_class)]
     return float(present.mean()) if present.numel() else float("nan")
+
+
+def evaluate(model: nn.Module, batches: Iterable, *, multi_label: bool, device: torch.device | str = "cpu",
+             autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Score ``model`` on labelled batches (``PackedBatch`` with ``labels``) in eval mode, on this process.
+
+    Args:
+        model: a plain (unwrapped, unsharded) classifier; its logits come back in input order.
+        batches: e.g. a ``DataLoader`` over an eval ``ManifestDataset`` with a ``PackedCollator``.
+        multi_label: score with :func:`mean_average_precision` (True) or :func:`accuracy`.
+        device: where the model runs. autocast_dtype: e.g. ``torch.bfloat16`` on a GPU, or None.
+
+    Returns:
+        ``{"accuracy" or "mAP": ..., "samples": N, "samples_per_s": ...}``.
+
+    Raises:
+        ValueError: no batches (the scores of zero samples are undefined).
+    """
+    device = torch.device(device)
+    outputs, targets, start = [], [], time.perf_counter()
+    model.eval()
+    with torch.inference_mode():
+        for batch in batches:
+            with torch.autocast(device.type, autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                outputs.append(model(batch.to(device, non_blocking=True)).float().cpu())
+            targets.append(batch.labels)
+    if not outputs:
+        raise ValueError("evaluate() got no batches")
+    logits, labels = torch.cat(outputs), torch.cat(targets)
+    score = {"mAP": mean_average_precision(logits, labels)} if multi_label else {"accuracy": accuracy(logits, labels)}
+    return {**score, "samples": len(labels), "samples_per_s": len(labels) / (time.perf_counter() - start)}

@@ -8,6 +8,7 @@ A checkpoint written by N ranks under DDP therefore loads into a plain model wit
 """
 from __future__ import annotations
 
+from typing import Callable
 
 import torch
 from torch import nn
@@ -22,7 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .distributed import DistributedContext
 
-__all__ = ["wrap_model", "unwrap_model", "full_model_state", "full_training_state", "load_training_state"]
+__all__ = ["wrap_model", "unwrap_model", "unsharded_model", "full_model_state", "full_training_state",
+           "load_training_state"]
 
 
 def wrap_model(model: nn.Module, ctx: DistributedContext, fsdp: bool = False) -> nn.Module:
@@ -63,6 +65,25 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def unsharded_model(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module | None:
+    """A plain model with the trained weights, for evaluation or export on rank 0.
+
+    Under DDP (or in one process) that is the wrapped module itself, on every rank. Under FSDP2
+    the full state is gathered (a collective: every rank calls this) and loaded into ``build()``
+    on rank 0, moved to the device of the model's parameters; the other ranks get None.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return unwrap_model(model)
+    state = full_model_state(model)
+    if not state:
+        return None
+    plain = build()
+    plain.load_state_dict(state)
+    return plain.to(next(model.parameters()).device)
+
+
 _FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -92,5 +113,3 @@ def load_training_state(model: nn.Module, optimizer: torch.optim.Optimizer, mode
     options = StateDictOptions(full_state_dict=True, strict=True)
     set_model_state_dict(model, model_state, options=options)
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
-
-

@@ -17,15 +17,17 @@ from elasticast_kernels.bench import flops
 from elasticast_kernels.bench.baselines import nested_sdpa
 from elasticast_kernels.bench.config import ATTENTION_BACKENDS, BASELINE, BenchConfig
 from elasticast_kernels.bench.groups._common import (
-    Task, Unavailable, add_speedups, guarded, padding_fraction, step_layout, timed_metrics,
+    Case, Shared, Task, Timed, Unavailable, add_speedups, close_to, finite_grads, padding_fraction, step_layout,
 )
 from elasticast_kernels.bench.padded import padded_attention, sdpa_masked_attention
-from elasticast_kernels.layout import SeqLayout
 from elasticast_kernels.bench.results import CaseResult, skipped
 from elasticast_kernels.bench.workloads import make_workload
+from elasticast_kernels.layout import SeqLayout
 
 GROUP = "attention"
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# Forward outputs against the float32 per-sample reference, relative to the largest magnitude.
+TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 
 def _math_sdpa() -> contextlib.AbstractContextManager:
@@ -80,95 +82,81 @@ def make_qkv(total: int, cfg: BenchConfig, requires_grad: bool, seed: int = 0) -
     )
 
 
-def measure_pass(fn: AttnFn, layout: SeqLayout, cfg: BenchConfig, pass_: str, check: bool = False) -> dict:
-    """Time one pass ("fwd", "bwd" or "fwd_bwd") of ``fn`` and report the standard metrics."""
+def pass_timed(fn: AttnFn, layout: SeqLayout, cfg: BenchConfig, pass_: str) -> Timed:
+    """One pass ("fwd", "bwd" or "fwd_bwd") of ``fn`` on random inputs in ``layout``: the forward
+    checked against `reference_attention`, the backward for finite gradients."""
     scale = cfg.head_dim ** -0.5
     q, k, v = make_qkv(layout.total_tokens, cfg, requires_grad=pass_ != "fwd")
     grad = torch.randn_like(q)
-    metrics: dict = {}
     if pass_ == "fwd":
-        def work() -> object:
+        def work() -> torch.Tensor:
             with torch.no_grad():
                 return fn(q, k, v)
-        if check:
+
+        def check(out: object) -> dict:
             ref = reference_attention(q, k, v, layout.seqlens, scale)
-            metrics["max_abs_err"] = float((work().float() - ref).abs().max())
+            return {"max_abs_err": close_to(out, ref, TOLERANCE[cfg.dtype], "attention output vs per-sample SDPA")}
     elif pass_ == "bwd":
         out = fn(q, k, v)
-        work = lambda: out.backward(grad, retain_graph=True)  # noqa: E731
+        work, check = (lambda: out.backward(grad, retain_graph=True)), finite_grads(q, k, v)
     else:
-        work = lambda: fn(q, k, v).backward(grad)  # noqa: E731
-    metrics.update(timed_metrics(work, cfg))
-    seconds = metrics["median_ms"] / 1e3
+        work, check = (lambda: fn(q, k, v).backward(grad)), finite_grads(q, k, v)
     real = flops.attention_flops(layout.seqlens, cfg.heads, cfg.head_dim, pass_)
-    metrics.update(
-        tokens_per_s=layout.total_tokens / seconds,
-        tflops_real=real / seconds / 1e12,
-        padding_fraction=padding_fraction(layout),
-        total_tokens=layout.total_tokens,
-        num_packs=layout.num_packs,
-        max_seqlen=layout.max_seqlen,
+    return Timed(
+        work, check,
+        rates=lambda s: {"tokens_per_s": layout.total_tokens / s, "tflops_real": real / s / 1e12},
+        info={"padding_fraction": padding_fraction(layout), "total_tokens": layout.total_tokens,
+              "num_packs": layout.num_packs, "max_seqlen": layout.max_seqlen},
     )
-    return metrics
 
 
-def _case(cfg: BenchConfig, name: str, variant: str, workload: str, layout: SeqLayout, pass_: str,
-          params: dict, check: bool = False) -> CaseResult:
-    def body() -> dict:
-        fn = attention_fn(variant, layout, cfg, cfg.head_dim ** -0.5)
-        return measure_pass(fn, layout, cfg, pass_, check=check)
+def attention_case(cfg: BenchConfig, name: str, variant: str, workload: str, layout: Callable[[], SeqLayout],
+                   pass_: str, params: dict, group: str = GROUP) -> Case:
+    """A case timing one pass of the ``variant`` implementation on ``layout()``."""
+    def setup() -> Timed:
+        step = layout()
+        return pass_timed(attention_fn(variant, step, cfg, cfg.head_dim ** -0.5), step, cfg, pass_)
 
-    return guarded(GROUP, name, variant, workload, dict(params, pass_=pass_), body)
+    return Case(group, name, variant, workload, dict(params, pass_=pass_), setup)
 
 
-def _step(cfg: BenchConfig, workload: str, samples: int) -> SeqLayout:
-    wl = make_workload(workload, max(samples, 48), cfg.seed)
-    return step_layout(wl.step_tokens(0, samples), cfg.pack_tokens, "next_fit", cfg.device)
+def _step(cfg: BenchConfig, workload: str, samples: int) -> Shared[SeqLayout]:
+    def make() -> SeqLayout:
+        wl = make_workload(workload, max(samples, 48), cfg.seed)
+        return step_layout(wl.step_tokens(0, samples), cfg.pack_tokens, "next_fit", cfg.device)
+    return Shared(make)
+
+
+def _fixed(cfg: BenchConfig, seqlen: int) -> Shared[SeqLayout]:
+    count = max(1, cfg.seqlen_sweep_tokens // seqlen)
+    return Shared(lambda: step_layout(np.full(count, seqlen), max(cfg.pack_tokens, seqlen), "next_fit", cfg.device))
 
 
 def tasks(cfg: BenchConfig) -> list[Task]:
     out: list[Task] = []
     shape = {"heads": cfg.heads, "head_dim": cfg.head_dim, "dtype": str(cfg.dtype).replace("torch.", "")}
     for workload in cfg.workloads:
+        layout = _step(cfg, workload, cfg.samples_per_step)
+        params = dict(shape, samples=cfg.samples_per_step)
         for pass_ in cfg.attention_passes:
-            def run(workload: str = workload, pass_: str = pass_) -> list[CaseResult]:
-                layout = _step(cfg, workload, cfg.samples_per_step)
-                params = dict(shape, samples=cfg.samples_per_step)
-                results = [_case(cfg, "step", b, workload, layout, pass_, params, check=pass_ == "fwd")
-                           for b in cfg.attention_backends]
+            def left_out(workload: str = workload, pass_: str = pass_, params: dict = params) -> list[CaseResult]:
                 # Never drop a baseline silently: those this suite leaves out are listed as skipped.
-                results += [skipped(GROUP, "step", b, workload, f"left out of the {cfg.suite} suite on "
-                                    f"{cfg.device} (slow fallback here); run --suite full",
-                                    **dict(params, pass_=pass_))
-                            for b in ATTENTION_BACKENDS if b not in cfg.attention_backends]
-                add_speedups(results, BASELINE, ("pass_",))
-                return results
-            out.append(Task(GROUP, f"attention {pass_} [{workload}]", run, workload))
+                return [skipped(GROUP, "step", b, workload, f"left out of the {cfg.suite} suite on {cfg.device} "
+                                "(slow fallback here); run --suite full", **dict(params, pass_=pass_))
+                        for b in ATTENTION_BACKENDS if b not in cfg.attention_backends]
+            out.append(Task(GROUP, f"attention {pass_} [{workload}]",
+                            [attention_case(cfg, "step", b, workload, layout, pass_, params) for b in cfg.attention_backends],
+                            workload, lambda results: add_speedups(results, BASELINE, ("pass_",)), left_out))
 
-    seqlen_passes = ("fwd", "fwd_bwd") if cfg.is_cuda else ("fwd",)
     contenders = (cfg.fast_backend, BASELINE)
-
-    def run_seqlen() -> list[CaseResult]:
-        results = []
-        for n in cfg.seqlen_sweep:
-            count = max(1, cfg.seqlen_sweep_tokens // n)
-            layout = step_layout(np.full(count, n), max(cfg.pack_tokens, n), "next_fit", cfg.device)
-            for pass_ in seqlen_passes:
-                for variant in contenders:
-                    results.append(_case(cfg, "seqlen", variant, "fixed", layout, pass_, dict(shape, seqlen=n)))
-        add_speedups(results, BASELINE, ("pass_", "seqlen"))
-        return results
-
-    def run_memory() -> list[CaseResult]:
-        results = []
-        for samples in cfg.memory_batches:
-            layout = _step(cfg, cfg.workloads[0], samples)
-            for variant in contenders:
-                results.append(_case(cfg, "batch_memory", variant, cfg.workloads[0], layout, "fwd_bwd",
-                                     dict(shape, samples=samples)))
-        add_speedups(results, BASELINE, ("pass_", "samples"))
-        return results
-
-    out.append(Task(GROUP, "attention vs sequence length", run_seqlen))
-    out.append(Task(GROUP, "attention memory vs batch", run_memory))
+    seqlen_cases = [attention_case(cfg, "seqlen", variant, "fixed", _fixed(cfg, n), pass_, dict(shape, seqlen=n))
+                    for n in cfg.seqlen_sweep for pass_ in (("fwd", "fwd_bwd") if cfg.is_cuda else ("fwd",))
+                    for variant in contenders]
+    memory_cases = [attention_case(cfg, "batch_memory", variant, cfg.workloads[0], _step(cfg, cfg.workloads[0], samples),
+                                   "fwd_bwd", dict(shape, samples=samples))
+                    for samples in cfg.memory_batches for variant in contenders]
+    out.append(Task(GROUP, "attention vs sequence length", seqlen_cases,
+                    finish=lambda results: add_speedups(results, BASELINE, ("pass_", "seqlen"))))
+    out.append(Task(GROUP, "attention memory vs batch", memory_cases,
+                    finish=lambda results: add_speedups(results, BASELINE, ("pass_", "samples"))))
     return out

@@ -1,7 +1,8 @@
 """Model group: the drop-in ElasticAST with our packed backend vs the paper's masked SDPA backend.
 
 Eval forward and a training step (AdamW; autocast bf16/fp16 on GPU, fp32 on CPU) on one step of
-``samples_per_step`` clips. All models hold the same weights. Throughput in samples/s and
+``samples_per_step`` clips. All models hold the same (seeded) weights, and every eval forward's
+logits are checked against the masked baseline's. Throughput in samples/s and
 tokens/s, peak memory, and the real FLOP rate (matmuls of real tokens, own-sample attention only).
 
 Two padded baselines (both the whole encoder on padded rows with a block-diagonal bool mask):
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from elasticast_kernels.bench import flops
 from elasticast_kernels.bench.config import BASELINE, BenchConfig, ModelSize
-from elasticast_kernels.bench.groups._common import Task, Unavailable, add_speedups, guarded, timed_metrics
+from elasticast_kernels.bench.groups._common import Case, Shared, Task, Timed, Unavailable, add_speedups, close_to
 from elasticast_kernels.bench.results import CaseResult
 from elasticast_kernels.bench.workloads import make_workload
 
@@ -40,22 +41,9 @@ def sdpa_context(variant: str) -> contextlib.AbstractContextManager:
     return sdpa_kernel([SDPBackend.MATH])
 
 
-def add_speedups_vs(results: list[CaseResult], variant: str, match: tuple[str, ...] = ()) -> None:
-    """Set ``speedup_vs_<variant>`` (its median / case median) on ok cases of the same group, name,
-    workload and ``match`` params as an ok ``variant`` case (other than that case itself)."""
-    def key(r: CaseResult) -> tuple:
-        return (r.group, r.name, r.workload) + tuple(r.params.get(m) for m in match)
-
-    base = {key(r): r for r in results if r.variant == variant and r.status == "ok"}
-    for r in results:
-        b = base.get(key(r))
-        if r.status == "ok" and b is not None and r is not b and r.metrics.get("median_ms") and b.metrics.get("median_ms"):
-            r.metrics[f"speedup_vs_{variant}"] = b.metrics["median_ms"] / r.metrics["median_ms"]
-
-
-def build_model(cfg: BenchConfig, size: ModelSize, variant: str, packing: str = "next_fit",
-                state_dict: dict | None = None) -> torch.nn.Module:
-    """An ElasticAST at ``size`` on the config's device (seeded weights, or ``state_dict``).
+def build_model(cfg: BenchConfig, size: ModelSize, variant: str, packing: str = "next_fit") -> torch.nn.Module:
+    """An ElasticAST at ``size`` on the config's device, with weights seeded by ``cfg.seed`` (the
+    same for every variant, so their logits can be compared).
 
     ``variant``: an attention backend of the package, or a padded baseline: ``"sdpa_masked"``
     and ``"sdpa_masked_math"`` build the `PaddedElasticAST` (run the latter under
@@ -79,8 +67,6 @@ def build_model(cfg: BenchConfig, size: ModelSize, variant: str, packing: str = 
         dim=size.dim, depth=size.depth, heads=size.heads, channels=1,
         attention_backend="torch" if padded else variant, packing=packing,
     )
-    if state_dict is not None:
-        model.load_state_dict(state_dict)
     return model.to(cfg.device)
 
 
@@ -121,78 +107,85 @@ def train_fn(model: torch.nn.Module, specs: list[torch.Tensor], cfg: BenchConfig
     return step
 
 
-def _metrics(fn: Callable, cfg: BenchConfig, tokens: list[int], size: ModelSize, training: bool,
-             repeats: int | None = None) -> dict:
-    metrics = timed_metrics(fn, cfg, warmup=min(cfg.warmup, 2), repeats=repeats or cfg.model_repeats)
-    seconds = metrics["median_ms"] / 1e3
-    metrics.update(
-        samples_per_s=len(tokens) / seconds,
-        tokens_per_s=sum(tokens) / seconds,
-        tflops_real=flops.model_flops(tokens, size.dim, size.depth, training=training) / seconds / 1e12,
-        total_tokens=sum(tokens),
-    )
-    return metrics
+def logits_tolerance(dtype: str) -> float:
+    """How far a backend's logits may be from the masked baseline's (relative to the largest)."""
+    return 1e-4 if dtype == "fp32" else 5e-2
+
+
+def _rates(tokens: list[int], size: ModelSize, training: bool) -> Callable[[float], dict]:
+    real = flops.model_flops(tokens, size.dim, size.depth, training=training)
+    return lambda s: {"samples_per_s": len(tokens) / s, "tokens_per_s": sum(tokens) / s, "tflops_real": real / s / 1e12}
+
+
+def reference_logits(cfg: BenchConfig, size: ModelSize, variant: str, specs: Shared[list], dtype: str) -> Shared:
+    """Eval logits of the ``variant`` model at ``size`` (seeded weights, as every case's): the
+    yardstick the other variants' logits must match."""
+    return Shared(lambda: eval_fn(build_model(cfg, size, variant), specs(), cfg, dtype, variant)().float())
+
+
+def _case(cfg: BenchConfig, mode: str, variant: str, workload: str, specs: Shared[list], size: ModelSize,
+          dtype: str, reference: tuple[str, Shared] | None = None, repeats: int | None = None) -> Case:
+    """A training step (every parameter must get an update) or an eval forward (the logits must
+    match ``reference``: the name of the reference variant and its logits) of the ``variant``
+    model on ``specs()``."""
+    def setup() -> Timed:
+        model = build_model(cfg, size, variant)
+        clips = specs()
+        tokens = [(c.shape[-2] // 16) * (c.shape[-1] // 16) for c in clips]
+        if reference is None:
+            before = [p.detach().clone() for p in model.parameters()]
+
+            def check(_: object) -> None:
+                if any(torch.equal(a, p.detach()) for a, p in zip(before, model.parameters())):
+                    raise AssertionError("a parameter got no update")
+            fn = train_fn(model, clips, cfg, dtype, variant)
+        else:
+            ref_variant, ref_logits = reference
+
+            def check(logits: object) -> dict:
+                diff = close_to(logits, ref_logits(), logits_tolerance(dtype), f"logits vs the {ref_variant} model's")
+                return {f"max_abs_logit_diff_vs_{ref_variant}": diff}
+            fn = eval_fn(model, clips, cfg, dtype, variant)
+        return Timed(fn, check, _rates(tokens, size, reference is None), info={"total_tokens": sum(tokens)},
+                     warmup=min(cfg.warmup, 2), repeats=repeats or cfg.model_repeats)
+
+    samples = EQUAL_CLIPS if mode == "eval_forward_equal_lengths" else cfg.samples_per_step
+    return Case(GROUP, mode, variant, workload, dict(size.as_dict(), dtype=dtype, samples=samples), setup)
 
 
 def tasks(cfg: BenchConfig) -> list[Task]:
     out: list[Task] = []
     label = "" if cfg.is_cuda else " (CPU size)"
     for workload in cfg.workloads:
-        wl = make_workload(workload, max(cfg.samples_per_step, 48), cfg.seed)
-        idx = wl.step(0, cfg.samples_per_step)
-        tokens = [int(t) for t in wl.tokens[idx]]
+        def make_specs(workload: str = workload) -> list[torch.Tensor]:
+            wl = make_workload(workload, max(cfg.samples_per_step, 48), cfg.seed)
+            return wl.spectrograms(wl.step(0, cfg.samples_per_step), device=cfg.device)
+        specs = Shared(make_specs)
         for mode, size in (("eval_forward", cfg.model), ("train_step", cfg.train_model)):
             for dtype in cfg.model_dtypes:
-                def run(workload: str = workload, mode: str = mode, size: ModelSize = size, dtype: str = dtype) -> list[CaseResult]:
-                    specs = wl.spectrograms(idx, device=cfg.device)
-                    results, logits, weights = [], {}, None
-                    for backend in cfg.model_backends:
-                        def body(backend: str = backend) -> dict:
-                            nonlocal weights
-                            model = build_model(cfg, size, backend, state_dict=weights)
-                            weights = weights or {k: v.detach().clone() for k, v in model.state_dict().items()}
-                            if mode == "eval_forward":
-                                forward, last = eval_fn(model, specs, cfg, dtype, backend), {}
-
-                                def fn() -> torch.Tensor:  # keeps the logits of the last call
-                                    last["logits"] = forward()
-                                    return last["logits"]
-                                metrics = _metrics(fn, cfg, tokens, size, training=False)
-                                logits[backend] = last["logits"].float()
-                                first = logits[cfg.model_backends[0]]
-                                metrics["max_abs_logit_diff_vs_first"] = float((logits[backend] - first).abs().max())
-                            else:
-                                metrics = _metrics(train_fn(model, specs, cfg, dtype, backend), cfg, tokens, size,
-                                                   training=True)
-                            return metrics
-                        params = dict(size.as_dict(), dtype=dtype, samples=len(tokens))
-                        results.append(guarded(GROUP, mode, backend, workload, params, body))
-                    add_speedups(results, BASELINE, ("dtype",))  # vs fused masked SDPA
-                    add_speedups_vs(results, PUBLISHED, ("dtype",))  # vs the published explicit softmax
-                    return results
-                out.append(Task(GROUP, f"model {mode} {dtype}{label} [{workload}]", run, workload))
-    out.append(Task(GROUP, f"model eval_forward, {EQUAL_CLIPS} equal clips{label}", lambda: equal_lengths(cfg)))
+                reference = (BASELINE, reference_logits(cfg, size, BASELINE, specs, dtype)) if mode == "eval_forward" else None
+                cases = [_case(cfg, mode, b, workload, specs, size, dtype, reference) for b in cfg.model_backends]
+                out.append(Task(GROUP, f"model {mode} {dtype}{label} [{workload}]", cases, workload, _model_speedups))
+    out.append(Task(GROUP, f"model eval_forward, {EQUAL_CLIPS} equal clips{label}", equal_lengths_cases(cfg),
+                    finish=lambda results: add_speedups(results, SAMPLE_PADDED, metric=f"speedup_vs_{SAMPLE_PADDED}")))
     return out
 
 
-def equal_lengths(cfg: BenchConfig) -> list[CaseResult]:
+def _model_speedups(results: list[CaseResult]) -> None:
+    add_speedups(results, BASELINE, ("dtype",))  # vs fused masked SDPA
+    add_speedups(results, PUBLISHED, ("dtype",), f"speedup_vs_{PUBLISHED}")  # vs the published explicit softmax
+
+
+def equal_lengths_cases(cfg: BenchConfig) -> list[Case]:
     """Eval forward on a batch of equal 5 s clips: our packed ``fast_backend`` vs the AST-style
     padded attention, where padding is free and only the attention call pattern differs (the torch
-    backend runs the whole batch as one SDPA call)."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    specs = [torch.randn(1, 128, EQUAL_FRAMES, generator=gen).to(cfg.device) for _ in range(EQUAL_CLIPS)]
-    tokens = [(128 // 16) * (EQUAL_FRAMES // 16)] * EQUAL_CLIPS
-    results, weights = [], None
-    for variant in (cfg.fast_backend, SAMPLE_PADDED):
-        def body(variant: str = variant) -> dict:
-            nonlocal weights
-            model = build_model(cfg, cfg.model, variant, state_dict=weights)
-            weights = weights or {k: v.detach().clone() for k, v in model.state_dict().items()}
-            # attention is a tenth of this model's time: more repeats than the other model cases so
-            # that the difference between the variants stands out of the timing noise
-            return _metrics(eval_fn(model, specs, cfg, "fp32", variant), cfg, tokens, cfg.model, training=False,
-                            repeats=3 * cfg.model_repeats)
-        params = dict(cfg.model.as_dict(), dtype="fp32", samples=EQUAL_CLIPS)
-        results.append(guarded(GROUP, "eval_forward_equal_lengths", variant, "equal_5s", params, body))
-    add_speedups_vs(results, SAMPLE_PADDED)
-    return results
+    backend runs the whole batch as one SDPA call). Attention is a tenth of this model's time, so
+    more repeats than the other model cases, for the difference to stand out of the noise."""
+    def make_specs() -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        return [torch.randn(1, 128, EQUAL_FRAMES, generator=gen).to(cfg.device) for _ in range(EQUAL_CLIPS)]
+    specs = Shared(make_specs)
+    reference = (SAMPLE_PADDED, reference_logits(cfg, cfg.model, SAMPLE_PADDED, specs, "fp32"))
+    return [_case(cfg, "eval_forward_equal_lengths", variant, "equal_5s", specs, cfg.model, "fp32", reference,
+                  repeats=3 * cfg.model_repeats)
+            for variant in (cfg.fast_backend, SAMPLE_PADDED)]

@@ -6,109 +6,116 @@ Python list) run on the same lengths in the same task; ``speedup_vs_python`` is 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from elasticast_kernels.bench.baselines import textbook_best_fit_decreasing, unfold_pack
 from elasticast_kernels.bench.config import BenchConfig
-from elasticast_kernels.bench.groups._common import Task, guarded, timed_metrics
-from elasticast_kernels.bench.results import CaseResult
+from elasticast_kernels.bench.groups._common import Case, Shared, Task, Timed, add_speedups
 from elasticast_kernels.bench.workloads import lengths_for, make_workload
 
 GROUP = "packing"
+PYTHON = "python_best_fit_decreasing"
+TENSOR_BASELINE = "unfold_cat"
 
 
-def _plan_case(cfg: BenchConfig, workload: str, strategy: str, lengths: np.ndarray) -> CaseResult:
-    def body() -> dict:
+def check_partition(order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, max_tokens: int) -> None:
+    """AssertionError unless the packs (``order`` split at ``offsets``) hold every sample exactly
+    once and none holds more than ``max_tokens`` tokens."""
+    if not np.array_equal(np.sort(order), np.arange(len(lengths))):
+        raise AssertionError("the plan does not hold every sample exactly once")
+    sizes = np.add.reduceat(lengths[order], offsets[:-1]) if len(order) else np.zeros(0, np.int64)
+    if len(sizes) and int(sizes.max()) > max_tokens:
+        raise AssertionError(f"a pack holds {int(sizes.max())} tokens > max_tokens={max_tokens}")
+
+
+def _flat(bins: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    order = np.concatenate(bins) if len(bins) else np.zeros(0, np.int64)
+    return order, np.concatenate([[0], np.cumsum([len(b) for b in bins])]).astype(np.int64)
+
+
+def _plan_case(cfg: BenchConfig, workload: str, strategy: str, lengths: Shared[np.ndarray], count: int) -> Case:
+    def setup() -> Timed:
         from elasticast_kernels.packing import pack_lengths
 
-        plan = pack_lengths(lengths, cfg.pack_tokens, strategy)
-        metrics = timed_metrics(lambda: pack_lengths(lengths, cfg.pack_tokens, strategy), cfg, memory=False)
-        total = int(lengths.sum())
-        metrics.update(
-            efficiency=float(plan.efficiency),
-            padding_fraction=1.0 - float(plan.efficiency),
-            num_packs=int(plan.num_packs),
-            min_packs=-(-total // cfg.pack_tokens),
-            lengths_per_s=len(lengths) / (metrics["median_ms"] / 1e3),
-        )
-        return metrics
+        values = lengths()[:count]
 
-    return guarded(GROUP, "plan", strategy, workload, {"num_lengths": len(lengths), "max_tokens": cfg.pack_tokens}, body)
+        def check(plan) -> dict:
+            check_partition(plan.order, plan.pack_offsets, values, cfg.pack_tokens)
+            total = int(values.sum())
+            if abs(plan.efficiency - total / (plan.num_packs * cfg.pack_tokens)) > 1e-9:
+                raise AssertionError(f"efficiency {plan.efficiency} is not tokens / capacity")
+            return {"efficiency": float(plan.efficiency), "padding_fraction": 1.0 - float(plan.efficiency),
+                    "num_packs": int(plan.num_packs), "min_packs": -(-total // cfg.pack_tokens)}
+        return Timed(lambda: pack_lengths(values, cfg.pack_tokens, strategy), check,
+                     rates=lambda s: {"lengths_per_s": count / s}, memory=False)
 
-
-def _python_case(cfg: BenchConfig, workload: str, lengths: np.ndarray) -> CaseResult:
-    def body() -> dict:
-        as_list = lengths.tolist()  # the baseline's natural input, as the C++ one's is an array
-        bins = textbook_best_fit_decreasing(as_list, cfg.pack_tokens)
-        metrics = timed_metrics(lambda: textbook_best_fit_decreasing(as_list, cfg.pack_tokens), cfg,
-                                warmup=0, repeats=max(1, min(cfg.repeats, 3)), memory=False)
-        metrics.update(
-            efficiency=float(lengths.sum()) / (len(bins) * cfg.pack_tokens),
-            num_packs=len(bins),
-            lengths_per_s=len(lengths) / (metrics["median_ms"] / 1e3),
-        )
-        return metrics
-
-    # Variant name kept from earlier result files so that --compare lines up.
-    return guarded(GROUP, "plan", "python_best_fit_decreasing", workload,
-                   {"num_lengths": len(lengths), "max_tokens": cfg.pack_tokens}, body)
+    return Case(GROUP, "plan", strategy, workload, {"num_lengths": count, "max_tokens": cfg.pack_tokens}, setup)
 
 
-def _cpp_vs_python(results: list[CaseResult]) -> None:
-    """C++ best-fit-decreasing lengths/s over the pure-Python one, measured in this run."""
-    by_key = {(r.workload, r.variant, r.params.get("num_lengths")): r for r in results if r.status == "ok"}
-    for (workload, variant, n), r in by_key.items():
-        py = by_key.get((workload, "python_best_fit_decreasing", n))
-        if variant == "best_fit_decreasing" and py is not None:
-            r.metrics["speedup_vs_python"] = r.metrics["lengths_per_s"] / py.metrics["lengths_per_s"]
+def _python_case(cfg: BenchConfig, workload: str, lengths: Shared[np.ndarray], count: int) -> Case:
+    def setup() -> Timed:
+        values = lengths()[:count]
+        as_list = values.tolist()  # the baseline's natural input, as the C++ one's is an array
+
+        def check(bins) -> dict:
+            from elasticast_kernels.packing import pack_lengths
+
+            check_partition(*_flat(bins), values, cfg.pack_tokens)
+            cpp = pack_lengths(values, cfg.pack_tokens, "best_fit_decreasing")
+            # The same algorithm: the pack counts may differ only by tie-breaking.
+            if abs(cpp.num_packs - len(bins)) > max(1, len(bins) // 100):
+                raise AssertionError(f"{len(bins)} packs, the C++ best fit needs {cpp.num_packs}")
+            return {"efficiency": float(values.sum()) / (len(bins) * cfg.pack_tokens), "num_packs": len(bins)}
+        return Timed(lambda: textbook_best_fit_decreasing(as_list, cfg.pack_tokens), check,
+                     rates=lambda s: {"lengths_per_s": count / s}, memory=False,
+                     warmup=0, repeats=max(1, min(cfg.repeats, 3)))
+
+    return Case(GROUP, "plan", PYTHON, workload, {"num_lengths": count, "max_tokens": cfg.pack_tokens}, setup)
 
 
-def _tensor_case(cfg: BenchConfig, workload: str, variant: str) -> CaseResult:
-    wl = make_workload(workload, max(cfg.samples_per_step, 48), cfg.seed)
-    idx = wl.step(0, cfg.samples_per_step)
-    tokens = wl.tokens[idx]
-
-    def body() -> dict:
+def _tensor_case(cfg: BenchConfig, workload: str, variant: str) -> Case:
+    def setup() -> Timed:
+        wl = make_workload(workload, max(cfg.samples_per_step, 48), cfg.seed)
+        idx = wl.step(0, cfg.samples_per_step)
         specs = wl.spectrograms(idx, dtype=cfg.dtype, device=cfg.device)
+        tokens = wl.tokens[idx]
+        total = int(tokens.sum())
         if variant == "pack_spectrograms":
             from elasticast_kernels.packing import pack_lengths, pack_spectrograms
 
             plan = pack_lengths(tokens, cfg.pack_tokens, "best_fit_decreasing")
-            fn = lambda: pack_spectrograms(specs, 16, plan)  # noqa: E731
+            fn = lambda: pack_spectrograms(specs, 16, plan).patches  # noqa: E731
+            expected = lambda: unfold_pack([specs[i] for i in plan.order], 16)  # noqa: E731 - segments in plan order
         else:
             fn = lambda: unfold_pack(specs, 16)  # noqa: E731
-        metrics = timed_metrics(fn, cfg)
-        total = int(tokens.sum())
-        moved = 2 * total * 256 * specs[0].element_size()  # read + write every patch pixel once
-        seconds = metrics["median_ms"] / 1e3
-        metrics.update(tokens_per_s=total / seconds, bytes_per_s=moved / seconds, total_tokens=total)
-        return metrics
+            expected = None
 
-    return guarded(GROUP, "pack_tensors", variant, workload, {"samples": cfg.samples_per_step}, body)
+        def check(patches) -> None:
+            if tuple(patches.shape) != (total, 256):
+                raise AssertionError(f"patches of shape {tuple(patches.shape)}, expected ({total}, 256)")
+            if expected is not None and not bool((patches == expected()).all()):
+                raise AssertionError("pack_spectrograms differs from unfold + cat")
+        moved = 2 * total * 256 * specs[0].element_size()  # read + write every patch pixel once
+        return Timed(fn, check, rates=lambda s: {"tokens_per_s": total / s, "bytes_per_s": moved / s},
+                     info={"total_tokens": total})
+
+    return Case(GROUP, "pack_tensors", variant, workload, {"samples": cfg.samples_per_step}, setup)
 
 
 def tasks(cfg: BenchConfig) -> list[Task]:
     out: list[Task] = []
     for workload in cfg.workloads:
-        def run_plans(workload: str = workload) -> list[CaseResult]:
-            lengths = lengths_for(workload, cfg.packing_num_lengths, cfg.seed)
-            results = [_plan_case(cfg, workload, s, lengths) for s in cfg.strategies]
-            py_lengths = lengths[: cfg.python_num_lengths]
-            if len(py_lengths) != len(lengths):  # same n for a fair lengths/s ratio
-                results.append(_plan_case(cfg, workload, "best_fit_decreasing", py_lengths))
-            results.append(_python_case(cfg, workload, py_lengths))
-            _cpp_vs_python(results)
-            return results
-
-        def run_tensors(workload: str = workload) -> list[CaseResult]:
-            results = [_tensor_case(cfg, workload, v) for v in ("pack_spectrograms", "unfold_cat")]
-            base = next((r for r in results if r.variant == "unfold_cat" and r.status == "ok"), None)
-            for r in results:
-                if base is not None and r.status == "ok":
-                    r.metrics["speedup_vs_baseline"] = base.metrics["median_ms"] / r.metrics["median_ms"]
-            return results
-
-        out.append(Task(GROUP, f"packing plans [{workload}]", run_plans, workload))
-        out.append(Task(GROUP, f"packing tensors [{workload}]", run_tensors, workload))
+        lengths = Shared(lambda workload=workload: lengths_for(workload, cfg.packing_num_lengths, cfg.seed))
+        plans = [_plan_case(cfg, workload, s, lengths, cfg.packing_num_lengths) for s in cfg.strategies]
+        count = min(cfg.python_num_lengths, cfg.packing_num_lengths)
+        if count != cfg.packing_num_lengths:  # the C++ best fit at the same n, for a fair ratio
+            plans.append(_plan_case(cfg, workload, "best_fit_decreasing", lengths, count))
+        plans.append(_python_case(cfg, workload, lengths, count))
+        out.append(Task(GROUP, f"packing plans [{workload}]", plans, workload,
+                        lambda results: add_speedups(results, PYTHON, ("num_lengths",), "speedup_vs_python")))
+        out.append(Task(GROUP, f"packing tensors [{workload}]",
+                        [_tensor_case(cfg, workload, v) for v in ("pack_spectrograms", TENSOR_BASELINE)], workload,
+                        lambda results: add_speedups(results, TENSOR_BASELINE)))
     return out
-

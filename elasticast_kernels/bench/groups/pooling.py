@@ -11,15 +11,15 @@ from elasticast_kernels.bench import flops
 from elasticast_kernels.bench.baselines import padded_masked_pool
 from elasticast_kernels.bench.config import BenchConfig
 from elasticast_kernels.bench.groups._common import (
-    Task, add_speedups, guarded, padding_fraction, step_layout, timed_metrics,
+    Case, Shared, Task, Timed, add_speedups, close_to, finite_grads, padding_fraction, step_layout,
 )
-from elasticast_kernels.layout import SeqLayout
-from elasticast_kernels.bench.results import CaseResult
 from elasticast_kernels.bench.workloads import make_workload
+from elasticast_kernels.layout import SeqLayout
 
 GROUP = "pooling"
 BASELINE = "padded_masked"
 VARIANTS = ("segment_attention_pool", BASELINE)
+PASSES = ("fwd", "fwd_bwd")
 
 
 def _pool_fn(variant: str, layout: SeqLayout):
@@ -30,51 +30,58 @@ def _pool_fn(variant: str, layout: SeqLayout):
     return lambda q, k, v: padded_masked_pool(q, k, v, layout.seqlens, layout.pack_offsets, 1.0)
 
 
-def _case(cfg: BenchConfig, variant: str, workload: str, layout: SeqLayout, pass_: str, gpu_name: str | None) -> CaseResult:
-    def body() -> dict:
-        fn = _pool_fn(variant, layout)
+def _inputs(cfg: BenchConfig, workload: str) -> Shared[tuple]:
+    """The step's layout and seeded ``q [heads, head_dim]``, ``k, v [total_tokens, heads, head_dim]``."""
+    def make() -> tuple:
+        wl = make_workload(workload, max(cfg.samples_per_step, 48), cfg.seed)
+        layout = step_layout(wl.step_tokens(0, cfg.samples_per_step), cfg.pack_tokens, "next_fit", cfg.device)
         gen = torch.Generator().manual_seed(cfg.seed)
-        grad = pass_ != "fwd"
-        q = (torch.randn(cfg.heads, cfg.head_dim, generator=gen) * cfg.head_dim ** -0.5).to(cfg.device, cfg.dtype)
-        k, v = (torch.randn(layout.total_tokens, cfg.heads, cfg.head_dim, generator=gen).to(cfg.device, cfg.dtype)
-                for _ in range(2))
-        for t in (q, k, v):
-            t.requires_grad_(grad)
+        q = torch.randn(cfg.heads, cfg.head_dim, generator=gen) * cfg.head_dim ** -0.5
+        k, v = (torch.randn(layout.total_tokens, cfg.heads, cfg.head_dim, generator=gen) for _ in range(2))
+        return (layout, *(t.to(cfg.device, cfg.dtype) for t in (q, k, v)))
+    return Shared(make)
+
+
+def _case(cfg: BenchConfig, variant: str, workload: str, inputs: Shared[tuple], pass_: str, gpu_name: str | None) -> Case:
+    def setup() -> Timed:
+        layout, *qkv = inputs()
+        fn = _pool_fn(variant, layout)
+        q, k, v = (t.detach().clone().requires_grad_(pass_ != "fwd") for t in qkv)
         if pass_ == "fwd":
-            def work() -> object:
+            def work() -> torch.Tensor:
                 with torch.no_grad():
                     return fn(q, k, v)
-        else:
-            g = torch.randn(len(layout.seqlens), cfg.heads, cfg.head_dim, device=cfg.device, dtype=cfg.dtype)
-            work = lambda: fn(q, k, v).backward(g)  # noqa: E731
-        metrics = timed_metrics(work, cfg)
-        seconds = metrics["median_ms"] / 1e3
-        kv_bytes = flops.pooling_kv_bytes(layout.total_tokens, cfg.heads, cfg.head_dim, k.element_size())
-        metrics.update(
-            tokens_per_s=layout.total_tokens / seconds,
-            kv_bytes_per_s=kv_bytes / seconds,
-            padding_fraction=padding_fraction(layout),
-            total_tokens=layout.total_tokens,
-        )
-        limits = flops.gpu_limits(gpu_name)
-        if limits and pass_ == "fwd":
-            metrics["fraction_of_copy_bandwidth"] = metrics["kv_bytes_per_s"] / limits["copy_bytes_per_s"]
-        return metrics
 
-    params = {"heads": cfg.heads, "head_dim": cfg.head_dim, "samples": len(layout.seqlens), "pass_": pass_,
+            def check(out: object) -> dict:
+                with torch.no_grad():  # the fused op against the padded one, in float32
+                    expected = padded_masked_pool(q.float(), k.float(), v.float(), layout.seqlens, layout.pack_offsets, 1.0)
+                tol = 1e-4 if cfg.dtype == torch.float32 else 2e-2
+                return {"max_abs_err": close_to(out, expected, tol, f"{variant} vs padded masked pooling")}
+        else:
+            grad = torch.randn(len(layout.seqlens), cfg.heads, cfg.head_dim, device=cfg.device, dtype=cfg.dtype)
+            work, check = (lambda: fn(q, k, v).backward(grad)), finite_grads(q, k, v)
+        kv_bytes = flops.pooling_kv_bytes(layout.total_tokens, cfg.heads, cfg.head_dim, k.element_size())
+        limits = flops.gpu_limits(gpu_name) if pass_ == "fwd" else None
+
+        def rates(seconds: float) -> dict:
+            out = {"tokens_per_s": layout.total_tokens / seconds, "kv_bytes_per_s": kv_bytes / seconds}
+            if limits:
+                out["fraction_of_copy_bandwidth"] = out["kv_bytes_per_s"] / limits["copy_bytes_per_s"]
+            return out
+        return Timed(work, check, rates,
+                     info={"padding_fraction": padding_fraction(layout), "total_tokens": layout.total_tokens})
+
+    params = {"heads": cfg.heads, "head_dim": cfg.head_dim, "samples": cfg.samples_per_step, "pass_": pass_,
               "dtype": str(cfg.dtype).replace("torch.", "")}
-    return guarded(GROUP, "step", variant, workload, params, body)
+    return Case(GROUP, "step", variant, workload, params, setup)
 
 
 def tasks(cfg: BenchConfig) -> list[Task]:
     gpu_name = torch.cuda.get_device_name() if cfg.is_cuda else None
     out = []
     for workload in cfg.workloads:
-        def run(workload: str = workload) -> list[CaseResult]:
-            wl = make_workload(workload, max(cfg.samples_per_step, 48), cfg.seed)
-            layout = step_layout(wl.step_tokens(0, cfg.samples_per_step), cfg.pack_tokens, "next_fit", cfg.device)
-            results = [_case(cfg, v, workload, layout, p, gpu_name) for p in ("fwd", "fwd_bwd") for v in VARIANTS]
-            add_speedups(results, BASELINE, ("pass_",))
-            return results
-        out.append(Task(GROUP, f"pooling [{workload}]", run, workload))
+        inputs = _inputs(cfg, workload)
+        cases = [_case(cfg, v, workload, inputs, p, gpu_name) for p in PASSES for v in VARIANTS]
+        out.append(Task(GROUP, f"pooling [{workload}]", cases, workload,
+                        lambda results: add_speedups(results, BASELINE, ("pass_",))))
     return out

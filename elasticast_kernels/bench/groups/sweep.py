@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from elasticast_kernels.bench.config import BASELINE, BenchConfig
-from elasticast_kernels.bench.groups._common import Task, add_speedups, guarded, padded_tokens, step_layout
-from elasticast_kernels.bench.groups.attention import attention_fn, measure_pass
+from elasticast_kernels.bench.groups._common import Shared, Task, add_speedups, guarded, padded_tokens, step_layout
+from elasticast_kernels.bench.groups.attention import attention_case
 from elasticast_kernels.bench.results import CaseResult
 from elasticast_kernels.bench.workloads import make_workload
 
@@ -61,28 +61,21 @@ def tasks(cfg: BenchConfig) -> list[Task]:
                 for limit in cfg.sweep_limits:
                     params = {"limit": limit, "samples": samples, "steps": cfg.sweep_num_steps}
                     results.append(guarded(GROUP, "padding", strategy, workload, params,
-                                           lambda s=strategy, l=limit: padding_stats(steps, l, s)))
+                                           lambda s=strategy, lim=limit: padding_stats(steps, lim, s)))
         return results
 
-    def run_timed() -> list[CaseResult]:
-        pass_ = "fwd_bwd" if cfg.is_cuda else "fwd"
-        results = []
-        for samples in cfg.sweep_timed_steps:
-            wl = make_workload(workload, max(samples, 48), cfg.seed)
-            tokens = wl.step_tokens(0, samples)
-            for limit in cfg.sweep_timed_limits:
-                lengths = np.minimum(tokens, limit)
-                for strategy in cfg.sweep_timed_strategies:
-                    layout = step_layout(lengths, limit, strategy, cfg.device)
-                    for variant in (cfg.fast_backend, BASELINE):
-                        def body(variant: str = variant, layout=layout) -> dict:
-                            fn = attention_fn(variant, layout, cfg, cfg.head_dim ** -0.5)
-                            return measure_pass(fn, layout, cfg, pass_)
-                        params = {"limit": limit, "samples": samples, "strategy": strategy, "pass_": pass_,
-                                  "heads": cfg.heads, "head_dim": cfg.head_dim}
-                        results.append(guarded(GROUP, "throughput", variant, workload, params, body))
-        add_speedups(results, BASELINE, ("limit", "samples", "strategy", "pass_"))
-        return results
+    pass_ = "fwd_bwd" if cfg.is_cuda else "fwd"
+    timed = []
+    for samples in cfg.sweep_timed_steps:
+        tokens = make_workload(workload, max(samples, 48), cfg.seed).step_tokens(0, samples)
+        for limit in cfg.sweep_timed_limits:
+            for strategy in cfg.sweep_timed_strategies:
+                layout = Shared(lambda lim=limit, s=strategy, t=tokens: step_layout(np.minimum(t, lim), lim, s, cfg.device))
+                params = {"limit": limit, "samples": samples, "strategy": strategy, "heads": cfg.heads,
+                          "head_dim": cfg.head_dim}
+                timed += [attention_case(cfg, "throughput", variant, workload, layout, pass_, params, GROUP)
+                          for variant in (cfg.fast_backend, BASELINE)]
 
-    return [Task(GROUP, f"sweep padding [{workload}]", run_padding),
-            Task(GROUP, f"sweep throughput/memory [{workload}]", run_timed)]
+    return [Task(GROUP, f"sweep padding [{workload}]", extra=run_padding),
+            Task(GROUP, f"sweep throughput/memory [{workload}]", timed,
+                 finish=lambda results: add_speedups(results, BASELINE, ("limit", "samples", "strategy", "pass_")))]

@@ -447,3 +447,19 @@ def test_cuda_matches_hf_without_host_syncs(hf):
             packed(clips)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_new_head_for_fine_tuning_on_other_labels(hf, tmp_path):
+    """num_classes other than the checkpoint's: a new classifier.dense, everything else loaded."""
+    packed = PackedAST.from_hf(hf, attention_backend="torch", num_classes=3)
+    assert packed.num_classes == 3 and packed.config["num_classes"] == 3 and packed.class_names == ()
+    assert packed.classifier.dense.weight.shape == (3, 32)
+    same = {k: v for k, v in packed.state_dict().items() if not k.startswith("classifier.dense.")}
+    for key, value in same.items():
+        assert torch.equal(value, hf.state_dict()[key]), key
+    clips = [features(64), features(20, seed=1)]
+    with torch.no_grad():
+        close(packed.embed(clips), PackedAST.from_hf(hf, attention_backend="torch").embed(clips), atol=0)
+    save_model(tmp_path / "tuned.pt", packed, classes=["a", "b", "c"])
+    loaded, card = load_model(tmp_path / "tuned.pt")
+    assert card.classes == ("a", "b", "c") and loaded.num_classes == 3

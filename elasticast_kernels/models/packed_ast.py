@@ -50,6 +50,7 @@ from elasticast_kernels.packing import STRATEGIES, PackedBatch
 __all__ = ["PackedAST"]
 
 SPECIAL_TOKENS = 2  # [CLS] and distillation, in front of every clip's patches
+_HEAD_PREFIX = "classifier.dense."  # the label-specific weights
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -166,6 +167,11 @@ class PackedAST(nn.Module):
             hidden_dropout_prob=self._config["hidden_dropout_prob"],
         )
         self.classifier = ASTHead(sizes["hidden_size"], sizes["num_classes"], eps)
+        for module in self.modules():  # ASTPreTrainedModel's initialisation (initializer_range 0.02)
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     # --------------------------------------------------------------------------------------------
     # building from Hugging Face
@@ -183,7 +189,9 @@ class PackedAST(nn.Module):
                 the padding of short clips. Default: the directory's ``preprocessor_config.json``
                 when there is one, else the extractor's defaults (AudioSet normalisation).
             options: constructor options: ``attention_backend``, ``packing``, ``past_time_table``,
-                ``pad_value`` (overrides ``features``).
+                ``pad_value`` (overrides ``features``), and ``num_classes`` to fine-tune on other
+                labels: when it differs from the checkpoint's, ``classifier.dense`` is newly
+                initialised (every other weight is loaded and checked) and ``class_names`` is empty.
 
         The label names (``config.id2label``) are on ``model.class_names``.
 
@@ -194,7 +202,7 @@ class PackedAST(nn.Module):
                 `elasticast_kernels.models.ast_checkpoint.read_hf_directory`; a foreign config;
                 weights that do not fit the config (`load_hf_state_dict`).
         """
-        allowed = {"attention_backend", "packing", "past_time_table", "pad_value"}
+        allowed = {"attention_backend", "packing", "past_time_table", "pad_value", "num_classes"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise TypeError(f"from_hf got unknown options {unknown}; allowed: {sorted(allowed)}")
@@ -221,14 +229,18 @@ class PackedAST(nn.Module):
             features = ASTFeatures.from_extractor(features)
         if features is not None:
             options.setdefault("pad_value", features.pad_value)
-        model = cls(**packed_kwargs(config, where), **options)
-        model.load_hf_state_dict(state, where=where if source is None else type(source).__name__)
-        model.class_names = class_names(config)
+        kwargs = packed_kwargs(config, where)
+        new_head = options.get("num_classes", kwargs["num_classes"]) != kwargs["num_classes"]
+        model = cls(**{**kwargs, **options})
+        model.load_hf_state_dict(state, where=where if source is None else type(source).__name__,
+                                 new_head=new_head)
+        model.class_names = () if new_head else class_names(config)
         return model.to(device=device, dtype=dtype).eval()
 
-    def load_hf_state_dict(self, state_dict: Any, where: str = "state_dict") -> None:
+    def load_hf_state_dict(self, state_dict: Any, where: str = "state_dict", *, new_head: bool = False) -> None:
         """Load an ``ASTForAudioClassification`` state dict, transformers 4 or 5 names
-        (`elasticast_kernels.models.ast_checkpoint`), checked key by key.
+        (`elasticast_kernels.models.ast_checkpoint`), checked key by key. ``new_head=True`` leaves
+        ``classifier.dense`` as it is (a head for other labels) and ignores the checkpoint's.
 
         Raises:
             TypeError: not a mapping of names to tensors.
@@ -237,6 +249,9 @@ class PackedAST(nn.Module):
         """
         state = hf_state_dict(state_dict, where)
         own = self.state_dict()
+        if new_head:
+            head = {key: value for key, value in own.items() if key.startswith(_HEAD_PREFIX)}
+            state = {**{k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}, **head}
         missing = [key for key in own if key not in state]
         unknown = [key for key in state if key not in own]
         shapes = [f"{key}: {tuple(state[key].shape)} here {tuple(own[key].shape)}"

@@ -174,13 +174,40 @@ def benchmark(size: str, clips: int, seconds: tuple[float, float], repeats: int,
     }
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     import transformers
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(), "load_average": load}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "load_average": load}
+
+
+def summary(report: dict) -> str:
+    """The results table with what it was measured on: command, machine, load, duration."""
+    m = report["machine"]
+    load = ", ".join(f"{x:.2f}" for x in m["load_average"]) if m["load_average"] else "n/a"
+    end = ", ".join(f"{x:.2f}" for x in report["load_average_end"]) if report.get("load_average_end") else "n/a"
+    return "\n".join([
+        table(report["results"]), "",
+        f"- command: `{report['command']}`",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads; torch {m['torch']}, "
+        f"transformers {m['transformers']}, Python {m['python']}",
+        f"- load average (1, 5, 15 min): {load} at the start, {end} at the end",
+        f"- duration: {report['duration_s']:.0f} s",
+        "- times: median of interleaved calls in one process; peak memory: growth of the peak RSS of a "
+        "fresh process during its first forward", ""])
 
 
 def table(results: list[dict]) -> str:
@@ -223,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
             with open(os.path.join(args.out, "results.json"), "w") as handle:
                 json.dump(report, handle, indent=1)
             with open(os.path.join(args.out, "summary.md"), "w") as handle:
-                handle.write(table(results) + "\n")
+                handle.write(summary(report))
     print(f"machine: {report['machine']}; duration {report['duration_s']:.0f} s")
 
 

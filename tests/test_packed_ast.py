@@ -463,3 +463,7 @@ def test_new_head_for_fine_tuning_on_other_labels(hf, tmp_path):
     save_model(tmp_path / "tuned.pt", packed, classes=["a", "b", "c"])
     loaded, card = load_model(tmp_path / "tuned.pt")
     assert card.classes == ("a", "b", "c") and loaded.num_classes == 3
+    same_labels = PackedAST.from_hf(hf, num_classes=5, hidden_dropout_prob=0.1)
+    assert same_labels.class_names == PackedAST.from_hf(hf).class_names
+    assert same_labels.config["hidden_dropout_prob"] == 0.1
+    assert torch.equal(same_labels.classifier.dense.weight, hf.classifier.dense.weight)

@@ -11,8 +11,10 @@ import pytest
 import torch
 from test_data_features import REFERENCE_FILE, make_waveform
 
+from elasticast_kernels.data import fbank
 from elasticast_kernels.models.ast_features import AUDIOSET_MEAN, AUDIOSET_STD, ASTFeatures
-from elasticast_kernels.saved_model import FeatureSettings
+from elasticast_kernels.packing import pack_spectrograms
+from elasticast_kernels.saved_model import FeatureSettings, load_model, save_model
 
 
 def chirp(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
@@ -111,16 +113,58 @@ def test_preprocessor_config_and_settings_round_trip(tmp_path):
     assert plain.pad_value == 0.0
 
 
+def card_features(settings: FeatureSettings, wave: np.ndarray) -> torch.Tensor:
+    """``[frames, mel]`` of a waveform with a saved card's settings: what a predictor computes."""
+    return fbank(torch.from_numpy(wave).double(), settings.sample_rate, settings.num_mel_bins, quality=settings.quality,
+                 normalize=settings.normalize, **settings.fbank_options()).float()
+
+
 def test_features_match_data_fbank_with_the_card_settings():
     """What a predictor computes from a saved card (data.fbank with FeatureSettings) is these features."""
-    from elasticast_kernels.data import fbank
-
     features = ASTFeatures()
     settings = features.settings()
     wave = chirp(2.0)
-    expected = fbank(torch.from_numpy(wave).double(), settings.sample_rate, settings.num_mel_bins,
-                     normalize=settings.normalize, **settings.fbank_options()).float()
-    torch.testing.assert_close(features(wave)[0], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(features(wave)[0], card_features(settings, wave), rtol=0, atol=1e-6)
+
+
+def test_saved_packed_ast_scores_audio_as_the_extractor_and_hf(tmp_path):
+    """The route from a saved PackedAST file to logits, with only its card: ``ASTFeatures.from_settings
+    (card.features)`` (data.fbank, and 0 frames for a clip shorter than one window, where fbank
+    itself raises) -> ``[frames, mel]`` per clip -> the model (a list, or a PackedBatch packed
+    with the model's patch and stride, tokens counted by ``model.num_tokens``). Equal to extractor
+    + HF AST at max_length frames and, for a shorter clip, to an HF AST of that max_length."""
+    transformers = pytest.importorskip("transformers")
+    from test_packed_ast import hf_for_length
+
+    from elasticast_kernels.models import PackedAST
+
+    config = transformers.ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    max_length=96, num_mel_bins=32, num_labels=3)
+    hf = transformers.ASTForAudioClassification(config).eval()
+    with torch.no_grad():
+        for parameter in hf.parameters():
+            parameter.normal_(0.0, 0.3)
+    extractor = transformers.ASTFeatureExtractor(num_mel_bins=32, max_length=96, mean=-3.0, std=2.5)
+    packed = PackedAST.from_hf(hf, features=extractor, attention_backend="torch")
+    save_model(tmp_path / "ast.pt", packed, classes=["a", "b", "c"],
+               features=ASTFeatures.from_extractor(extractor).settings())
+    model, card = load_model(tmp_path / "ast.pt", attention_backend="torch")
+    waves = [chirp((400 + 95 * 160) / 16000), chirp(0.4, seed=1), chirp(0.01, seed=2), chirp(2.0, seed=3)]
+    clips = ASTFeatures.from_settings(card.features, max_length=model.config["max_length"])(waves)
+    assert [clip.shape[0] for clip in clips] == [96, 38, 0, 198]
+    for wave, clip in zip(waves, clips):
+        if clip.shape[0]:
+            torch.testing.assert_close(clip, card_features(card.features, wave), rtol=0, atol=1e-6)
+    batch = pack_spectrograms([model.to_spectrogram(clip) for clip in clips], model.patch_size, stride=model.stride)
+    assert list(batch.seqlens) == [model.num_tokens(clip.shape[0]) for clip in clips] == [18, 6, 2, 38]
+    with torch.no_grad():
+        logits = model(clips)
+        torch.testing.assert_close(model(batch), logits, rtol=0, atol=1e-6)
+        full = extractor(waves[0], sampling_rate=16000, return_tensors="pt")["input_values"]
+        torch.testing.assert_close(logits[0], hf(full).logits[0], rtol=0, atol=1e-4)
+        short = transformers.ASTFeatureExtractor(num_mel_bins=32, max_length=38, mean=-3.0, std=2.5)
+        inputs = short(waves[1], sampling_rate=16000, return_tensors="pt")["input_values"]
+        torch.testing.assert_close(logits[1], hf_for_length(hf, 38)(inputs).logits[0], rtol=0, atol=1e-4)
 
 
 def test_batches_devices_and_lengths():

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -189,7 +189,8 @@ class PackedAST(nn.Module):
                 the padding of short clips. Default: the directory's ``preprocessor_config.json``
                 when there is one, else the extractor's defaults (AudioSet normalisation).
             options: constructor options: ``attention_backend``, ``packing``, ``past_time_table``,
-                ``pad_value`` (overrides ``features``), and ``num_classes`` to fine-tune on other
+                ``pad_value`` (overrides ``features``), ``hidden_dropout_prob`` (fine-tuning with
+                another dropout than the config's), and ``num_classes`` to fine-tune on other
                 labels: when it differs from the checkpoint's, ``classifier.dense`` is newly
                 initialised (every other weight is loaded and checked) and ``class_names`` is empty.
 
@@ -202,7 +203,7 @@ class PackedAST(nn.Module):
                 `elasticast_kernels.models.ast_checkpoint.read_hf_directory`; a foreign config;
                 weights that do not fit the config (`load_hf_state_dict`).
         """
-        allowed = {"attention_backend", "packing", "past_time_table", "pad_value", "num_classes"}
+        allowed = {"attention_backend", "packing", "past_time_table", "pad_value", "num_classes", "hidden_dropout_prob"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise TypeError(f"from_hf got unknown options {unknown}; allowed: {sorted(allowed)}")

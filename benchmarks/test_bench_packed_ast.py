@@ -9,12 +9,14 @@ the RSS before the call, Linux ``/proc/self/status``) are reported with their ra
 
     python benchmarks/test_bench_packed_ast.py --size audioset --repeats 2 --out DIR
     python benchmarks/test_bench_packed_ast.py --size small --repeats 5
-    pytest benchmarks/test_bench_packed_ast.py      # tiny sizes: a check of the benchmarked code
+    pytest benchmarks/test_bench_packed_ast.py      # the report's hf_ast cases under pytest-benchmark
 
 Sizes: ``audioset`` is the AudioSet AST (ViT-B: hidden 768, 12 layers, 12 heads, 527 labels);
 ``small`` a 192-wide, 12-layer AST (3 heads) for quicker CPU runs; ``tiny`` for tests. Weights
 are random (the time does not depend on them). Clips: ``--clips`` durations drawn uniformly from
-``--seconds`` (default 32 clips of 1-10 s, seed 0), as 16 kHz audio gives frames.
+``--seconds`` (default 32 clips of 1-10 s, seed 0), as 16 kHz audio gives frames. Clips,
+features and models are those of ``elasticast-bench``'s ``hf_ast`` group
+(`elasticast_kernels.bench.groups.hf_ast`), which measures the same comparison in the report.
 """
 from __future__ import annotations
 
@@ -29,66 +31,30 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import pytest
 import torch
 
-SIZES = {
-    "audioset": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "small": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
-    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+from elasticast_kernels.bench.groups import hf_ast
+
+SIZES = {  # intermediate size 4 x hidden, as in AST
+    "audioset": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "small": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3),
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2),
 }
 NUM_LABELS = 527
-MAX_LENGTH = 1024
-MEL = 128
-
-
-# --------------------------------------------------------------------------------------------------
-# workload and models
-# --------------------------------------------------------------------------------------------------
-def clip_frames(clips: int, seconds: tuple[float, float], seed: int) -> list[int]:
-    """Frames of ``clips`` clips with durations uniform in ``seconds`` (16 kHz, 25 ms / 10 ms)."""
-    from elasticast_kernels.data import num_frames
-
-    durations = np.random.default_rng(seed).uniform(*seconds, size=clips)
-    return [int(num_frames(int(d * 16000), 16000)) for d in durations]
-
-
-def make_inputs(frames: list[int], seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``(unpadded [frames, mel] features, the extractor's padded [clips, 1024, mel] batch)``."""
-    from elasticast_kernels.models.ast_features import ASTFeatures
-
-    generator = torch.Generator().manual_seed(seed)
-    clips = [torch.randn(n, MEL, generator=generator) for n in frames]
-    padded = torch.full((len(clips), MAX_LENGTH, MEL), ASTFeatures().pad_value)
-    for row, clip in zip(padded, clips):
-        row[: min(len(clip), MAX_LENGTH)] = clip[:MAX_LENGTH]
-    return clips, padded
 
 
 def build_models(size: str, weights: str | None = None):
     """``(hf, packed)`` with the same weights: random, or loaded from ``weights`` (a state dict)."""
-    from transformers import ASTConfig, ASTForAudioClassification
-
     from elasticast_kernels.models import PackedAST
 
-    torch.manual_seed(0)
-    hf = ASTForAudioClassification(ASTConfig(**SIZES[size], num_labels=NUM_LABELS, max_length=MAX_LENGTH,
-                                             num_mel_bins=MEL))
+    s = SIZES[size]
+    hf, packed = hf_ast.build_models(s["hidden_size"], s["num_hidden_layers"], s["num_attention_heads"], NUM_LABELS,
+                                     seed=0, backend="torch")
     if weights is not None:
         hf.load_state_dict(torch.load(weights, weights_only=True))
-    hf.eval()
-    return hf, PackedAST.from_hf(hf, attention_backend="torch")
-
-
-def tokens(frames: list[int]) -> tuple[int, int]:
-    """``(padded tokens, packed tokens)`` the encoders see (2 special tokens per clip included)."""
-    from elasticast_kernels.data import num_tokens
-
-    def count(n: int) -> int:
-        return num_tokens(n, MEL, 16, 10) + 2
-
-    return len(frames) * count(MAX_LENGTH), sum(count(n) for n in frames)
+        packed = PackedAST.from_hf(hf, attention_backend="torch")
+    return hf, packed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,7 +81,7 @@ def peak_growth_mib(run) -> float:
 
 def _memory_child(side: str, size: str, weights: str, frames: list[int], seed: int) -> None:
     hf, packed = build_models(size, weights)
-    clips, padded = make_inputs(frames, seed)
+    clips, padded = hf_ast.make_inputs(frames, seed)
     model, inputs = (hf, padded) if side == "hf" else (packed, clips)
     del hf, packed
     with torch.inference_mode():
@@ -148,9 +114,9 @@ def interleaved_times(runs: dict, repeats: int) -> dict[str, list[float]]:
 
 
 def benchmark(size: str, clips: int, seconds: tuple[float, float], repeats: int, seed: int) -> dict:
-    frames = clip_frames(clips, seconds, seed)
+    frames = hf_ast.clip_frames(clips, seconds, seed)
     hf, packed = build_models(size)
-    hf_clips, padded = make_inputs(frames, seed)
+    hf_clips, padded = hf_ast.make_inputs(frames, seed)
     with torch.inference_mode():  # same weights: a clip of max_length frames gives the same logits
         check = (packed([padded[0]]) - hf(padded[:1]).logits).abs().max().item()
     with tempfile.TemporaryDirectory() as folder:
@@ -161,10 +127,10 @@ def benchmark(size: str, clips: int, seconds: tuple[float, float], repeats: int,
         del hf, packed
         gc.collect()
         memory = {side: measure_memory(side, size, weights, frames, seed) for side in ("hf", "packed")}
-    padded_tokens, packed_tokens = tokens(frames)
+    padded_tokens, packed_tokens = hf_ast.encoder_tokens(frames)
     hf_s, packed_s = statistics.median(times["hf"]), statistics.median(times["packed"])
     return {
-        "size": size, **SIZES[size], "num_labels": NUM_LABELS, "clips": clips, "seconds": list(seconds), "seed": seed,
+        "size": size, **SIZES[size], "intermediate_size": 4 * SIZES[size]["hidden_size"], "num_labels": NUM_LABELS, "clips": clips, "seconds": list(seconds), "seed": seed,
         "frames": frames, "tokens_padded": padded_tokens, "tokens_packed": packed_tokens, "repeats": repeats,
         "times_s": times, "hf_s": hf_s, "packed_s": packed_s, "speedup": hf_s / packed_s,
         "hf_peak_mib": memory["hf"]["peak_growth_mib"], "packed_peak_mib": memory["packed"]["peak_growth_mib"],
@@ -255,32 +221,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# pytest (tiny sizes: the benchmarked code runs and both sides agree where they must)
+# pytest-benchmark: the report's hf_ast cases (elasticast_kernels.bench.groups.hf_ast; see conftest.py)
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny():
-    pytest.importorskip("transformers")
-    frames = clip_frames(6, (1.0, 10.0), seed=0)
-    hf, packed = build_models("tiny")
-    clips, padded = make_inputs(frames, seed=0)
-    return hf, packed, clips, padded
+GROUP = "hf_ast"
 
 
-def test_bench_packed_ast_eval(benchmark, tiny):
-    hf, packed, clips, padded = tiny
-    with torch.inference_mode():
-        logits = benchmark(packed, clips)
-        single = torch.cat([packed([clip]) for clip in clips])
-    torch.testing.assert_close(logits, single, rtol=0, atol=1e-5)
-
-
-def test_bench_hf_padded_eval(benchmark, tiny):
-    hf, packed, clips, padded = tiny
-    with torch.inference_mode():
-        logits = benchmark(lambda: hf(padded).logits)
-        # same weights: on the padded 1024-frame input itself both models agree
-        torch.testing.assert_close(packed(list(padded[:2])), logits[:2], rtol=0, atol=1e-4)
-    assert logits.shape == (len(clips), NUM_LABELS)
+def test_hf_ast(case, run_case):
+    run_case(case)
 
 
 def test_peak_memory_probe_sees_an_allocation():

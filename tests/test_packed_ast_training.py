@@ -17,7 +17,9 @@ transformers = pytest.importorskip("transformers")
 soundfile = pytest.importorskip("soundfile")
 
 from elasticast_kernels.data import ManifestDataset  # noqa: E402
+from elasticast_kernels.inference import Predictor  # noqa: E402
 from elasticast_kernels.inference.cli import main as predict_main  # noqa: E402
+from elasticast_kernels.inference.spectrograms import window_bounds  # noqa: E402
 from elasticast_kernels.models import PackedAST  # noqa: E402
 from elasticast_kernels.models.ast_features import ASTFeatures  # noqa: E402
 from elasticast_kernels.saved_model import load_model  # noqa: E402
@@ -83,6 +85,20 @@ def test_fine_tune_an_hf_checkpoint_then_predict(tmp_path, setup, torch_cpu_path
     for line, row in zip(lines, expected):
         scores = {entry["label"]: entry["score"] for entry in line["top"]}
         np.testing.assert_allclose([scores[name] for name in classes], row.tolist(), rtol=0, atol=1e-5)
+
+    # window mode (the default: windows of the position table's 100 frames = 1 s, half a window
+    # apart) and embeddings, through the Python API: each window scored as a clip of its own
+    long = np.concatenate(waves * 3)
+    (result,) = Predictor.from_file(ckpt / "model.pt", device="cpu").predict_all([(long, 16000)], embeddings=True)
+    bounds = window_bounds(len(long), 16000, 8000)
+    with torch.inference_mode():
+        pieces = features([long[start:end] for start, end in bounds])
+        windows = model(pieces).softmax(-1)
+        embedding = model.embed(pieces).mean(0)
+    assert len(result.windows) == len(bounds) > 2
+    np.testing.assert_allclose(np.stack([w.scores for w in result.windows]), windows.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(result.scores, windows.mean(0).numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(result.embedding, embedding.numpy(), rtol=0, atol=1e-5)
 
 
 def test_keeps_the_checkpoint_head_for_its_own_labels(tmp_path, setup):

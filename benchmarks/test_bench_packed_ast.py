@@ -35,6 +35,7 @@ import pytest
 import torch
 
 from elasticast_kernels.bench.groups import hf_ast
+from elasticast_kernels.bench.results import environment
 
 SIZES = {  # intermediate size 4 x hidden, as in AST
     "audioset": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
@@ -140,22 +141,11 @@ def benchmark(size: str, clips: int, seconds: tuple[float, float], repeats: int,
     }
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict:
     import transformers
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": environment("cpu")["cpu"], "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "load_average": load}
 

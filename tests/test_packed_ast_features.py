@@ -77,17 +77,23 @@ def test_equals_stored_torchaudio_fbank():
     np.testing.assert_allclose(normalised.numpy(), expected, rtol=0, atol=2e-3 / (2 * AUDIOSET_STD))
 
 
-def test_end_to_end_logits_equal_hf_on_a_clip_of_exactly_max_length():
-    """A waveform of exactly ``max_length`` frames: extractor + HF AST == ASTFeatures + PackedAST."""
-    transformers = pytest.importorskip("transformers")
-    from elasticast_kernels.models import PackedAST
-
+def random_hf(transformers):
+    """A one-layer HF AST (96 frames, 32 mel bins, 3 labels) with weights large enough to matter."""
     config = transformers.ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                     max_length=96, num_mel_bins=32, num_labels=3)
     hf = transformers.ASTForAudioClassification(config).eval()
     with torch.no_grad():
         for parameter in hf.parameters():
             parameter.normal_(0.0, 0.3)
+    return hf
+
+
+def test_end_to_end_logits_equal_hf_on_a_clip_of_exactly_max_length():
+    """A waveform of exactly ``max_length`` frames: extractor + HF AST == ASTFeatures + PackedAST."""
+    transformers = pytest.importorskip("transformers")
+    from elasticast_kernels.models import PackedAST
+
+    hf = random_hf(transformers)
     extractor = transformers.ASTFeatureExtractor(num_mel_bins=32, max_length=96)
     wave = chirp((400 + 95 * 160) / 16000)
     inputs = extractor(wave, sampling_rate=16000, return_tensors="pt")["input_values"]
@@ -138,12 +144,7 @@ def test_saved_packed_ast_scores_audio_as_the_extractor_and_hf(tmp_path):
 
     from elasticast_kernels.models import PackedAST
 
-    config = transformers.ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                    max_length=96, num_mel_bins=32, num_labels=3)
-    hf = transformers.ASTForAudioClassification(config).eval()
-    with torch.no_grad():
-        for parameter in hf.parameters():
-            parameter.normal_(0.0, 0.3)
+    hf = random_hf(transformers)
     extractor = transformers.ASTFeatureExtractor(num_mel_bins=32, max_length=96, mean=-3.0, std=2.5)
     packed = PackedAST.from_hf(hf, features=extractor, attention_backend="torch")
     save_model(tmp_path / "ast.pt", packed, classes=["a", "b", "c"],

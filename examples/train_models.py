@@ -125,15 +125,17 @@ class ElasticASTRecipe:
 
 
 class PackedASTRecipe:
-    """A Hugging Face AST checkpoint: its features, overlapping patches, its weights."""
+    """A Hugging Face AST checkpoint: its features, overlapping patches, its weights. ``model``:
+    the checkpoint's PackedAST, after `build` the one trained (token counts and collators read
+    its geometry)."""
 
     def __init__(self, args) -> None:
         self.folder = folder = args.hf_checkpoint
         has_preprocessor = os.path.isfile(os.path.join(folder, "preprocessor_config.json"))
         self.features = ASTFeatures.from_pretrained(folder) if has_preprocessor else ASTFeatures()
-        self.pretrained = PackedAST.from_hf(folder, features=self.features, attention_backend=args.backend,
+        self.model = PackedAST.from_hf(folder, features=self.features, attention_backend=args.backend,
                                             hidden_dropout_prob=args.dropout)
-        self.num_mel_bins = self.pretrained.num_mel_bins
+        self.num_mel_bins = self.model.num_mel_bins
         if self.features.num_mel_bins != self.num_mel_bins:
             raise ValueError(f"{folder}: preprocessor_config.json has num_mel_bins={self.features.num_mel_bins}, "
                              f"the model reads {self.num_mel_bins}")
@@ -146,30 +148,28 @@ class PackedASTRecipe:
 
     def token_lengths(self, dataset) -> np.ndarray:
         frames = dataset.token_lengths() // self.num_mel_bins  # 1x1 "patches": mel bins x frames
-        return np.asarray(self.pretrained.num_tokens(frames), dtype=np.int64)
+        return np.asarray(self.model.num_tokens(frames), dtype=np.int64)
 
     def max_frames(self, max_tokens: int) -> int:
-        model = self.pretrained
+        model = self.model
         time_patches = max(1, max_tokens // model.grid[0])
         return model.patch_size + (time_patches - 1) * model.stride[1]
 
     def collator(self, max_tokens: int | None) -> StridedCollator:
-        model = self.pretrained
+        model = self.model
         return StridedCollator(model.patch_size, model.stride, model.pad_value, max_tokens)
 
     def build(self, classes: tuple[str, ...], datasets) -> PackedAST:
         """The checkpoint's model; with a new head (ASTPreTrainedModel's init) unless ``classes``
         are its labels in order."""
-        pretrained, self.pretrained = self.pretrained, None
-        if tuple(classes) == pretrained.class_names:
-            model = pretrained
-        else:
-            model = PackedAST(**{**pretrained.config, "num_classes": len(classes)})
+        pretrained = self.model
+        if tuple(classes) != pretrained.class_names:
+            self.model = PackedAST(**{**pretrained.config, "num_classes": len(classes)})
             body = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("classifier.dense.")}
-            missing, unknown = model.load_state_dict(body, strict=False)
-            assert not unknown and all(key.startswith("classifier.dense.") for key in missing)
-        self.pretrained = model  # token counts and collators need its geometry, not its weights
-        return model.train()
+            missing, unknown = self.model.load_state_dict(body, strict=False)
+            if unknown or any(not key.startswith("classifier.dense.") for key in missing):
+                raise RuntimeError(f"new head: unexpected keys {unknown}, missing {missing}")
+        return self.model.train()
 
     def describe(self, model) -> str:
         c = model.config

@@ -41,6 +41,7 @@ CARD_KEY = "model_card"
 
 #: Architecture name -> ``"module:Class"``; the class takes its ``config`` as keyword arguments.
 ARCHITECTURES: dict[str, str] = {"ElasticAST": "elasticast_kernels.models:ElasticAST"}
+ARCHITECTURES["PackedAST"] = "elasticast_kernels.models:PackedAST"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import numbers
 
 import torch
 
+from elasticast_kernels._checks import check_optional_int
 from elasticast_kernels.layout import check_offsets
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -62,11 +63,7 @@ def check_cu_seqlens(
 
 
 def check_max_seqlen(max_seqlen: object, name: str = "max_seqlen") -> int | None:
-    if max_seqlen is None:
-        return None
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
-        raise ValueError(f"{name} must be a non-negative Python int or None, got {max_seqlen!r}")
-    return max_seqlen
+    return check_optional_int(name, max_seqlen, 0)
 
 
 def check_window(window_size: object, causal: bool, longest: int) -> tuple[int, int]:

@@ -87,7 +87,7 @@ def test_very_wide_rows_take_torch_path(monkeypatch):
     """Rows too wide for int32 tile offsets fall back to the torch path (threshold lowered here)."""
     from elasticast_kernels.ops import segment_pool, segment_pool_kernels
 
-    monkeypatch.setattr(segment_pool, "_MAX_ROW_STRIDE", 16)
+    monkeypatch.setattr(segment_pool, "MAX_ROW_STRIDE", 16)
     for launcher in ("segment_attention_pool_forward", "segment_mean_forward"):
         monkeypatch.setattr(segment_pool_kernels, launcher, None)  # would fail if called
     check_against_reference(*make_inputs([9, 4], 2, 16, torch.float32, True), 1.0)

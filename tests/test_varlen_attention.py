@@ -381,8 +381,8 @@ def test_launcher_rejects_bad_heads_and_window():
     q, k = torch.randn(4, 3, 32), torch.randn(4, 2, 32)
     with pytest.raises(ValueError, match="multiple of k's heads"):
         kernels.varlen_attention_forward(q, k, k, cu, cu, longest_first(cu), 4, 1.0, False, (-1, -1), 0.0)
-    for window in ((-2, 0), (0, 1.5), (True, 0)):
-        with pytest.raises(ValueError, match="window"):
+    for window, error in (((-2, 0), ValueError), ((0, 1.5), TypeError), ((True, 0), TypeError)):
+        with pytest.raises(error, match="window"):
             kernels.varlen_attention_forward(q, q, q, cu, cu, longest_first(cu), 4, 1.0, False, window, 0.0)
 
 

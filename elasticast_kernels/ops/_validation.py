@@ -8,11 +8,10 @@ while ``torch.compile`` traces.
 """
 from __future__ import annotations
 
-import math
-import numbers
 
 import torch
 
+from elasticast_kernels._checks import check_int, check_number, check_optional_int
 from elasticast_kernels.layout import check_offsets
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -62,11 +61,7 @@ def check_cu_seqlens(
 
 
 def check_max_seqlen(max_seqlen: object, name: str = "max_seqlen") -> int | None:
-    if max_seqlen is None:
-        return None
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
-        raise ValueError(f"{name} must be a non-negative Python int or None, got {max_seqlen!r}")
-    return max_seqlen
+    return check_optional_int(name, max_seqlen, 0)
 
 
 def check_window(window_size: object, causal: bool, longest: int) -> tuple[int, int]:
@@ -89,11 +84,9 @@ def check_window(window_size: object, causal: bool, longest: int) -> tuple[int, 
     if len(sides) != 2:
         raise ValueError(f"window_size must have two entries (left, right), got {window_size!r}")
     for side, value in zip(("left", "right"), sides):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"window_size {side} must be an int, got {type(value).__name__}")
-        if value < -1:
-            raise ValueError(f"window_size {side} must be -1 (unbounded) or >= 0, got {int(value)}")
-    left, right = (int(value) for value in sides)
+        if isinstance(value, torch.Tensor):  # reading it would be a host-device sync
+            raise TypeError(f"window_size {side} must be a Python int, got a tensor")
+    left, right = (check_int(f"window_size {side} (-1: unbounded)", value, -1) for side, value in zip(("left", "right"), sides))
     if causal:
         right = 0
     return tuple(-1 if side >= longest else side for side in (left, right))  # type: ignore[return-value]
@@ -105,10 +98,8 @@ def check_softcap(softcap: object) -> float:
     Raises:
         TypeError: not a real number. ValueError: negative, NaN or infinite.
     """
-    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
-        raise TypeError(f"softcap must be a real number (0.0: off), got {type(softcap).__name__}")
-    value = float(softcap)
-    if not math.isfinite(value) or value < 0:
+    value = check_number("softcap (0.0: off)", softcap)
+    if value < 0:
         raise ValueError(f"softcap must be 0.0 (off) or a positive finite number, got {softcap!r}")
     return value
 
@@ -125,9 +116,4 @@ def resolve_softmax_scale(softmax_scale: object, head_dim: int, allow_none: bool
         if not allow_none:
             raise ValueError("softmax_scale must be a finite number, got None")
         return head_dim ** -0.5
-    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
-        raise TypeError(f"softmax_scale must be a real number or None, got {type(softmax_scale).__name__}")
-    scale = float(softmax_scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"softmax_scale must be finite, got {softmax_scale!r}")
-    return scale
+    return check_number("softmax_scale", softmax_scale)

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from elasticast_kernels.ops._common import longest_first, lse_columns, on_device, use_triton
+from elasticast_kernels.ops._common import MAX_ROW_STRIDE, longest_first, lse_columns, on_device, use_triton
 from elasticast_kernels.ops._validation import (
     check_cu_seqlens,
     check_float_tensor,
@@ -65,90 +65,6 @@ def launch_schedule(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | Non
     if cu_seqlens_k is None or cu_seqlens_k is cu_seqlens_q:
         return LaunchSchedule(schedule_q, schedule_q)
     return LaunchSchedule(schedule_q, longest_first(cu_seqlens_k))
-
-
-# --- torch.library ops --------------------------------------------------------------------------
-# The schedule travels as four optional tensors (order and cumulative lengths, for q and k): None
-# on the torch path, which does not use it.
-
-
-def _schedule_pair(order: torch.Tensor | None, order_cu: torch.Tensor | None,
-                   cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return longest_first(cu_seqlens) if order is None or order_cu is None else (order, order_cu)
-
-
-@torch.library.custom_op("elasticast_kernels::varlen_attention_fwd", mutates_args=())
-def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                          cu_seqlens_k: torch.Tensor, order_q: torch.Tensor | None, order_cu_q: torch.Tensor | None,
-                          order_k: torch.Tensor | None, order_cu_k: torch.Tensor | None, seq_hint: int,
-                          softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (out [total_q, heads, head_dim] dtype of q, lse2 [heads, lse_columns(total_q)] fp32). Inputs validated."""
-    window = (window_left, window_right)
-    if use_triton(q):
-        from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_forward
-
-        with on_device(q):
-            return varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k,
-                                            _schedule_pair(order_q, order_cu_q, cu_seqlens_q), seq_hint,
-                                            softmax_scale, causal, window, softcap)
-    return varlen_attention_forward_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal, window, softcap)
-
-
-@_varlen_attention_fwd.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k, seq_hint, softmax_scale,
-      causal, window_left, window_right, softcap):
-    total, heads, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((heads, lse_columns(total)), dtype=torch.float32)
-
-
-@torch.library.custom_op("elasticast_kernels::varlen_attention_bwd", mutates_args=())
-def _varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          out: torch.Tensor, lse: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                          cu_seqlens_k: torch.Tensor, order_q: torch.Tensor | None, order_cu_q: torch.Tensor | None,
-                          order_k: torch.Tensor | None, order_cu_k: torch.Tensor | None, seq_hint: int,
-                          softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (dq, dk, dv), shaped and typed like q, k, v."""
-    window = (window_left, window_right)
-    if use_triton(q):
-        from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_backward
-
-        schedule_q = _schedule_pair(order_q, order_cu_q, cu_seqlens_q)
-        schedule_k = schedule_q if cu_seqlens_k is cu_seqlens_q else _schedule_pair(order_k, order_cu_k, cu_seqlens_k)
-        with on_device(q):
-            return varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, schedule_q,
-                                             schedule_k, seq_hint, softmax_scale, causal, window, softcap)
-    return varlen_attention_backward_torch(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
-                                           causal, window, softcap)
-
-
-@_varlen_attention_bwd.register_fake
-def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k, seq_hint,
-      softmax_scale, causal, window_left, window_right, softcap):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k, *scalars = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k)
-    ctx.mark_non_differentiable(lse)  # internal output: no zero gradient is allocated for it
-    ctx.self_attention = cu_seqlens_k is cu_seqlens_q
-    ctx.scalars = scalars
-
-
-def _backward(ctx, dout, dlse):
-    # the log-sum-exp is an internal output (never returned to users): its gradient is ignored
-    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *schedule = ctx.saved_tensors
-    if ctx.self_attention:  # saving unpacks to a new tensor object: keep "the same tensor" visible
-        cu_seqlens_k = cu_seqlens_q
-    dq, dk, dv = _varlen_attention_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *schedule,
-                                       *ctx.scalars)
-    return (dq, dk, dv) + (None,) * (len(ctx.scalars) + 6)
-
-
-_varlen_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --- public API ---------------------------------------------------------------------------------
@@ -277,10 +193,10 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     hints = [h for h in (max_seqlen_q, max_seqlen_k) if h is not None]
     seq_hint = max(hints) if hints else max(q.shape[0], k.shape[0]) // max(cu_seqlens_q.shape[0] - 1, 1)
 
-    # the kernels read rows with unit stride on head_dim (any token/head strides are fine; tile
-    # offsets are int32, so a token stride past 2^24 elements is copied to a compact layout) and
-    # exist for a few head_dims; the torch path needs neither adjustment
-    q, k, v = (x if x.stride(-1) == 1 and x.stride(0) < 2**24 else x.contiguous() for x in (q, k, v))
+    # the kernels read rows with unit stride on head_dim (any token/head strides below
+    # MAX_ROW_STRIDE are fine; wider ones are copied compact) and exist for a few head_dims; the
+    # torch path needs neither adjustment
+    q, k, v = (x if x.stride(-1) == 1 and x.stride(0) < MAX_ROW_STRIDE else x.contiguous() for x in (q, k, v))
     head_dim = q.shape[-1]
     kernel_head_dim = next(d for d in ATTENTION_HEAD_DIMS if d >= head_dim) if triton else head_dim
     if kernel_head_dim != head_dim:
@@ -292,3 +208,87 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     if kernel_head_dim != head_dim:
         out = out[..., :head_dim]
     return out
+
+
+# --- torch.library ops --------------------------------------------------------------------------
+# The schedule travels as four optional tensors (order and cumulative lengths, for q and k): None
+# on the torch path, which does not use it.
+
+
+def _schedule_pair(order: torch.Tensor | None, order_cu: torch.Tensor | None,
+                   cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return longest_first(cu_seqlens) if order is None or order_cu is None else (order, order_cu)
+
+
+@torch.library.custom_op("elasticast_kernels::varlen_attention_fwd", mutates_args=())
+def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                          cu_seqlens_k: torch.Tensor, order_q: torch.Tensor | None, order_cu_q: torch.Tensor | None,
+                          order_k: torch.Tensor | None, order_cu_k: torch.Tensor | None, seq_hint: int,
+                          softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (out [total_q, heads, head_dim] dtype of q, lse2 [heads, lse_columns(total_q)] fp32). Inputs validated."""
+    window = (window_left, window_right)
+    if use_triton(q):
+        from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_forward
+
+        with on_device(q):
+            return varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                            _schedule_pair(order_q, order_cu_q, cu_seqlens_q), seq_hint,
+                                            softmax_scale, causal, window, softcap)
+    return varlen_attention_forward_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal, window, softcap)
+
+
+@_varlen_attention_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k, seq_hint, softmax_scale,
+      causal, window_left, window_right, softcap):
+    total, heads, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((heads, lse_columns(total)), dtype=torch.float32)
+
+
+@torch.library.custom_op("elasticast_kernels::varlen_attention_bwd", mutates_args=())
+def _varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          out: torch.Tensor, lse: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                          cu_seqlens_k: torch.Tensor, order_q: torch.Tensor | None, order_cu_q: torch.Tensor | None,
+                          order_k: torch.Tensor | None, order_cu_k: torch.Tensor | None, seq_hint: int,
+                          softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (dq, dk, dv), shaped and typed like q, k, v."""
+    window = (window_left, window_right)
+    if use_triton(q):
+        from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_backward
+
+        schedule_q = _schedule_pair(order_q, order_cu_q, cu_seqlens_q)
+        schedule_k = schedule_q if cu_seqlens_k is cu_seqlens_q else _schedule_pair(order_k, order_cu_k, cu_seqlens_k)
+        with on_device(q):
+            return varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, schedule_q,
+                                             schedule_k, seq_hint, softmax_scale, causal, window, softcap)
+    return varlen_attention_backward_torch(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                                           causal, window, softcap)
+
+
+@_varlen_attention_bwd.register_fake
+def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k, seq_hint,
+      softmax_scale, causal, window_left, window_right, softcap):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k, *scalars = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k)
+    ctx.mark_non_differentiable(lse)  # internal output: no zero gradient is allocated for it
+    ctx.self_attention = cu_seqlens_k is cu_seqlens_q
+    ctx.scalars = scalars
+
+
+def _backward(ctx, dout, dlse):
+    # the log-sum-exp is an internal output (never returned to users): its gradient is ignored
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *schedule = ctx.saved_tensors
+    if ctx.self_attention:  # saving unpacks to a new tensor object: keep "the same tensor" visible
+        cu_seqlens_k = cu_seqlens_q
+    dq, dk, dv = _varlen_attention_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *schedule,
+                                       *ctx.scalars)
+    return (dq, dk, dv) + (None,) * (len(ctx.scalars) + 6)
+
+
+_varlen_attention_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -66,6 +66,7 @@ import torch
 import triton
 import triton.language as tl
 
+from elasticast_kernels._checks import check_int
 from elasticast_kernels.ops._common import LOG2E, lse_columns, triton_interpret
 from elasticast_kernels.ops._triton_common import cdiv, tile_offsets
 
@@ -905,9 +906,8 @@ def _features(q: torch.Tensor, k: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_s
     left, right = window
     if causal:
         right = 0
-    for name, value in (("window[0]", left), ("window[1]", right)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
-            raise ValueError(f"{name} must be -1 (unbounded) or an int >= 0, got {value!r}")
+    check_int("window[0]", left, -1)
+    check_int("window[1]", right, -1)
     # a bound past every distance inside a sample changes nothing; keep it in int32
     reach = q.shape[0] + k.shape[0]
     left, right = min(left, reach), min(right, reach)

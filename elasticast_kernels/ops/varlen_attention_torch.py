@@ -225,7 +225,7 @@ def _fused_run_backward(dout, q, k, v, out, lse2, run: _Run, plan: _Plan, scale:
 # --- explicit path ------------------------------------------------------------------------------
 
 
-def _heads_first(x: torch.Tensor, start: int, length: int) -> torch.Tensor:
+def _sample_fp32(x: torch.Tensor, start: int, length: int) -> torch.Tensor:
     """Tokens ``start : start + length`` of a [total, heads, d] tensor as fp32 [heads, length, d]."""
     return x[start:start + length].transpose(0, 1).float()
 
@@ -256,8 +256,8 @@ def _explicit_forward(q, k, v, out, lse2, run: _Run, plan: _Plan, scale: float, 
     heads, heads_k = q.shape[1], k.shape[1]
     for sample in range(run.count):
         q0, k0 = run.q0 + sample * run.len_q, run.k0 + sample * run.len_k
-        q_s = _heads_first(q, q0, run.len_q)
-        k_s, v_s = (_heads_first(x, k0, run.len_k) for x in (k, v))
+        q_s = _sample_fp32(q, q0, run.len_q)
+        k_s, v_s = (_sample_fp32(x, k0, run.len_k) for x in (k, v))
         for chunk in plan.chunks:
             if chunk.keys.stop == chunk.keys.start:  # these rows see no key: out stays 0, lse +inf
                 continue
@@ -279,8 +279,8 @@ def _explicit_backward(dout, q, k, v, lse2, delta, dq, dk, dv, run: _Run, plan: 
     heads, heads_k = q.shape[1], k.shape[1]
     for sample in range(run.count):
         q0, k0 = run.q0 + sample * run.len_q, run.k0 + sample * run.len_k
-        q_s, do_s = (_heads_first(x, q0, run.len_q) for x in (q, dout))
-        k_s, v_s = (_heads_first(x, k0, run.len_k) for x in (k, v))
+        q_s, do_s = (_sample_fp32(x, q0, run.len_q) for x in (q, dout))
+        k_s, v_s = (_sample_fp32(x, k0, run.len_k) for x in (k, v))
         dk_s, dv_s = torch.zeros_like(k_s), torch.zeros_like(v_s)
         for chunk in plan.chunks:
             if chunk.keys.stop == chunk.keys.start:  # no key seen: no gradient (dq stays 0)

@@ -365,7 +365,7 @@ def test_hostile_models_and_options(hf):
         PackedAST(num_classes=2, hidden_act="mish")
     with pytest.raises(ValueError, match="max_length=8 must be >= patch_size"):
         PackedAST(num_classes=2, max_length=8)
-    with pytest.raises(ValueError, match="num_classes must be a positive int"):
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
         PackedAST(num_classes=0)
     with pytest.raises(ValueError, match="pad_value must be finite"):
         PackedAST(num_classes=2, pad_value=float("nan"))

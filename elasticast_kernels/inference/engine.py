@@ -16,7 +16,6 @@ the token budget and the longest file, not the number of files.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from elasticast_kernels._checks import check_int, check_number
 from elasticast_kernels.data.audio import AudioError
 from elasticast_kernels.inference.inputs import as_input, input_name, load_input
 from elasticast_kernels.inference.results import Prediction, WindowScores
@@ -66,10 +66,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def _positive(name: str, value: object, kind=(int, float)) -> float:
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return value
+def _positive(name: str, value: object) -> float:
+    return check_number(name, value, positive=True)
 
 
 @dataclass
@@ -184,8 +182,7 @@ class Predictor:
         if not isinstance(card, ModelCard):
             raise TypeError(f"card must be a ModelCard, got {type(card).__name__}")
         feed = _ModelFeed(model)
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        check_int("max_tokens", max_tokens, 1)
         if long not in LONG_MODES:
             raise ValueError(f"long must be one of {LONG_MODES}, got {long!r}")
         self.device = resolve_device(device)

@@ -22,7 +22,6 @@ patch with `ASTFeatures.pad_value`, the extractor's padding after normalisation.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -30,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from elasticast_kernels._checks import check_int, check_number
 from elasticast_kernels.data.features import fbank, num_frames
 from elasticast_kernels.saved_model import FeatureSettings
 
@@ -71,14 +71,9 @@ class ASTFeatures:
     def __post_init__(self) -> None:
         for name, low in (("sampling_rate", 1), ("num_mel_bins", 4), ("max_length", 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"ASTFeatures.{name} must be an int >= {low}, got {value!r}")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, check_int(f"ASTFeatures.{name}", value, low))
         for name in ("mean", "std"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
-                raise ValueError(f"ASTFeatures.{name} must be a finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, check_number(f"ASTFeatures.{name}", getattr(self, name)))
         if self.std <= 0:
             raise ValueError(f"ASTFeatures.std must be > 0, got {self.std}")
         if not isinstance(self.do_normalize, (bool, np.bool_)):
@@ -225,9 +220,7 @@ class ASTFeatures:
             return None
         if max_frames == "extractor":
             return self.max_length
-        if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1:
-            raise ValueError(f"max_frames must be None, 'extractor' or an int >= 1, got {max_frames!r}")
-        return int(max_frames)
+        return check_int("max_frames (or None, 'extractor')", max_frames, 1)
 
 
 def _as_clips(raw_speech: Any) -> Sequence[Any]:

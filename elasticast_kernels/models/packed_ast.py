@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from elasticast_kernels._checks import check_int, check_number
 from elasticast_kernels.backends import BACKENDS, BackendFn, backend_name, resolve_backend
 from elasticast_kernels.data.features import num_tokens
 from elasticast_kernels.layout import SeqLayout, cumulative_lengths, host_to_device
@@ -53,16 +54,11 @@ SPECIAL_TOKENS = 2  # [CLS] and distillation, in front of every clip's patches
 _HEAD_PREFIX = "classifier.dense."  # the label-specific weights
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _probability(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
+    value = check_number(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
 
 
 class PackedAST(nn.Module):
@@ -126,9 +122,9 @@ class PackedAST(nn.Module):
                      num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
                      patch_size=patch_size, frequency_stride=frequency_stride, time_stride=time_stride,
                      max_length=max_length, num_mel_bins=num_mel_bins)
-        sizes = {name: _positive_int(name, value) for name, value in sizes.items()}
+        sizes = {name: check_int(name, value, 1) for name, value in sizes.items()}
         head_dim = sizes["hidden_size"] // sizes["num_attention_heads"] if head_dim is None else \
-            _positive_int("head_dim", head_dim)
+            check_int("head_dim", head_dim, 1)
         for name in ("max_length", "num_mel_bins"):
             if sizes[name] < sizes["patch_size"]:
                 raise ValueError(f"{name}={sizes[name]} must be >= patch_size={sizes['patch_size']}")

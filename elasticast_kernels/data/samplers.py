@@ -196,15 +196,6 @@ class PackedBatchSampler(Sampler[list[int]]):
         *,
         window: int = 256,
     ) -> None:
-        self._init_common(lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window)
-        self.num_replicas = 1
-        self.rank = 0
-        self._epoch_steps(self.epoch)  # fail early on a bad strategy or too few packs
-
-    # ------------------------------------------------------------------ setup
-    def _init_common(
-        self, lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window
-    ) -> None:
         self.lengths = _as_lengths(lengths)
         self.max_tokens = check_int("max_tokens", max_tokens, 1)
         self.packs_per_step = check_int("packs_per_step", packs_per_step, 1)
@@ -238,11 +229,18 @@ class PackedBatchSampler(Sampler[list[int]]):
         if too_long.size and oversize == "drop":
             warnings.warn(
                 f"dropping {too_long.size} of {self.lengths.size} samples longer than max_tokens={self.max_tokens}",
-                stacklevel=3,
+                stacklevel=2,
             )
         #: indices of the samples longer than ``max_tokens`` (own packs, or dropped: see ``oversize``)
         self.oversize_indices = too_long
         self._kept = np.flatnonzero(self.lengths <= self.max_tokens)
+        self.num_replicas, self.rank = self._replicas()
+        self._epoch_steps(self.epoch)  # fail early on a bad strategy or too few packs
+
+    # ------------------------------------------------------------------ setup
+    def _replicas(self) -> tuple[int, int]:
+        """``(num_replicas, rank)``: one process here; the distributed sampler has its own."""
+        return 1, 0
 
     @property
     def num_oversize(self) -> int:
@@ -520,29 +518,15 @@ class DistributedPackedBatchSampler(PackedBatchSampler):
             :class:`PackedBatchSampler`.
     """
 
-    def __init__(
-        self,
-        lengths: Sequence[int] | np.ndarray | torch.Tensor,
-        max_tokens: int,
-        strategy: str = "best_fit_window",
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        packs_per_step: int = 1,
-        oversize: str = "own_pack",
-        *,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        window: int = 256,
-    ) -> None:
+    def __init__(self, *args, num_replicas: int | None = None, rank: int | None = None, **kwargs) -> None:
         if num_replicas is None or rank is None:
             if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
                 raise ValueError("pass num_replicas and rank, or initialise torch.distributed first")
             num_replicas = torch.distributed.get_world_size() if num_replicas is None else num_replicas
             rank = torch.distributed.get_rank() if rank is None else rank
         num_replicas = check_int("num_replicas", num_replicas, 1)
-        rank = check_int("rank", rank, 0, num_replicas - 1)
-        self._init_common(lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window)
-        self.num_replicas = num_replicas
-        self.rank = int(rank)
-        self._epoch_steps(self.epoch)
+        self._requested = (num_replicas, check_int("rank", rank, 0, num_replicas - 1))
+        super().__init__(*args, **kwargs)
+
+    def _replicas(self) -> tuple[int, int]:
+        return self._requested

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 from typing import Any
 
 
@@ -55,6 +56,17 @@ def check_number(name: str, value: Any, *, positive: bool = False) -> float:
     if positive and value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
     return value
+
+
+def check_path(name: str, value: Any) -> str:
+    """``value`` (a str or ``os.PathLike``) as a str path.
+
+    Raises:
+        TypeError: ``value`` is neither.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(value).__name__}")
+    return os.fspath(value)
 
 
 def check_bool(name: str, value: Any) -> bool:

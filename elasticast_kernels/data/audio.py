@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from elasticast_kernels._checks import check_int, check_optional_int
+from elasticast_kernels._checks import check_int, check_optional_int, check_path
 from elasticast_kernels._optional import import_optional
 
 __all__ = ["AudioError", "AudioInfo", "audio_info", "read_audio", "resampled_length"]
@@ -48,9 +48,7 @@ def _soundfile():
 
 
 def _check_path(path: str | os.PathLike) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
+    path = check_path("path", path)
     if os.path.isdir(path):
         raise AudioError(path, "is a directory, not an audio file")
     if not os.path.exists(path):

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from elasticast_kernels._checks import check_int, check_optional_int
+from elasticast_kernels._checks import check_int, check_optional_int, check_path
 
 from .audio import AudioError, AudioInfo, audio_info, read_audio, resampled_length
 from .features import _frame_geometry, audio_to_spectrogram, num_frames, num_tokens
@@ -387,9 +387,7 @@ class ManifestDataset(Dataset):
 
 
 def _manifest_path(manifest: object) -> str:
-    if not isinstance(manifest, (str, os.PathLike)):
-        raise TypeError(f"manifest must be a path (str or os.PathLike), got {type(manifest).__name__}")
-    path = os.fspath(manifest)
+    path = check_path("manifest", manifest)
     if os.path.isdir(path):
         raise ValueError(f"manifest {path} is a directory; pass a .csv or .jsonl file that lists the audio")
     if not os.path.isfile(path):

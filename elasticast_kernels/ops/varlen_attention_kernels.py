@@ -472,6 +472,23 @@ def _key_plan(q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, win
     return q_start, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi
 
 
+@triton.jit
+def _query_block(Q, stride_qt, stride_qh, head, q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left,
+                 window_right, HEAD_DIM: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+                 CROSS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A query block of the forward or dQ: its ``q`` tile (rows past the sample 0), row offsets,
+    in-sample mask and first row, then `_key_plan`'s key range, offsets and loop bounds."""
+    q_start, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi = _key_plan(
+        q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right, WINDOW_LEFT, WINDOW_RIGHT, CROSS,
+        BLOCK_M, BLOCK_N)
+    offs_m = q_start + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < seq_end
+    first_row = q_start.to(tl.int64)
+    q = tl.load(_row_tile(Q, head, stride_qh, first_row, stride_qt, BLOCK_M, HEAD_DIM),
+                mask=row_ok[:, None], other=0.0)
+    return q, offs_m, row_ok, first_row, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi
+
+
 # --- forward ------------------------------------------------------------------------------------
 
 
@@ -551,14 +568,9 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, SCHED_ORDER, SCHED_CU,
     q_start, seq_start, seq_end, sample = _locate_block(CU_Q, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK_M)
     if q_start >= seq_end:
         return
-    q_start, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi = _key_plan(
-        q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right, WINDOW_LEFT, WINDOW_RIGHT, CROSS,
-        BLOCK_M, BLOCK_N)
-    offs_m = q_start + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < seq_end
-    first_row = q_start.to(tl.int64)
-    q = tl.load(_row_tile(Q, head, stride_qh, first_row, stride_qt, BLOCK_M, HEAD_DIM),
-                mask=row_ok[:, None], other=0.0)
+    q, offs_m, row_ok, first_row, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi = _query_block(
+        Q, stride_qt, stride_qh, head, q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right,
+        HEAD_DIM, WINDOW_LEFT, WINDOW_RIGHT, CROSS, BLOCK_M, BLOCK_N)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -788,14 +800,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, SCHED_ORDER, SCHED_C
     q_start, seq_start, seq_end, sample = _locate_block(CU_Q, SCHED_ORDER, SCHED_CU, slot, batch, n_search, BLOCK_M)
     if q_start >= seq_end:
         return
-    q_start, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi = _key_plan(
-        q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right, WINDOW_LEFT, WINDOW_RIGHT, CROSS,
-        BLOCK_M, BLOCK_N)
-    offs_m = q_start + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < seq_end
-    first_row = q_start.to(tl.int64)
-    q = tl.load(_row_tile(Q, head, stride_qh, first_row, stride_qt, BLOCK_M, HEAD_DIM),
-                mask=row_ok[:, None], other=0.0)
+    q, offs_m, row_ok, first_row, k_start, k_end, lo_off, hi_off, span_lo, lead_end, full_end, span_hi = _query_block(
+        Q, stride_qt, stride_qh, head, q_start, seq_start, seq_end, sample, CU_K, TRIPS, window_left, window_right,
+        HEAD_DIM, WINDOW_LEFT, WINDOW_RIGHT, CROSS, BLOCK_M, BLOCK_N)
     do = tl.load(_row_tile(DO, head, stride_doh, first_row, stride_dot, BLOCK_M, HEAD_DIM),
                  mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + head * stride_lse_h + offs_m, mask=row_ok, other=float("inf"))  # padding rows: p = 0

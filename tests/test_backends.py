@@ -1,6 +1,8 @@
 """Every attention backend of the registry against a float64 reference on the packed layout."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -211,3 +213,17 @@ def test_triton_backend_builds_the_launch_schedule_once_per_layout(monkeypatch):
     sum(o.sum() for o in outs).backward()
     assert len(calls) == 1
     assert layout.cached("launch_schedule", lambda: None) is not None
+
+
+def test_launch_count_script_counts_one_schedule_per_step():
+    """benchmarks/launches_per_step.py (the README's launch count) runs and finds one schedule per step."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    skip_unless_available("triton")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "launches_per_step.py"
+    done = subprocess.run([sys.executable, str(script), "--depth", "2"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "depth 2: 1 schedule(s) built" in done.stdout and "one per launcher: 4 schedules" in done.stdout

@@ -55,7 +55,7 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # Backends: each one is fn(q, k, v, layout, softmax_scale) -> [total_tokens, heads, head_dim]
 # ------------------------------------------------------------------------------------------------
-def _heads_first(x: torch.Tensor, segments: int, length: int) -> torch.Tensor:
+def _sdpa_batch(x: torch.Tensor, segments: int, length: int) -> torch.Tensor:
     """``[segments * length, heads, d]`` -> ``[segments, heads, length, d]`` (a view)."""
     return x.view(segments, length, *x.shape[1:]).transpose(1, 2)
 
@@ -87,7 +87,7 @@ def _torch_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Te
     sizes = [length * count for length, count in runs]
     outputs = []
     for (length, count), *parts in zip(runs, *(x.split(sizes) for x in (q, k, v))):
-        result = F.scaled_dot_product_attention(*(_heads_first(x, count, length) for x in parts), scale=softmax_scale)
+        result = F.scaled_dot_product_attention(*(_sdpa_batch(x, count, length) for x in parts), scale=softmax_scale)
         # back to tokens first: a view for one sample, one copy for a batch of them
         outputs.append(result[0].transpose(0, 1) if count == 1 else result.transpose(1, 2).reshape(-1, *q.shape[1:]))
     out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
@@ -168,9 +168,13 @@ def _xformers_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch
 
 
 def _triton_backend(q, k, v, layout: SeqLayout, softmax_scale: float) -> torch.Tensor:
-    from elasticast_kernels.ops.varlen_attention import varlen_attention
+    from elasticast_kernels.ops.varlen_attention import launch_schedule, varlen_attention
 
-    return varlen_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, softmax_scale=softmax_scale)
+    # the kernels' launch order depends on the layout alone: built once per batch, shared by
+    # every layer and by the backward
+    schedule = layout.cached("launch_schedule", lambda: launch_schedule(layout.cu_seqlens))
+    return varlen_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, softmax_scale=softmax_scale,
+                            schedule=schedule)
 
 
 # ------------------------------------------------------------------------------------------------

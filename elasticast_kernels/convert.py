@@ -28,6 +28,7 @@ from typing import Mapping, Union
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_int
 from .models import ElasticAST
 
 StateDict = dict[str, torch.Tensor]
@@ -159,12 +160,9 @@ def _model_facts(model: ElasticAST) -> dict[str, int]:
 
 def _grid(grid: object) -> tuple[int, int]:
     """``grid`` as a pair of positive ints; TypeError / ValueError naming it otherwise."""
-    if (not isinstance(grid, (tuple, list)) or len(grid) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) for n in grid)):
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2:
         raise TypeError(f"grid must be a pair of ints (frequency patches, time patches), got {grid!r}")
-    if grid[0] < 1 or grid[1] < 1:
-        raise ValueError(f"grid must be a pair of positive ints (frequency patches, time patches), got {tuple(grid)}")
-    return int(grid[0]), int(grid[1])
+    return check_int("grid[0]", grid[0], 1), check_int("grid[1]", grid[1], 1)
 
 
 def _vit_to_elasticast(

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from elasticast_kernels._checks import check_bool, check_int, check_number
 from elasticast_kernels.serialization import CheckpointError, atomic_save, read_file
 
 __all__ = ["ARCHITECTURES", "FeatureSettings", "ModelCard", "MODEL_FORMAT", "build_model", "load_model",
@@ -41,6 +42,7 @@ CARD_KEY = "model_card"
 
 #: Architecture name -> ``"module:Class"``; the class takes its ``config`` as keyword arguments.
 ARCHITECTURES: dict[str, str] = {"ElasticAST": "elasticast_kernels.models:ElasticAST"}
+ARCHITECTURES["PackedAST"] = "elasticast_kernels.models:PackedAST"
 
 
 @dataclass(frozen=True)
@@ -63,18 +65,11 @@ class FeatureSettings:
     normalize: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate < 1:
-            raise ValueError(f"FeatureSettings.sample_rate must be a positive int, got {self.sample_rate!r}")
-        if isinstance(self.num_mel_bins, bool) or not isinstance(self.num_mel_bins, int) or self.num_mel_bins < 4:
-            raise ValueError(f"FeatureSettings.num_mel_bins must be an int >= 4, got {self.num_mel_bins!r}")
+        check_int("FeatureSettings.sample_rate", self.sample_rate, 1)
+        check_int("FeatureSettings.num_mel_bins", self.num_mel_bins, 4)
         for name in ("frame_shift_ms", "frame_length_ms", "quality", "low_freq", "high_freq", "preemphasis"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"FeatureSettings.{name} must be a finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        for name in ("frame_shift_ms", "frame_length_ms", "quality"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"FeatureSettings.{name} must be > 0, got {getattr(self, name)}")
+            positive = name in ("frame_shift_ms", "frame_length_ms", "quality")
+            object.__setattr__(self, name, check_number(f"FeatureSettings.{name}", getattr(self, name), positive=positive))
         if self.normalize is not None:
             try:
                 mean, std = (float(v) for v in self.normalize)
@@ -140,10 +135,9 @@ class ModelCard:
         if classes and num_classes is not None and len(classes) != num_classes:
             raise ValueError(f"{len(classes)} class names for a model with num_classes={num_classes}")
         object.__setattr__(self, "classes", classes)
-        if not isinstance(self.multi_label, bool):
-            raise ValueError(f"multi_label must be a bool, got {self.multi_label!r}")
+        check_bool("multi_label", self.multi_label)
         if not isinstance(self.features, FeatureSettings):
-            raise ValueError(f"features must be FeatureSettings, got {type(self.features).__name__}")
+            raise TypeError(f"features must be FeatureSettings, got {type(self.features).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"architecture": self.architecture, "config": dict(self.config), "classes": list(self.classes),

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import torch
 
+from elasticast_kernels._checks import check_path
+
 __all__ = ["CheckpointError", "atomic_save", "read_file", "state_digest", "DIGEST_KEY"]
 
 #: Key of the content digest inside a saved payload.
@@ -161,9 +163,7 @@ def read_file(path: str | os.PathLike, what: str = "checkpoint", map_location: A
             that is not a dict, no digest (when required), or a digest that does not match
             (the file was corrupted after it was written).
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{what} path must be a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
+    path = check_path(f"{what} path", path)
     if os.path.isdir(path):
         raise CheckpointError(f"{what} {path} is a directory, not a file")
     if not os.path.exists(path):

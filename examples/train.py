@@ -3,6 +3,10 @@
     python examples/train.py --quick                                  # the demo, one process, CPU or GPU
     torchrun --nproc_per_node=2 examples/train.py --train-manifest train.csv --eval-manifest eval.csv \\
         --checkpoint-dir ckpt [--resume] [--fsdp]
+    python examples/train.py --model packed-ast --hf-checkpoint AST_DIR ...   # fine-tune a Hugging Face AST
+
+``--model`` (``train_models.py``): ElasticAST from scratch, or a local Hugging Face AST checkpoint
+fine-tuned padding-free (PackedAST, its own features and normalisation, a new head for the classes).
 
 Manifests are CSV or JSONL (``path`` and ``label``: cross-entropy, accuracy; or ``labels``: BCE, mAP);
 without them ``spoken_words.py`` writes a demo (espeak-ng words, or labelled SYNTHETIC TONES). A clip
@@ -29,11 +33,13 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import spoken_words  # noqa: E402
+import train_models  # noqa: E402
+from train_models import build_model  # noqa: E402,F401  (the ElasticAST train.py builds)
 
 from elasticast_kernels.data import (DistributedPackedBatchSampler, ManifestDataset, ManifestError,  # noqa: E402
-                                     PackedBatchSampler, PackedCollator, estimate_normalization)
-from elasticast_kernels.models import ElasticAST  # noqa: E402
+                                     PackedBatchSampler, estimate_normalization)
 from elasticast_kernels.saved_model import FeatureSettings, model_card, save_model  # noqa: E402
+from elasticast_kernels.saved_model import build_model as model_from_card  # noqa: E402
 from elasticast_kernels.training import (CheckpointError, CheckpointManager, MetricsLog, NonFiniteError,  # noqa: E402
                                          NonFiniteSteps, RunningTotals, StopRequest, evaluate, gather_objects,
                                          global_mean_update, ignore_sigterm, init_distributed, resumable_batches,
@@ -43,7 +49,6 @@ try:
     from tqdm.auto import tqdm
 except ImportError:  # a progress bar is a nicety, never a requirement
     tqdm = None
-PATCH, MEL_BINS = 16, 128
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -53,21 +58,22 @@ def list_files(say, title: str, lines: list[str]) -> None:
         say(f"{title} ({len(lines)}):" + "".join(f"\n  {line}" for line in lines))
 
 
-def load_data(args, ctx, resume, say) -> tuple[ManifestDataset, dict, str]:
+def load_data(args, ctx, resume, say, recipe) -> tuple[ManifestDataset, dict, str]:
     """-> (train set, {quality: eval set}, description), unusable lines and cropped clips listed."""
     if args.train_manifest:
         train_manifest, eval_manifest, description = args.train_manifest, args.eval_manifest, args.train_manifest
     else:
         train_manifest, eval_manifest, description = spoken_words.manifests(args, ctx.is_main, ctx.barrier, say)
     crop = args.max_frames
-    if args.oversize == "crop":  # at most max_tokens tokens: whole time patches of MEL_BINS / PATCH tokens
-        crop = min(crop or 2**62, args.max_tokens // (MEL_BINS // PATCH) * PATCH)
-    options = dict(max_frames=crop, skip_bad=args.skip_bad, verify_audio=args.verify_audio or args.skip_bad)
+    if args.oversize == "crop":  # at most max_tokens tokens
+        crop = min(crop or 2**62, recipe.max_frames(args.max_tokens))
+    options = dict(max_frames=crop, skip_bad=args.skip_bad, verify_audio=args.verify_audio or args.skip_bad,
+                   **recipe.dataset_options())
     train_set = ManifestDataset(train_manifest, qualities=args.train_qualities, **options)
     if resume is not None:
         norm = tuple(resume.extra["norm"])  # exactly the numbers the crashed run used
     else:  # rank 0's estimate (finite, or an error naming the file) on every rank
-        norm = (args.norm or estimate_normalization(train_set, 200, args.seed)) if ctx.is_main else None
+        norm = (args.norm or recipe.normalize or estimate_normalization(train_set, 200, args.seed)) if ctx.is_main else None
         norm = tuple(gather_objects(norm, ctx)[0])
     train_set.normalize = norm  # before any loader copies the dataset into its workers
     eval_sets = {q: ManifestDataset(eval_manifest, classes=train_set.classes, qualities=[q], normalize=norm, **options)
@@ -78,29 +84,14 @@ def load_data(args, ctx, resume, say) -> tuple[ManifestDataset, dict, str]:
     return train_set, eval_sets, description
 
 
-def make_loader(dataset, sampler, args, generator=None) -> DataLoader:
-    collate = PackedCollator(patch_size=PATCH, max_tokens=args.max_tokens if args.packs_per_step > 1 else None)
+def make_loader(dataset, sampler, args, recipe, generator=None) -> DataLoader:
+    collate = recipe.collator(args.max_tokens if args.packs_per_step > 1 else None)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=args.workers,
                       persistent_workers=args.workers > 0, worker_init_fn=ignore_sigterm,
                       pin_memory=torch.cuda.is_available(), generator=generator)  # own generator: global RNG untouched
 
 
-# ---------------------------------------------------------------------------------------- model and step
-def build_model(args, num_classes: int, max_time_patches: int) -> ElasticAST:
-    """A small ElasticAST trained from scratch: scores scaled by 1/sqrt(head_dim) and ViT-style init
-    (std 0.02), since the published unscaled scores and std-1 tables assume pretrained weights."""
-    model = ElasticAST(
-        sample_size=(MEL_BINS, max_time_patches * PATCH), patch_size=PATCH, num_classes=num_classes, dim=args.dim,
-        depth=args.depth, heads=args.heads, channels=1, dropout=args.dropout, attention_backend=args.backend,
-        token_dropout_prob=args.token_dropout or None, softmax_scale=(args.dim // args.heads) ** -0.5)
-    for name, param in model.named_parameters():
-        if name.startswith("pos_embed") or name == "attn_pool_queries" or param.dim() == 2:
-            torch.nn.init.trunc_normal_(param, std=0.02)
-        elif name.endswith(".bias"):
-            torch.nn.init.zeros_(param)
-    return model
-
-
+# ---------------------------------------------------------------------------------------- step
 def train_step(run: dict, batch, ctx, args, flags: dict):
     """Forward and loss sum here; the global-mean backward, clip and update (skipped when the loss or
     the gradient norm is NaN/inf) in ``global_mean_update``. -> (totals of all ranks, grad norm, problem)."""
@@ -136,7 +127,7 @@ def log_line(run: dict, step: int, epoch: int, grad_norm: float, args) -> dict:
 def train_loop(run: dict, args, ctx, stop, say) -> str | None:
     """Steps to the end, SIGTERM or --minutes, checkpointing on the way. -> what stopped it early."""
     sampler, manager, total, generator = run["sampler"], run["manager"], run["total_steps"], torch.Generator()
-    loader, started, stopped_by = make_loader(run["train_set"], sampler, args, generator), time.perf_counter(), None
+    loader, started, stopped_by = make_loader(run["train_set"], sampler, args, run["recipe"], generator), time.perf_counter(), None
     bar = tqdm(total=total, initial=run["step"], desc="train", unit="step", disable=not ctx.is_main) if tqdm else None
     run["model"].train()
     tick = time.perf_counter()
@@ -175,13 +166,14 @@ def finish(run: dict, args, ctx, say) -> dict:
     """Rank 0 exports DIR/model.pt (when training ran to the end) and evaluates. -> {quality: scores}."""
     done, classes, results = run["steps_done"] >= run["total_steps"], run["train_set"].classes, {}
     if (done and args.checkpoint_dir) or not args.no_eval:
-        plain = unsharded_model(run["model"], lambda: build_model(args, len(classes), run["time_patches"]))
+        plain = unsharded_model(run["model"], lambda: model_from_card(run["card"]))
         if ctx.is_main and done and args.checkpoint_dir:
             save_model(os.path.join(args.checkpoint_dir, "model.pt"), plain, classes=classes,
                        features=run["features"], multi_label=run["train_set"].multi_label)
         evaluated = run["eval_sets"] if ctx.is_main and not args.no_eval else {}
         for quality, eval_set in evaluated.items():
-            loader = make_loader(eval_set, PackedBatchSampler(eval_set.token_lengths(), args.max_tokens, shuffle=False), args)
+            lengths = run["recipe"].token_lengths(eval_set)
+            loader = make_loader(eval_set, PackedBatchSampler(lengths, args.max_tokens, shuffle=False), args, run["recipe"])
             scores = results[f"{quality:g}"] = evaluate(
                 plain, loader, multi_label=eval_set.multi_label, device=ctx.device,
                 autocast_dtype=torch.bfloat16 if ctx.device.type == "cuda" and args.bf16 else None)
@@ -201,12 +193,14 @@ def train(args, ctx, stop) -> dict:
     resume = CheckpointManager.read(path, ctx) if args.resume else None
     if args.resume and resume is None:
         say(f"--resume: no checkpoint at {path} yet, starting from scratch")
-    train_set, eval_sets, description = load_data(args, ctx, resume, say)
-    lengths, classes = train_set.token_lengths(), train_set.classes
-    time_patches = max(int(ds.token_lengths().max()) for ds in [train_set, *eval_sets.values()]) // (MEL_BINS // PATCH)
+    recipe = train_models.recipe(args)
+    train_set, eval_sets, description = load_data(args, ctx, resume, say, recipe)
+    lengths, classes = recipe.token_lengths(train_set), train_set.classes
     torch.manual_seed(args.seed)  # the same initial weights on every rank (FSDP does not broadcast them)
-    model = build_model(args, len(classes), time_patches)
-    features = FeatureSettings(sample_rate=train_set.sample_rate, num_mel_bins=MEL_BINS, normalize=train_set.normalize)
+    model = recipe.build(classes, [train_set, *eval_sets.values()])
+    features = FeatureSettings(sample_rate=train_set.sample_rate, num_mel_bins=recipe.num_mel_bins,
+                               normalize=train_set.normalize)
+    model_name = recipe.describe(model)
     card = model_card(model, classes=classes, features=features, multi_label=train_set.multi_label)
     model = wrap_model(model, ctx, fsdp=args.fsdp)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -222,7 +216,7 @@ def train(args, ctx, stop) -> dict:
     say(f"dataset: {description}\ntrain items: {len(train_set)} ({train_set.num_clips} clips x qualities "
         f"{args.train_qualities}), {lengths.min()}-{lengths.max()} tokens, {len(classes)} classes "
         f"({'multi-label, BCE, mAP' if train_set.multi_label else 'single-label, cross-entropy, accuracy'})\n"
-        f"model: ElasticAST dim={args.dim} depth={args.depth} heads={args.heads}, {ctx.world_size} rank(s) on "
+        f"model: {model_name}, {ctx.world_size} rank(s) on "
         f"{ctx.device.type} ({parallel}), backend {unwrap_model(model).resolved_backend(ctx.device)}")
     step = manager.restore(resume) if resume else 0  # the RNG states last
     if resume:
@@ -233,7 +227,7 @@ def train(args, ctx, stop) -> dict:
     log = MetricsLog(os.path.join(args.checkpoint_dir or args.data_dir, "metrics.jsonl"),
                      resume_step=step if step else None) if ctx.is_main else None
     run = dict(model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler, manager=manager, log=log,
-               train_set=train_set, eval_sets=eval_sets, features=features, time_patches=time_patches,
+               train_set=train_set, eval_sets=eval_sets, features=features, recipe=recipe, card=card,
                total_steps=total_steps, step=step, steps_done=step, final_loss=math.nan,
                nonfinite=NonFiniteSteps(ctx, args.skip_nonfinite, log, say),
                totals=RunningTotals(("samples", "tokens", "packs", "loss_sum", "correct", "seconds")))
@@ -257,6 +251,7 @@ def parse_args(argv=None):
     add("--eval-manifest", help="the evaluation manifest (same label names)")
     add("--data-dir", help="demo data and file reports (default: CHECKPOINT_DIR/data, else a temporary folder)")
     spoken_words.add_arguments(parser)
+    train_models.add_arguments(parser)
     add("--skip-bad", action="store_true", help="leave out (and list) unusable manifest lines and files")
     add("--verify-audio", action="store_true", help="decode every file at the start (implied by --skip-bad)")
     add("--train-qualities", type=float, nargs="+", help="time resolutions trained on (default 1 2 3; quick: 1 2)")
@@ -293,6 +288,7 @@ def parse_args(argv=None):
     add("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt when it exists")
     add("--crash-after-step", type=int, help=argparse.SUPPRESS)  # tests: SIGKILL itself
     args = parser.parse_args(argv)
+    train_models.check_arguments(parser, args)
     defaults = dict(clips_per_word=(16, 120), epochs=(6, 6), dim=(64, 96), depth=(1, 3), heads=(2, 4),
                     train_qualities=([1.0, 2.0], [1.0, 2.0, 3.0]), eval_qualities=([1.0, 2.0], [1.0, 2.0, 3.0, 4.0]),
                     workers=(1, 2), log_every=(1, 20), checkpoint_every=(2, 200))

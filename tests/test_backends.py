@@ -1,6 +1,8 @@
 """Every attention backend of the registry against a float64 reference on the packed layout."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -184,3 +186,44 @@ def test_layout_caches_once_per_layout(torch_cpu_path):
     assert cached, "the torch backend caches its length groups"
     attention(q, q, q, layout, 1.0, backend="torch")
     assert all(layout._cache[key] is value for key, value in cached.items())
+
+
+def test_triton_backend_builds_the_launch_schedule_once_per_layout(monkeypatch):
+    """The kernels' launch order is computed once per layout and shared by every layer and by the
+    backward (six small device ops per batch instead of per kernel launch)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    skip_unless_available("triton")
+    import importlib
+
+    from elasticast_kernels.ops import _common
+
+    op_module = importlib.import_module("elasticast_kernels.ops.varlen_attention")  # the module, not the function
+
+    calls = []
+    real = _common.longest_first
+    monkeypatch.setattr(op_module, "longest_first", lambda cu: calls.append(1) or real(cu))
+    # the interpreter-only check of a given schedule's values rebuilds it; CUDA never does
+    real_check = op_module._check_schedule
+    monkeypatch.setattr(op_module, "_check_schedule", lambda s, q, k, used: real_check(s, q, k, False))
+    layout = SeqLayout((5, 12, 3))
+    outs = []
+    for _ in range(3):  # three layers
+        q, k, v = (torch.randn(layout.total_tokens, 2, 16, requires_grad=True) for _ in range(3))
+        outs.append(attention(q, k, v, layout, 1.0, backend="triton"))
+    sum(o.sum() for o in outs).backward()
+    assert len(calls) == 1
+    assert layout.cached("launch_schedule", lambda: None) is not None
+
+
+def test_launch_count_script_counts_one_schedule_per_step():
+    """benchmarks/launches_per_step.py (the README's launch count) runs and finds one schedule per step."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    skip_unless_available("triton")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "launches_per_step.py"
+    done = subprocess.run([sys.executable, str(script), "--depth", "2"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "depth 2: 1 schedule(s) built" in done.stdout and "one per launcher: 4 schedules" in done.stdout

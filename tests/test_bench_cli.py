@@ -50,7 +50,7 @@ def test_report_runs_and_validates(tiny_report):
     assert f"Machine load: {os.cpu_count()} CPUs" in summary and "before the run" in summary
     assert report["targets"] == [] and "Targets: not checked at tiny sizes." in summary
     groups = {r["group"] for r in report["results"]}
-    assert groups == {"packing", "attention", "pooling", "model", "end_to_end", "sweep"}
+    assert groups == {"packing", "attention", "pooling", "model", "end_to_end", "sweep", "hf_ast"}
     for r in report["results"]:
         assert r["status"] in ("ok", "skipped", "error")
         assert r["status"] == "ok" or r["reason"]
@@ -155,3 +155,19 @@ def test_time_budget_cuts_the_run_short_but_writes_the_report(tmp_path, capsys):
     report = json.loads((tmp_path / "results.json").read_text())
     assert report_mod.validate(report) == []
     assert report["results"] and all("time budget" in r["reason"] for r in report["results"])
+
+
+def test_hf_ast_group_without_transformers_is_skipped_saying_why(monkeypatch):
+    """The Hugging Face AST cases need the hf extra: without transformers both are listed as
+    skipped, naming the extra, and nothing else is built or timed."""
+    import sys
+
+    from elasticast_kernels.bench.config import tiny_config
+    from elasticast_kernels.bench.runner import GROUP_MODULES
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    (task,) = GROUP_MODULES["hf_ast"].tasks(tiny_config("cpu"))
+    results = task.run(tiny_config("cpu"))
+    assert [r.variant for r in results] == ["packed_ast", "hf_padded"]
+    for r in results:
+        assert r.status == "skipped" and "transformers is not installed" in r.reason and "[hf]" in r.reason

@@ -1,4 +1,5 @@
-"""The static kernel report's parts: SASS reading, occupancy, grid simulation, one real compile, CLI."""
+"""The static kernel report's parts (tools/static_report): SASS reading, occupancy, grid simulation,
+window trip counts, one real compile, summaries, and the ``elasticast-bench --suite static`` entry."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,9 @@ import random
 
 import pytest
 
+import aot  # noqa: F401  (puts the repository root on sys.path for tools/)
 from elasticast_kernels.bench import cli
-from elasticast_kernels.bench.static import occupancy, sass, schedule, summary
+from tools.static_report import occupancy, report, sass, schedule, specs, summary
 
 # Two loops (a 7-instruction one with 2 wgmma, a larger masked twin) and the final self-branch trap.
 SNIPPET = """
@@ -49,7 +51,7 @@ def test_sass_main_loop_and_stats():
     assert stats.mma_kind == "wgmma" and stats.mma_instructions == 2
     # each HGMMA is one 64x64x16 product per 4-warp group; 8 warps = 2 groups
     assert stats.mma_macs_per_cta == 2 * 64 * 64 * 16 * 2
-    assert (stats.ex2, stats.barriers, stats.async_copies) == (1, 1, 1)
+    assert (stats.ex2, stats.barriers, stats.async_copies, stats.spill_ops) == (1, 1, 1, 0)
 
 
 def test_mma_shapes():
@@ -97,35 +99,34 @@ def test_list_schedule_and_trip_counts():
     assert schedule.list_schedule([3, 1, 1, 1], slots=2) == 3
     assert schedule.list_schedule([1, 1, 3], slots=2) == 4  # the heavy one last makes a tail
     # causal fwd: block 0 is the sample's last query block (heaviest first) and sees every key block
-    assert schedule.trip_count("fwd", 300, 0, 128, 64, causal=True) == 5
-    assert schedule.trip_count("fwd", 300, 2, 128, 64, causal=True) == 2
-    assert schedule.trip_count("dkdv", 300, 1, 32, 64, causal=True) == 8  # queries 64..299 in steps of 32
+    causal = (-1, 0)
+    assert schedule.trip_count("fwd", 300, 0, 128, 64, causal) == 5
+    assert schedule.trip_count("fwd", 300, 2, 128, 64, causal) == 2
+    assert schedule.trip_count("dkdv", 300, 1, 32, 64, causal) == 8  # queries 64..299 in steps of 32
+    assert schedule.trip_count("fwd", 300, 1, 128, 64) == 5  # every key block
+    # a (64, 0) window: block 1 (queries 128..255, launched second of three) sees keys 64..255
+    assert schedule.trip_count("fwd", 300, 1, 128, 64, (64, 0)) == 3
+    assert schedule.trip_count("fwd", 100, 0, 128, 64, length_k=0) == 0  # no keys
 
 
 def test_default_forward_keeps_the_sms_busy():
     """The issue's target: >= 93% simulated busy on the VoxCeleb-like 12-clip step, 12 heads, default tile."""
-    from elasticast_kernels.bench.static.report import schedule_workloads
     from elasticast_kernels.ops import varlen_attention_kernels as kernels
 
-    lengths = schedule_workloads()["voxceleb12"]
+    lengths = report.schedule_workloads()["voxceleb12"]
     config = kernels.gpu_configs("fwd", 64, 90)[0]
     tile = (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"])
-    new = schedule.simulate("fwd", lengths, 12, *tile, False, kernels.GRID_ORDER, 132, 2)
-    old = schedule.simulate("fwd", lengths, 12, *tile, False, "slots_then_heads", 132, 2)
+    new = schedule.simulate("fwd", lengths, 12, *tile, (-1, -1), kernels.GRID_ORDER, 132, 2)
+    old = schedule.simulate("fwd", lengths, 12, *tile, (-1, -1), "slots_then_heads", 132, 2)
     assert new.busy_fraction >= 0.93 > old.busy_fraction
 
 
 def test_one_compile():
     """One real compile through the worker (the smallest kernel): resources come back."""
-    from elasticast_kernels.bench.static import compile as static_compile
-    from elasticast_kernels.bench.static import report, specs
-
-    if not static_compile.triton_tools_present():
+    if not aot.tools_present():
         pytest.skip("this triton has no NVIDIA backend tools")
-    case = next(c for c in specs.varlen_cases(archs=(90,), dtypes=("bf16",), head_dims=(64,), causals=(False,),
-                                              defaults_only=True) if c.kernel == "preprocess")
-    (result,) = static_compile.run_jobs([case.job], workers=1)
-    row = report.metrics(case, result)
+    (case,) = specs.varlen_cases(archs=(90,), dtypes=("bf16",), head_dims=(64,), kernels=("preprocess",))
+    (row,) = aot.compile_rows([case], workers=1)
     assert row["registers"] > 0 and row["spill_bytes"] == 0 and row["ctas_per_sm"] >= 1
     assert row["mma_kind"] == "none"
 
@@ -145,3 +146,78 @@ def test_summary_and_cli_baseline_errors(tmp_path, capsys):
     bad.write_text(json.dumps({"kind": "something else"}))
     assert cli.main(["--suite", "static", "--baseline", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert "not a static kernel report" in capsys.readouterr().err
+
+
+def test_window_trips_are_linear_for_a_window_and_quadratic_otherwise():
+    trips = {(t["kernel"], t["window_name"]): t for t in report.window_trips(head_dims=(64,))}
+    for kernel in ("fwd", "dkdv", "dq"):
+        for name in ("window (256, 0)", "window (128, 128)"):
+            totals = trips[kernel, name]["total_trips"]
+            assert 1.9 <= totals[-1] / totals[-2] <= 2.1, (kernel, name, totals)
+            worst = trips[kernel, name]["max_trips_per_program"]
+            assert worst[-1] == worst[-2], (kernel, name, worst)  # a program's cost does not grow with length
+        for name in ("full", "causal"):
+            totals = trips[kernel, name]["total_trips"]
+            assert totals[-1] / totals[-2] >= 3.8, (kernel, name, totals)
+    text = report.window_trips_markdown(list(trips.values()))
+    assert "window (256, 0)" in text and "growth x2" in text
+
+
+def test_shared_case_list_covers_every_variant_and_head_dim():
+    cases = list(specs.varlen_cases(dtypes=("bf16",), defaults_only=True))
+    seen = {(c.kernel, c.arch, c.head_dim, c.variant) for c in cases}
+    for arch in specs.ARCHS:
+        for variant in specs.VARIANTS:
+            for head_dim in (32, 64, 128):
+                assert {(k, arch, head_dim, variant) for k in ("fwd", "dkdv", "dq")} <= seen
+            # head_dim 256 splits dK/dV into a dV pass and a dK pass
+            assert {(k, arch, 256, variant) for k in ("fwd", "dv", "dk", "dq")} <= seen
+    grouped = next(c for c in cases if c.variant == "all" and c.kernel == "dkdv")
+    assert grouped.job.signature["group"] == "i32" and grouped.job.constexprs["GROUPED"]
+    plain = next(c for c in cases if c.variant == "plain" and c.kernel == "fwd")
+    assert plain.job.constexprs["group"] == 1 and plain.job.constexprs["TRIPS"] is None
+
+
+def _default_row(variant, registers, kernel="fwd", head_dim=64, tile=(128, 64, 8, 3), spill=0, dtype="bf16",
+                 loop_spill_ops=0):
+    block_m, block_n, warps, stages = tile
+    return {"kernel": kernel, "arch": 90, "dtype": dtype, "head_dim": head_dim, "variant": variant, "default": True,
+            "block_m": block_m, "block_n": block_n, "num_warps": warps, "num_stages": stages,
+            "registers": registers, "spill_bytes": spill, "loop_spill_ops": loop_spill_ops,
+            "instr_per_tile": 2000.0, "mma_ratio": 1.0}
+
+
+def test_variants_table():
+    """One row per kernel shape, one cell per variant; a variant on another tile names it; the
+    split dV/dK passes of head_dim 256 get rows of their own."""
+    rows = [_default_row("plain", 120), _default_row("softcap", 127),
+            _default_row("window", 130, tile=(64, 64, 4, 3)),
+            _default_row("plain", 240, kernel="dv", head_dim=256, tile=(32, 128, 8, 2))]
+    text = summary.variants_table({"rows": rows})
+    assert ("| fwd | 90 | 64 | 128x64 w8s3 | 120 / 0 / 2000.0 | 130 / 0 / 2000.0 at 64x64 w4s3 | 127 / 0 / 2000.0 |"
+            in text)
+    assert "| dv | 90 | 256 | 32x128 w8s2 | 240 / 0 / 2000.0 | - | - |" in text
+
+
+def test_spills_are_listed_with_why_they_are_accepted():
+    bound_bytes, bound_ops = specs.VARLEN_ACCEPTED_SPILLS[256]
+    rows = [_default_row("plain", 255, head_dim=256, spill=bound_bytes, dtype=dtype) for dtype in ("fp16", "bf16")]
+    # too many main-loop accesses; a spill at head_dim 64 (never accepted); no spill (not listed)
+    rows += [_default_row("window", 255, head_dim=256, spill=16, loop_spill_ops=bound_ops + 1),
+             _default_row("causal", 200, spill=8), _default_row("plain", 100)]
+    assert specs.accepted_spill(rows[0]) and specs.accepted_spill(rows[-1]) is None
+    assert specs.accepted_spill(rows[2]) is None and specs.accepted_spill(rows[3]) is None
+    lines = [line for line in report.spills_markdown(rows).splitlines() if line.startswith("| fwd")]
+    assert len(lines) == 3
+    assert "| fp16, bf16 |" in lines[0] and "head_dim 256: at most" in lines[0]
+    assert lines[1].endswith("NOT ACCEPTED |") and lines[2].endswith("NOT ACCEPTED |")
+    pooled = {**_default_row("plain", 64, kernel="_pool_fwd_partial_kernel", head_dim=128, spill=8), "arch": 80}
+    assert "pooling" in specs.accepted_spill(pooled)
+    assert specs.accepted_spill({**pooled, "spill_bytes": 16}) is None
+    assert "No compile spills" in report.spills_markdown([_default_row("plain", 100)])
+
+
+def test_cli_outside_a_source_checkout(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli, "_source_checkout", lambda: None)
+    assert cli.main(["--suite", "static", "--out", str(tmp_path)]) == 2
+    assert "source checkout" in capsys.readouterr().err

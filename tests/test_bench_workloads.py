@@ -54,8 +54,8 @@ def test_steps_and_spectrograms():
     np.testing.assert_array_equal(lengths_for("epic", 30, 1), wl.tokens)
 
 
-@pytest.mark.parametrize("bad", [dict(name="librispeech"), dict(name="voxceleb", num_clips=0),
-                                 dict(name="voxceleb", num_clips=2.5)])
-def test_workload_errors(bad):
-    with pytest.raises(ValueError, match="workload|num_clips"):
+@pytest.mark.parametrize("bad, error", [(dict(name="librispeech"), ValueError), (dict(name="voxceleb", num_clips=0), ValueError),
+                                        (dict(name="voxceleb", num_clips=2.5), TypeError)])
+def test_workload_errors(bad, error):
+    with pytest.raises(error, match="workload|num_clips"):
         make_workload(**bad)

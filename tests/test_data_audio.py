@@ -75,15 +75,15 @@ def test_bad_files_name_the_path_and_reason(tmp_path):
         assert "truncated.flac" in str(error)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"sample_rate": 0}, "sample_rate must be a positive int"),
-    ({"sample_rate": 16000.0}, "sample_rate must be a positive int"),
-    ({"sample_rate": 16000, "max_samples": 0}, "max_samples must be a positive int"),
-    ({"sample_rate": 16000, "max_samples": True}, "max_samples must be a positive int"),
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"sample_rate": 0}, ValueError, "sample_rate must be >= 1, got 0"),
+    ({"sample_rate": 16000.0}, TypeError, "sample_rate must be an int, got float"),
+    ({"sample_rate": 16000, "max_samples": 0}, ValueError, "max_samples must be >= 1"),
+    ({"sample_rate": 16000, "max_samples": True}, TypeError, "max_samples must be an int, got bool"),
 ])
-def test_bad_arguments(tmp_path, kwargs, message):
+def test_bad_arguments(tmp_path, kwargs, error, message):
     soundfile.write(tmp_path / "a.wav", tone(0.1, 16000), 16000)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         read_audio(tmp_path / "a.wav", **kwargs)
     with pytest.raises(TypeError, match="path must be a str"):
         read_audio(42, 16000)

@@ -102,16 +102,16 @@ def test_oversize_sample_gets_a_pack_of_its_own():
     assert list(packed.pack_tokens()) == [2, 8, 2, 9, 3]
 
 
-@pytest.mark.parametrize("options,match", [
-    (dict(patch_size=0), "patch_size must be a positive int"),
-    (dict(patch_size=16.0), "patch_size must be a positive int"),
-    (dict(max_tokens=0), "max_tokens must be None or a positive int"),
-    (dict(max_tokens=True), "max_tokens must be None or a positive int"),
+@pytest.mark.parametrize("options,error,match", [
+    (dict(patch_size=0), ValueError, "patch_size must be >= 1, got 0"),
+    (dict(patch_size=16.0), TypeError, "patch_size must be an int, got float"),
+    (dict(max_tokens=0), ValueError, "max_tokens must be >= 1, got 0"),
+    (dict(max_tokens=True), TypeError, "max_tokens must be an int, got bool"),
 ])
-def test_bad_options_name_the_argument(options, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_options_name_the_argument(options, error, match):
+    with pytest.raises(error, match=match):
         collate_packed(make_items(2), **options)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         PackedCollator(**options)
 
 

@@ -238,7 +238,7 @@ def test_manifest_file_problems_name_the_file(tmp_path, clips):
         ManifestDataset(latin)
     with pytest.raises(ValueError, match=r"is a directory"):
         ManifestDataset(tmp_path / "audio")
-    with pytest.raises(TypeError, match="manifest must be a path"):
+    with pytest.raises(TypeError, match="manifest must be a str or os.PathLike"):
         ManifestDataset(3)
     huge = tmp_path / "huge.csv"  # a field past the csv module's limit (131072 characters)
     huge.write_text("path,label\naudio/a.wav,dog\naudio/a.wav," + "x" * 200_000 + "\n")

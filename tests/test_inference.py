@@ -209,8 +209,8 @@ def test_top_k_orders_by_score_and_checks_k():
     names = ("a", "b", "c", "d")
     assert top_k(scores, names, 3) == [("b", 0.5), ("c", pytest.approx(0.2)), ("d", pytest.approx(0.2))]
     assert [label for label, _ in top_k(scores, names, 10)] == ["b", "c", "d", "a"]
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="k must be"):
+    for bad, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="k must be"):
             top_k(scores, names, bad)
 
 
@@ -277,7 +277,9 @@ def test_devices_and_options_are_checked_by_name(model_file):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
-    for options, match in (({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 2.5}, "max_tokens"),
+    with pytest.raises(TypeError, match="max_tokens must be an int, got float"):
+        Predictor(model, card, device="cpu", max_tokens=2.5)
+    for options, match in (({"max_tokens": 0}, "max_tokens"),
                            ({"long": "chunks"}, "long must be"), ({"window_s": -1.0}, "window_s"),
                            ({"hop_s": float("nan")}, "hop_s"), ({"window_s": 1.0, "hop_s": 2.0}, "must not exceed"),
                            ({"window_s": 0.01}, "shorter than one")):

@@ -49,6 +49,43 @@ def test_varlen_attention_non_finite_stays_in_its_sample(path, where, bad, causa
         assert torch.isfinite(grad).all(), f"d{name} of the clean samples is not finite"
 
 
+LENGTHS_K = [7, 33, 2, 20]  # cross-attention: other key lengths per sample
+
+
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("features", [
+    dict(causal=True, window=(6, -1), softcap=0.0, cross=False),
+    dict(causal=False, window=(3, 3), softcap=4.0, cross=True),
+    dict(causal=True, window=(-1, -1), softcap=0.0, cross=True),
+], ids=["gqa_causal_window", "gqa_cross_window_softcap", "gqa_cross_causal"])
+def test_non_finite_stays_in_its_sample_with_features(path, where, bad, features):
+    """GQA (4 query heads on 2 key heads), cross lengths, windows, softcap: a NaN/inf in sample
+    1 reaches no other sample, forward or backward, and leaves sample 1 non-finite."""
+    lengths_k = LENGTHS_K if features["cross"] else LENGTHS
+    cu_q, cu_k = cu_from(LENGTHS), cu_from(lengths_k)
+    q = torch.randn(sum(LENGTHS), 4, 32, requires_grad=True)
+    k, v = (torch.randn(sum(lengths_k), 2, 32, requires_grad=True) for _ in range(2))
+    target = {"q": q, "k": k, "v": v}[where]
+    first = 5 if where == "q" else lengths_k[0]  # the first token of sample 1
+    with torch.no_grad():
+        target[first + 10, 1, 7] = bad  # token 10 of sample 1: it sees keys, and queries see it
+        if bad == float("inf"):
+            target[first + 10, 1, 8] = -bad
+    out = varlen_attention(q, k, v, cu_q, softmax_scale=1.0, causal=features["causal"],
+                           cu_seqlens_k=cu_k if features["cross"] else None, window_size=features["window"],
+                           softcap=features["softcap"])
+    spans_q, spans_k = _spans(LENGTHS), _spans(lengths_k)
+    a, b = spans_q[1]
+    assert not torch.isfinite(out[a:b]).all(), "the poisoned sample came back finite"
+    clean = torch.cat([out[s:e] for i, (s, e) in enumerate(spans_q) if i != 1])
+    assert torch.isfinite(clean).all(), "a non-finite value reached another sample"
+    clean.sum().backward()
+    for name, t, spans in (("q", q, spans_q), ("k", k, spans_k), ("v", v, spans_k)):
+        grad = torch.cat([t.grad[s:e] for i, (s, e) in enumerate(spans) if i != 1])
+        assert torch.isfinite(grad).all(), f"d{name} of the clean samples is not finite"
+
+
 def test_varlen_attention_loss_of_a_poisoned_sample_is_not_finite(path):
     cu = cu_from(LENGTHS)
     q, k, v = (torch.randn(sum(LENGTHS), 2, 32, requires_grad=True) for _ in range(3))

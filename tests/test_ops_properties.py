@@ -60,6 +60,53 @@ def test_varlen_attention_matches_float64(path, lengths, heads, head_dim, scale,
     check_against_float64(out, (q, k, v), lambda *leaves: reference_attention(*leaves, cu, resolved, causal=causal))
 
 
+side_st = st.one_of(st.just(-1), st.integers(0, 12))
+
+
+@st.composite
+def cross_layout_st(draw):
+    """Query and key lengths of one batch: equal (self-attention) or drawn separately."""
+    lengths_q = draw(lengths_st)
+    if draw(st.booleans()):
+        return lengths_q, None
+    return lengths_q, draw(st.lists(st.integers(0, 40), min_size=len(lengths_q), max_size=len(lengths_q)))
+
+
+FEATURES = dict(layout=cross_layout_st(), heads_k=st.integers(1, 2), group=st.integers(1, 3),
+                head_dim=st.sampled_from([16, 32, 40, 64]), scale=scale_st, causal=st.booleans(),
+                window=st.tuples(side_st, side_st), softcap=st.sampled_from([0.0, 0.0, 1.0, 5.0]),
+                seed=st.integers(0, 2**16))
+
+
+def check_features(layout, heads_k, group, head_dim, scale, causal, window, softcap, seed):
+    lengths_q, lengths_k = layout
+    cu_q = cu_from(lengths_q)
+    cu_k = None if lengths_k is None else cu_from(lengths_k)
+    gen = torch.Generator().manual_seed(seed)
+    total_k = sum(lengths_q if lengths_k is None else lengths_k)
+    q = torch.randn(sum(lengths_q), heads_k * group, head_dim, generator=gen).requires_grad_()
+    k, v = (torch.randn(total_k, heads_k, head_dim, generator=gen).requires_grad_() for _ in range(2))
+    out = varlen_attention(q, k, v, cu_q, softmax_scale=scale, causal=causal, cu_seqlens_k=cu_k, window_size=window,
+                           softcap=softcap)
+    resolved = head_dim ** -0.5 if scale is None else scale
+    check_against_float64(out, (q, k, v), lambda *leaves: reference_attention(
+        *leaves, cu_q, resolved, causal, cu_seqlens_k=cu_k, window=window, softcap=softcap))
+
+
+@SETTINGS
+@given(**FEATURES)
+def test_varlen_attention_features_match_float64(path, **example):
+    """GQA/MQA, cross-attention, causal, windows and softcap in random combinations."""
+    check_features(**example)
+
+
+@settings(SETTINGS, max_examples=40)
+@given(**FEATURES)
+def test_varlen_attention_features_match_float64_torch_path_more_examples(torch_cpu_path, **example):
+    """The same on the torch path, which is cheap enough for many more combinations."""
+    check_features(**example)
+
+
 @SETTINGS
 @given(lengths=lengths_st, heads=st.integers(1, 3), head_dim=st.sampled_from([8, 32, 48]),
        scale=scale_st, shared=st.booleans(), seed=st.integers(0, 2**16))

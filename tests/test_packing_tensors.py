@@ -239,7 +239,7 @@ def test_default_stride_is_the_patch_size(path):
         ([torch.randn(1, 12, 40)], (10, 10), ValueError, r"specs\[0\]: F=12 is shorter than patch_size=16"),
         ([torch.randn(1, 128, 40)], (10, 16), ValueError, r"specs\[0\]: T=40 is not a positive multiple of patch_size=16"),
         ([torch.randn(1, 120, 32)], (16, 10), ValueError, r"specs\[0\]: F=120 is not a positive multiple"),
-        ([torch.randn(1, 128, 32)], 0, ValueError, r"stride\[0\] must be \[1, 2147483647\], got 0"),
+        ([torch.randn(1, 128, 32)], 0, ValueError, r"stride\[0\] must be in \[1, 2147483647\], got 0"),
         ([torch.randn(1, 128, 32)], (10, -1), ValueError, r"stride\[1\] must be"),
         ([torch.randn(1, 128, 32)], (10, 10, 10), TypeError, r"stride must be an int or a pair of ints"),
         ([torch.randn(1, 128, 32)], 10.0, TypeError, r"stride\[0\] must be an int, got float"),

@@ -103,17 +103,17 @@ def test_corrupt_files(tmp_path):
         load_model(tmp_path / "unsigned.pt")
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"sample_rate": 0}, "sample_rate must be a positive int"),
-    ({"sample_rate": 16000.0}, "sample_rate must be a positive int"),
-    ({"quality": float("nan")}, "quality must be a finite number"),
-    ({"frame_shift_ms": 0}, "frame_shift_ms must be > 0"),
-    ({"normalize": (0.0, 0.0)}, "finite std > 0"),
-    ({"normalize": "ab"}, "normalize must be None or"),
-    ({"num_mel_bins": True}, "num_mel_bins must be an int"),
+@pytest.mark.parametrize("values, error, message", [
+    ({"sample_rate": 0}, ValueError, "sample_rate must be >= 1, got 0"),
+    ({"sample_rate": 16000.0}, TypeError, "sample_rate must be an int, got float"),
+    ({"quality": float("nan")}, ValueError, "quality must be finite"),
+    ({"frame_shift_ms": 0}, ValueError, "frame_shift_ms must be > 0"),
+    ({"normalize": (0.0, 0.0)}, ValueError, "finite std > 0"),
+    ({"normalize": "ab"}, ValueError, "normalize must be None or"),
+    ({"num_mel_bins": True}, TypeError, "num_mel_bins must be an int, got bool"),
 ])
-def test_feature_settings_are_checked(values, message):
-    with pytest.raises(ValueError, match=message):
+def test_feature_settings_are_checked(values, error, message):
+    with pytest.raises(error, match=message):
         FeatureSettings(**values)
 
 

@@ -58,15 +58,21 @@ def test_pool_head_dims(head_dim):
     check_against_reference(*make_inputs([40, 3], 2, head_dim, torch.float32, True), 1.0)
 
 
-def test_many_chunks_per_sample():
-    """More chunk partials per sample than one merge step takes (4 under the interpreter)."""
-    check_against_reference(*make_inputs([300, 3], 1, 16, torch.float32, False), 1.0)
-    cu = cu_from([3, 300])
-    x = torch.randn(303, 4, requires_grad=True)
+def check_mean(lengths: list[int], features: int) -> None:
+    """segment_mean's output and gradient (1 / length for every token) against the reference."""
+    cu = cu_from(lengths)
+    x = torch.randn(sum(lengths), features, requires_grad=True)
     out = segment_mean(x, cu)
     out.backward(torch.ones_like(out))
     assert_close(out, reference_mean(x.detach(), cu), 1e-6, "mean")
-    assert_close(x.grad[3:], torch.full((300, 4), 1 / 300, dtype=torch.float64), 1e-6, "dx")
+    expected = torch.cat([torch.full((n, features), 1 / n, dtype=torch.float64) for n in lengths])
+    assert_close(x.grad, expected, 1e-6, "dx")
+
+
+def test_many_chunks_per_sample():
+    """More chunk partials per sample than one merge step takes (4 under the interpreter)."""
+    check_against_reference(*make_inputs([300, 3], 1, 16, torch.float32, False), 1.0)
+    check_mean([3, 300], 4)
 
 
 def test_int64_index_path(monkeypatch):
@@ -75,19 +81,14 @@ def test_int64_index_path(monkeypatch):
 
     monkeypatch.setattr(segment_pool_kernels, "needs_int64", lambda *tensors: True)
     check_against_reference(*make_inputs([70, 5], 2, 32, torch.float32, False), 1.0)
-    cu = cu_from([70, 5])
-    x = torch.randn(75, 8, requires_grad=True)
-    out = segment_mean(x, cu)
-    out.backward(torch.ones_like(out))
-    assert_close(out, reference_mean(x.detach(), cu), 1e-6, "mean")
-    assert_close(x.grad[:70], torch.full((70, 8), 1 / 70, dtype=torch.float64), 1e-6, "dx")
+    check_mean([70, 5], 8)
 
 
 def test_very_wide_rows_take_torch_path(monkeypatch):
     """Rows too wide for int32 tile offsets fall back to the torch path (threshold lowered here)."""
     from elasticast_kernels.ops import segment_pool, segment_pool_kernels
 
-    monkeypatch.setattr(segment_pool, "_MAX_ROW_STRIDE", 16)
+    monkeypatch.setattr(segment_pool, "MAX_ROW_STRIDE", 16)
     for launcher in ("segment_attention_pool_forward", "segment_mean_forward"):
         monkeypatch.setattr(segment_pool_kernels, launcher, None)  # would fail if called
     check_against_reference(*make_inputs([9, 4], 2, 16, torch.float32, True), 1.0)

@@ -122,7 +122,7 @@ def test_hostile_files_and_states_name_the_file_and_the_part(tmp_path):
         CheckpointManager.read(tmp_path / "flipped.pt", PLAIN)
     with pytest.raises(ValueError, match=r"extra must not use the keys \['rng', 'step'\]"):
         manager.save(1, extra={"step": 3, "rng": 0})
-    with pytest.raises(ValueError, match="step must be an int"):
+    with pytest.raises(TypeError, match="step must be an int, got bool"):
         manager.save(True)
     for name in ("model", "sampler"):
         with pytest.raises(ValueError, match=f"stateful names \\['{name}'\\]"):

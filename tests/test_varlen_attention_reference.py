@@ -69,3 +69,27 @@ def test_reference_softcap():
     out = reference_attention(q, k, v, cu_from([5]), 2.0, softcap=3.0)
     scores = 3.0 * torch.tanh(q[:, 0] @ k[:, 0].T * 2.0 / 3.0)
     torch.testing.assert_close(out[:, 0], scores.softmax(-1) @ v[:, 0])
+
+
+def test_causal_alignment_is_flash_attn_documented_example():
+    """flash-attn's docstring: causal masks align bottom-right; for seqlen_q=2, seqlen_k=5 the
+    mask is [[1,1,1,1,0],[1,1,1,1,1]], for seqlen_q=5, seqlen_k=2 it is
+    [[0,0],[0,0],[0,0],[1,0],[1,1]], and a row with no key gives output 0."""
+    from helpers import visible_keys
+
+    assert visible_keys(2, 5, causal=True).int().tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    assert visible_keys(5, 2, causal=True).int().tolist() == [[0, 0], [0, 0], [0, 0], [1, 0], [1, 1]]
+    q = torch.randn(5, 1, 4, dtype=torch.float64)
+    k, v = (torch.randn(2, 1, 4, dtype=torch.float64) for _ in range(2))
+    out = reference_attention(q, k, v, cu_from([5]), 1.0, True, cu_seqlens_k=cu_from([2]))
+    assert not out[:3].any() and torch.allclose(out[3, 0], v[0, 0])
+
+
+def test_window_is_flash_attn_documented_rule():
+    """flash-attn's docstring: query i sees keys [i + Lk - Lq - left, i + Lk - Lq + right]."""
+    from helpers import visible_keys
+
+    assert visible_keys(3, 6, window=(1, 0)).int().tolist() == [
+        [0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1]]
+    assert visible_keys(4, 4, window=(0, 1)).int().tolist() == [
+        [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [0, 0, 0, 1]]

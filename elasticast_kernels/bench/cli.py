@@ -129,21 +129,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _static(args: argparse.Namespace) -> int:
-    """The static kernel report (``--tiny``: default configs at head_dim 64 only)."""
-    from elasticast_kernels.bench.static.compile import CompileError
-    from elasticast_kernels.bench.static.run import run
+def _source_checkout() -> Path | None:
+    """The repository root when this package runs from a source checkout that has ``tools/static_report``."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "tools" / "static_report" / "run.py").exists() else None
 
-    out = Path(args.out if args.out != DEFAULT_OUT else f"{DEFAULT_OUT}-static")
-    print("elasticast-bench: static suite (compile-time estimates from SASS; no GPU runs)", file=sys.stderr)
-    try:
-        json_path, md_path = run(out, tiny=args.tiny, baseline=None if args.baseline is None else Path(args.baseline))
-    except (RuntimeError, ValueError, OSError) as exc:
-        print(f"elasticast-bench: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, CompileError) else 2
-    print(md_path.read_text())
-    print(f"Report written to {json_path.resolve()} and {md_path.resolve()}")
-    return 0
+
+def _static(args: argparse.Namespace) -> int:
+    """The static kernel report, which lives in ``tools/static_report`` of a source checkout (it
+    compiles that checkout's kernels; it is not installed). ``--tiny``: default configs at head_dim 64."""
+    root = _source_checkout()
+    if root is None:
+        print("elasticast-bench: the static suite runs from a source checkout (tools/static_report, not "
+              "installed with the package): clone the repository, `pip install -e .` and run it there, or "
+              "`python -m tools.static_report` from the repository root", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from tools.static_report.run import main as static_main
+
+    out = args.out if args.out != DEFAULT_OUT else f"{DEFAULT_OUT}-static"
+    argv = ["--out", out] + (["--tiny"] if args.tiny else []) + (["--baseline", args.baseline] if args.baseline else [])
+    return static_main(argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from elasticast_kernels.bench.workloads import PACK_TOKENS, SAMPLES_PER_STEP, WO
 # A BenchConfig's suite is "quick", "full" or "tiny" (tiny_config: tests and smoke runs).
 SUITES = ("quick", "full", "static")
 STRATEGIES = ("next_fit", "first_fit_decreasing", "best_fit_decreasing", "best_fit_window", "histogram")
-GROUPS = ("packing", "attention", "pooling", "model", "end_to_end", "sweep")
+GROUPS = ("packing", "attention", "pooling", "model", "end_to_end", "sweep", "hf_ast")
 # Attention implementations compared in the attention group; "sdpa_masked" is the paper's way and
 # the denominator of every speedup.
 ATTENTION_BACKENDS = (

@@ -19,7 +19,8 @@ NOTES = (
     "pairs, no padding), the same count for every implementation.",
     "speedup_vs_baseline = baseline median / case median, both measured in this run on the same inputs; "
     "the baseline is the paper's masked SDPA on padded rows (attention, model, end_to_end, sweep), the "
-    "reference's padded masked pooling (pooling), unfold+cat (tensor packing); speedup_vs_python compares "
+    "reference's padded masked pooling (pooling), unfold+cat (tensor packing), Hugging Face's "
+    "ASTForAudioClassification on the extractor's 1024-frame padded batch (hf_ast); speedup_vs_python compares "
     "the C++ best-fit with a pure-Python best-fit on the same lengths.",
     "Peak memory: torch.cuda.max_memory_allocated above the memory in use before the call (GPU); growth of "
     "the peak resident set size during the call (CPU, rss_hwm).",

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from elasticast_kernels.bench import report as report_mod
 from elasticast_kernels.bench.config import BenchConfig
-from elasticast_kernels.bench.groups import attention, end_to_end, model, packing, pooling, sweep
+from elasticast_kernels.bench.groups import attention, end_to_end, hf_ast, model, packing, pooling, sweep
 from elasticast_kernels.bench.groups._common import Case, Task
 from elasticast_kernels.bench.results import CaseResult, environment, load_average
 from elasticast_kernels.bench.targets import check_targets
 
 GROUP_MODULES = {
     "packing": packing, "attention": attention, "pooling": pooling,
-    "model": model, "end_to_end": end_to_end, "sweep": sweep,
+    "model": model, "end_to_end": end_to_end, "sweep": sweep, "hf_ast": hf_ast,
 }
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from elasticast_kernels._checks import check_int
+
 FRAMES_PER_SECOND = 100
 MEL_BINS = 128
 PATCH_SIZE = 16
@@ -121,8 +123,7 @@ def make_workload(name: str, num_clips: int = 1200, seed: int = 0) -> Workload:
     """
     if name not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {name!r}")
-    if isinstance(num_clips, bool) or not isinstance(num_clips, (int, np.integer)) or num_clips < 1:
-        raise ValueError(f"num_clips must be a positive int, got {num_clips!r}")
+    check_int("num_clips", num_clips, 1)
     rng = np.random.default_rng(seed)
     if name == "quality":
         # One clip set (10 s, 1000 frames at q=1); each clip appears at every multiplier.

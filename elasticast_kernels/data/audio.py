@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from elasticast_kernels._checks import check_int, check_optional_int, check_path
 from elasticast_kernels._optional import import_optional
 
 __all__ = ["AudioError", "AudioInfo", "audio_info", "read_audio", "resampled_length"]
@@ -47,9 +48,7 @@ def _soundfile():
 
 
 def _check_path(path: str | os.PathLike) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
+    path = check_path("path", path)
     if os.path.isdir(path):
         raise AudioError(path, "is a directory, not an audio file")
     if not os.path.exists(path):
@@ -108,11 +107,8 @@ def read_audio(
         AudioError: missing, unreadable or corrupt, empty, or holding NaN/inf samples (names the
             file); TypeError/ValueError for bad arguments; ImportError without the audio extra.
     """
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
-        raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
-                                    or max_samples < 1):
-        raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+    check_int("sample_rate", sample_rate, 1)
+    check_optional_int("max_samples", max_samples, 1)
     info = info or audio_info(path)
     path = _check_path(path)
     frames = -1

@@ -20,17 +20,16 @@ from typing import Any, Sequence
 
 import torch
 
+from elasticast_kernels._checks import check_int, check_optional_int
 from elasticast_kernels.packing import PackedBatch, pack_lengths, pack_spectrograms
 
 __all__ = ["collate_packed", "PackedCollator"]
 
 
 def _check_options(patch_size: object, max_tokens: object) -> None:
-    """Raises ValueError for a patch size or token budget that is not a positive int."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ValueError(f"max_tokens must be None or a positive int, got {max_tokens!r}")
+    """Raises TypeError/ValueError for a patch size or token budget that is not a positive int."""
+    check_int("patch_size", patch_size, 1)
+    check_optional_int("max_tokens", max_tokens, 1)
 
 
 def _split_items(batch: Sequence[Any]) -> tuple[list[torch.Tensor], list[Any] | None]:

@@ -25,6 +25,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from elasticast_kernels._checks import check_number
+
 __all__ = [
     "AUDIOSET_NORM",
     "fbank",
@@ -43,26 +45,12 @@ _LOG_FLOOR = float(np.finfo(np.float32).eps)
 _FEATURE_DTYPES = (torch.float32, torch.float64)
 
 
-def _finite(name: str, value: object) -> float:
-    """``value`` as a float: TypeError for a non-number, ValueError for NaN or an infinity (which
-    would otherwise surface as an OverflowError in a frame count, or as silently empty features)."""
-    if isinstance(value, (str, bytes, bool)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {number}")
-    return number
-
-
 def _whole(name: str, value: object) -> int:
     """An int (or an integral float such as 128.0): TypeError / ValueError naming ``name``."""
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        number = _finite(name, value)
+        number = check_number(name, value)
     if not number.is_integer():
         raise ValueError(f"{name} must be a whole number, got {number}")
     return int(number)
@@ -75,9 +63,9 @@ def _ms_to_samples(sample_rate: float, milliseconds: float) -> int:
 
 def _frame_geometry(sample_rate: float, frame_shift_ms: float, frame_length_ms: float, quality: float) -> tuple[int, int, int]:
     """-> (window_shift, window_size, fft_size) in samples, validated (finite numbers first)."""
-    sample_rate, quality = _finite("sample_rate", sample_rate), _finite("quality", quality)
-    frame_shift_ms = _finite("frame_shift_ms", frame_shift_ms)
-    frame_length_ms = _finite("frame_length_ms", frame_length_ms)
+    sample_rate, quality = check_number("sample_rate", sample_rate), check_number("quality", quality)
+    frame_shift_ms = check_number("frame_shift_ms", frame_shift_ms)
+    frame_length_ms = check_number("frame_length_ms", frame_length_ms)
     if not sample_rate > 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
     if not quality > 0:
@@ -179,8 +167,8 @@ def mel_filterbank(
     non-finite parameter (naming it), ``TypeError`` for a non-number.
     """
     weights = _mel_filterbank_np(
-        _whole("num_mel_bins", num_mel_bins), _whole("fft_size", fft_size), _finite("sample_rate", sample_rate),
-        _finite("low_freq", low_freq), _finite("high_freq", high_freq),
+        _whole("num_mel_bins", num_mel_bins), _whole("fft_size", fft_size), check_number("sample_rate", sample_rate),
+        check_number("low_freq", low_freq), check_number("high_freq", high_freq),
     )
     return torch.from_numpy(weights.copy()).to(device=device, dtype=dtype)
 
@@ -241,11 +229,11 @@ def fbank(
         raise TypeError(f"waveform must be float32 or float64, got {waveform.dtype}")
     if waveform.dim() not in (1, 2):
         raise ValueError(f"waveform must be [num_samples] or [batch, num_samples], got shape {tuple(waveform.shape)}")
-    preemphasis = _finite("preemphasis", preemphasis)
+    preemphasis = check_number("preemphasis", preemphasis)
     if not 0.0 <= preemphasis <= 1.0:
         raise ValueError(f"preemphasis must be in [0, 1], got {preemphasis}")
     num_mel_bins = _whole("num_mel_bins", num_mel_bins)
-    low_freq, high_freq = _finite("low_freq", low_freq), _finite("high_freq", high_freq)
+    low_freq, high_freq = check_number("low_freq", low_freq), check_number("high_freq", high_freq)
     mean_std = None if normalize is None else _check_normalize(normalize)
     shift, size, fft_size = _frame_geometry(sample_rate, frame_shift_ms, frame_length_ms, quality)
     if waveform.shape[-1] < size:

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from elasticast_kernels._checks import check_int, check_optional_int, check_path
+
 from .audio import AudioError, AudioInfo, audio_info, read_audio, resampled_length
 from .features import _frame_geometry, audio_to_spectrogram, num_frames, num_tokens
 
@@ -156,12 +158,9 @@ class ManifestDataset(Dataset):
         qualities = tuple(float(q) for q in qualities)
         if not qualities or any(not q > 0 for q in qualities):
             raise ValueError(f"qualities must be a non-empty sequence of values > 0, got {qualities!r}")
-        for name, value in (("sample_rate", sample_rate), ("verify_threads", verify_threads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
-                                       or max_frames < patch_size):
-            raise ValueError(f"max_frames must be None or an int >= patch_size={patch_size}, got {max_frames!r}")
+        check_int("sample_rate", sample_rate, 1)
+        check_int("verify_threads", verify_threads, 1)
+        check_optional_int("max_frames", max_frames, patch_size)
         self.qualities, self.sample_rate, self.skip_bad = qualities, sample_rate, bool(skip_bad)
         self.num_mel_bins, self.patch_size, self.max_frames, self.normalize = num_mel_bins, patch_size, max_frames, normalize
         self._problems: list[ManifestProblem] = []
@@ -388,9 +387,7 @@ class ManifestDataset(Dataset):
 
 
 def _manifest_path(manifest: object) -> str:
-    if not isinstance(manifest, (str, os.PathLike)):
-        raise TypeError(f"manifest must be a path (str or os.PathLike), got {type(manifest).__name__}")
-    path = os.fspath(manifest)
+    path = check_path("manifest", manifest)
     if os.path.isdir(path):
         raise ValueError(f"manifest {path} is a directory; pass a .csv or .jsonl file that lists the audio")
     if not os.path.isfile(path):

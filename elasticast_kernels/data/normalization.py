@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from elasticast_kernels._checks import check_int
+
 from .manifest import ManifestDataset, ManifestError
 
 __all__ = ["estimate_normalization"]
@@ -40,11 +42,7 @@ def estimate_normalization(dataset: ManifestDataset, clips: int = 200, seed: int
             the message names the manifest line and the file.
         ValueError: every feature value is the same (std 0).
     """
-    for name, value in (("clips", clips), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if clips < 1 or seed < 0:
-        raise ValueError(f"need clips >= 1 and seed >= 0, got clips={clips}, seed={seed}")
+    clips, seed = check_int("clips", clips, 1), check_int("seed", seed, 0)
     chosen = np.random.default_rng(seed).permutation(dataset.num_clips)[:clips]
     count, mean, m2 = 0, 0.0, 0.0
     for clip in chosen.tolist():

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from elasticast_kernels._checks import check_int
 from elasticast_kernels.packing import pack_lengths
 
 from ._balance import balanced_groups, split_pack
@@ -122,18 +123,6 @@ def _as_lengths(lengths: object) -> np.ndarray:
     return array
 
 
-def _int_at_least(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _positive_int(name: str, value: object) -> int:
-    return _int_at_least(name, value, 1)
-
-
 _STATE_COUNTS = ("version", "epoch", "consumed_steps", "num_replicas")
 
 
@@ -149,7 +138,7 @@ def _checked_state(state: object, identity: dict, num_oversize: int) -> tuple[in
     missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected, key=repr)
     if missing or unknown:
         raise ValueError(f"state is not a sampler state_dict: missing fields {missing}, unknown fields {unknown}")
-    counts = {name: _int_at_least(f"state[{name!r}]", state[name], minimum)
+    counts = {name: check_int(f"state[{name!r}]", state[name], minimum)
               for name, minimum in zip(_STATE_COUNTS, (0, 0, 0, 1))}
     if counts["version"] != _STATE_VERSION:
         raise ValueError(f"state has version {counts['version']}; this sampler reads version {_STATE_VERSION}")
@@ -207,21 +196,11 @@ class PackedBatchSampler(Sampler[list[int]]):
         *,
         window: int = 256,
     ) -> None:
-        self._init_common(lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window)
-        self.num_replicas = 1
-        self.rank = 0
-        self._epoch_steps(self.epoch)  # fail early on a bad strategy or too few packs
-
-    # ------------------------------------------------------------------ setup
-    def _init_common(
-        self, lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window
-    ) -> None:
         self.lengths = _as_lengths(lengths)
-        self.max_tokens = _positive_int("max_tokens", max_tokens)
-        self.packs_per_step = _positive_int("packs_per_step", packs_per_step)
-        self.window = _positive_int("window", window)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.max_tokens = check_int("max_tokens", max_tokens, 1)
+        self.packs_per_step = check_int("packs_per_step", packs_per_step, 1)
+        self.window = check_int("window", window, 1)
+        seed = check_int("seed", seed, 0)
         if oversize not in _OVERSIZE_MODES:
             raise ValueError(f"oversize must be one of {_OVERSIZE_MODES}, got {oversize!r}")
         if not isinstance(strategy, str):
@@ -250,11 +229,18 @@ class PackedBatchSampler(Sampler[list[int]]):
         if too_long.size and oversize == "drop":
             warnings.warn(
                 f"dropping {too_long.size} of {self.lengths.size} samples longer than max_tokens={self.max_tokens}",
-                stacklevel=3,
+                stacklevel=2,
             )
         #: indices of the samples longer than ``max_tokens`` (own packs, or dropped: see ``oversize``)
         self.oversize_indices = too_long
         self._kept = np.flatnonzero(self.lengths <= self.max_tokens)
+        self.num_replicas, self.rank = self._replicas()
+        self._epoch_steps(self.epoch)  # fail early on a bad strategy or too few packs
+
+    # ------------------------------------------------------------------ setup
+    def _replicas(self) -> tuple[int, int]:
+        """``(num_replicas, rank)``: one process here; the distributed sampler has its own."""
+        return 1, 0
 
     @property
     def num_oversize(self) -> int:
@@ -267,7 +253,7 @@ class PackedBatchSampler(Sampler[list[int]]):
         Another epoch starts at its first step; the same epoch again continues after the steps
         counted by :meth:`advance` (or restored by :meth:`load_state_dict`).
         """
-        epoch = _int_at_least("epoch", epoch, 0)
+        epoch = check_int("epoch", epoch, 0)
         if epoch != self.epoch:
             self._consumed = 0  # a resume point belongs to the epoch it was saved in
         self.epoch = epoch
@@ -293,7 +279,7 @@ class PackedBatchSampler(Sampler[list[int]]):
         Raises:
             TypeError / ValueError: ``steps`` not an int >= 0, or more steps than the epoch has.
         """
-        steps = _int_at_least("steps", steps, 0)
+        steps = check_int("steps", steps, 0)
         num_steps = self._epoch_steps(self.epoch).stats.num_steps
         if self._consumed + steps > num_steps:
             raise ValueError(f"advance({steps}) after {self._consumed} steps passes the end of epoch {self.epoch} "
@@ -315,7 +301,7 @@ class PackedBatchSampler(Sampler[list[int]]):
             warnings.warn("state_dict(consumed_steps=...) is deprecated: call sampler.advance() after each step "
                           "and state_dict() without arguments", DeprecationWarning, stacklevel=2)
             num_steps = self._epoch_steps(self.epoch).stats.num_steps
-            consumed = _int_at_least("consumed_steps", consumed_steps, 0)
+            consumed = check_int("consumed_steps", consumed_steps, 0)
             if consumed > num_steps:
                 raise ValueError(f"consumed_steps must be in [0, {num_steps}] (steps in epoch {self.epoch}), "
                                  f"got {consumed}")
@@ -387,8 +373,8 @@ class PackedBatchSampler(Sampler[list[int]]):
         Raises:
             TypeError / ValueError: ``step`` not an int in ``[0, steps in the epoch)``.
         """
-        steps = self._epoch_steps(self.epoch if epoch is None else _int_at_least("epoch", epoch, 0)).steps[self.rank]
-        step = _int_at_least("step", step, 0)
+        steps = self._epoch_steps(self.epoch if epoch is None else check_int("epoch", epoch, 0)).steps[self.rank]
+        step = check_int("step", step, 0)
         if step >= len(steps):
             raise ValueError(f"step must be in [0, {len(steps)}), got {step}")
         return np.concatenate(steps[step]).tolist()
@@ -532,30 +518,15 @@ class DistributedPackedBatchSampler(PackedBatchSampler):
             :class:`PackedBatchSampler`.
     """
 
-    def __init__(
-        self,
-        lengths: Sequence[int] | np.ndarray | torch.Tensor,
-        max_tokens: int,
-        strategy: str = "best_fit_window",
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        packs_per_step: int = 1,
-        oversize: str = "own_pack",
-        *,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        window: int = 256,
-    ) -> None:
+    def __init__(self, *args, num_replicas: int | None = None, rank: int | None = None, **kwargs) -> None:
         if num_replicas is None or rank is None:
             if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
                 raise ValueError("pass num_replicas and rank, or initialise torch.distributed first")
             num_replicas = torch.distributed.get_world_size() if num_replicas is None else num_replicas
             rank = torch.distributed.get_rank() if rank is None else rank
-        num_replicas = _positive_int("num_replicas", num_replicas)
-        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be an int in [0, {num_replicas}), got {rank!r}")
-        self._init_common(lengths, max_tokens, strategy, shuffle, seed, drop_last, packs_per_step, oversize, window)
-        self.num_replicas = num_replicas
-        self.rank = int(rank)
-        self._epoch_steps(self.epoch)
+        num_replicas = check_int("num_replicas", num_replicas, 1)
+        self._requested = (num_replicas, check_int("rank", rank, 0, num_replicas - 1))
+        super().__init__(*args, **kwargs)
+
+    def _replicas(self) -> tuple[int, int]:
+        return self._requested

@@ -16,7 +16,6 @@ the token budget and the longest file, not the number of files.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -25,12 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from elasticast_kernels._checks import check_int, check_number
 from elasticast_kernels.data.audio import AudioError
 from elasticast_kernels.inference.inputs import as_input, input_name, load_input
 from elasticast_kernels.inference.results import Prediction, WindowScores
 from elasticast_kernels.inference.spectrograms import spectrogram, window_bounds
+from elasticast_kernels.models import PackedAST
 from elasticast_kernels.packing import pack_lengths
-from elasticast_kernels.saved_model import ModelCard, load_model
+from elasticast_kernels.saved_model import FeatureSettings, ModelCard, load_model
 
 __all__ = ["LONG_MODES", "Predictor", "resolve_device"]
 
@@ -65,10 +66,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def _positive(name: str, value: object, kind=(int, float)) -> float:
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return value
+def _positive(name: str, value: object) -> float:
+    return check_number(name, value, positive=True)
 
 
 @dataclass
@@ -77,8 +76,46 @@ class _Segment:
 
     file: "_FileState"
     index: int  # the window's index in its file (0 for a whole file)
-    spec: torch.Tensor  # [1, F, T]
+    spec: torch.Tensor  # the model's input: [1, F, T] (ElasticAST) or [frames, mel] (PackedAST)
     tokens: int
+
+
+class _ModelFeed:
+    """What differs between the architectures a predictor runs: their input, head and table.
+
+    ElasticAST reads ``[1, F, T]`` spectrograms cut to whole ``p x p`` tiles; `PackedAST` reads
+    ``[frames, mel]`` features with every frame kept (its patches overlap, stride 10), as
+    ``ASTFeatureExtractor`` gives them without the padding. Both take ``embed(rows,
+    group_samples=False)``; the head is ``head`` (a Linear) or ``classifier`` (LayerNorm + Linear).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.frames_in = isinstance(model, PackedAST)
+        if self.frames_in:
+            self.head, self.num_classes = model.classifier, model.num_classes
+            self.dim, self.table_frames = model.config["hidden_size"], model.config["max_length"]
+        else:
+            for attribute in ("embed", "head", "patch_size", "pos_embed_time"):
+                if not hasattr(model, attribute):
+                    raise TypeError(f"model must be a PackedAST or an ElasticAST-like module with .{attribute}, "
+                                    f"got {type(model).__name__}")
+            self.head, self.num_classes, self.dim = model.head, model.head.out_features, model.head.in_features
+            self.table_frames = model.pos_embed_time.shape[0] * model.patch_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights, which its inputs must have."""
+        return (self.head.dense if self.frames_in else self.head).weight.dtype
+
+    def segment(self, waveform: torch.Tensor, features: FeatureSettings, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+        """``(model input, its tokens)`` of one waveform piece."""
+        if self.frames_in:
+            clip = spectrogram(waveform, features, 1)[0].t().to(dtype)  # 1-frame "patches": no frame dropped
+            return clip, self.model.num_tokens(clip.shape[0])
+        patch = self.model.patch_size
+        spec = spectrogram(waveform, features, patch).to(dtype)
+        return spec, (spec.shape[1] // patch) * (spec.shape[2] // patch)
 
 
 class _FileState:
@@ -119,8 +156,8 @@ class Predictor:
     """A saved (or in-memory) classifier ready to score audio files and waveforms.
 
     Args:
-        model: an ElasticAST (anything with ``embed``, ``head`` and ``patch_size``); it is put in
-            eval mode and moved to ``device``.
+        model: an ElasticAST (anything with ``embed``, ``head``, ``patch_size`` and
+            ``pos_embed_time``) or a `PackedAST`; it is put in eval mode and moved to ``device``.
         card: its :class:`~elasticast_kernels.saved_model.ModelCard` (class names, multi-label,
             feature settings).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -144,19 +181,16 @@ class Predictor:
                  hop_s: float | None = None, bf16: bool = True) -> None:
         if not isinstance(card, ModelCard):
             raise TypeError(f"card must be a ModelCard, got {type(card).__name__}")
-        for attribute in ("embed", "head", "patch_size"):
-            if not hasattr(model, attribute):
-                raise TypeError(f"model must be an ElasticAST-like module with .{attribute}, got {type(model).__name__}")
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        feed = _ModelFeed(model)
+        check_int("max_tokens", max_tokens, 1)
         if long not in LONG_MODES:
             raise ValueError(f"long must be one of {LONG_MODES}, got {long!r}")
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model, self._feed = model.to(self.device).eval(), feed
         self.card, self.features = card, card.features
         self.max_tokens, self.long, self.bf16 = max_tokens, long, bool(bf16)
-        self.classes = card.classes or tuple(str(i) for i in range(model.head.out_features))
-        frames = model.pos_embed_time.shape[0] * model.patch_size
+        self.classes = card.classes or tuple(str(i) for i in range(feed.num_classes))
+        frames = feed.table_frames
         self.window_s = float(_positive("window_s", window_s if window_s is not None
                                         else frames * self.features.frame_shift_ms * self.features.quality / 1000))
         self.hop_s = float(_positive("hop_s", hop_s if hop_s is not None else self.window_s / 2))
@@ -202,7 +236,7 @@ class Predictor:
         """
         if on_error not in ("raise", "return"):
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
-        dim = self.model.head.in_features if embeddings else None
+        dim = self._feed.dim if embeddings else None
         pending: deque[_FileState] = deque()
         buffer: list[_Segment] = []
         buffered = 0
@@ -246,16 +280,15 @@ class Predictor:
         return state, self._segments(state, wave, bounds)
 
     def _segments(self, state: _FileState, wave: torch.Tensor, bounds) -> Iterator[_Segment]:
-        patch = self.model.patch_size
-        dtype = self.model.head.weight.dtype
+        dtype = self._feed.dtype
         last = len(bounds) - 1
         for index, (start, end) in enumerate(bounds):
             piece = wave[start:end]
             if index == last:  # let the waveform go before the last segment's forward
                 wave = None
-            spec = spectrogram(piece, self.features, patch).to(dtype)
+            spec, tokens = self._feed.segment(piece, self.features, dtype)
             del piece
-            yield _Segment(state, index, spec, (spec.shape[1] // patch) * (spec.shape[2] // patch))
+            yield _Segment(state, index, spec, tokens)
 
     def _run(self, buffer: list[_Segment], on_error: str) -> None:
         """Pack the buffered segments by the token budget and score every pack."""
@@ -293,7 +326,7 @@ class Predictor:
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
             embedded = self.model.embed([specs], group_samples=False)
-            logits = self.model.head(embedded).float()
+            logits = self._feed.head(embedded).float()
         scores = torch.sigmoid(logits) if self.card.multi_label else torch.softmax(logits, dim=-1)
         return scores.cpu().numpy(), embedded.float().cpu().numpy() if want_embeddings else None
 

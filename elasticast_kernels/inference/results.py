@@ -5,13 +5,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from elasticast_kernels._checks import check_int
+
 __all__ = ["Prediction", "WindowScores", "top_k"]
 
 
 def top_k(scores: np.ndarray, classes: tuple[str, ...], k: int) -> list[tuple[str, float]]:
     """The ``k`` best ``(label, score)`` pairs, best first (ties: the lower class index first)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    check_int("k", k, 1)
     order = np.argsort(-scores, kind="stable")[:k]
     return [(classes[i], float(scores[i])) for i in order]
 

@@ -1,4 +1,5 @@
 """Models on the packed varlen layout."""
 from elasticast_kernels.models.elasticast import ElasticAST
+from elasticast_kernels.models.packed_ast import PackedAST
 
-__all__ = ["ElasticAST"]
+__all__ = ["ElasticAST", "PackedAST"]

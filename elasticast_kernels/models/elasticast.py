@@ -22,6 +22,7 @@ from elasticast_kernels.backends import BACKENDS, BackendFn, backend_name, resol
 from elasticast_kernels.layout import SeqLayout
 from elasticast_kernels.models.inputs import PatchGrid, prepare_packed, prepare_spectrograms, token_keep_counts
 from elasticast_kernels.models.layers import LAYER_NORM_EPS, Encoder
+from elasticast_kernels._checks import check_int
 from elasticast_kernels.models.positions import PAST_TIME_TABLE
 from elasticast_kernels.modules import AttentionPool
 from elasticast_kernels.ops import segment_mean
@@ -36,11 +37,12 @@ _PRETRAIN_KEYWORDS = {
 
 
 def _pair(value: object, name: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return int(value[0]), int(value[1])
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return check_int(f"{name}[0]", value[0], 1), check_int(f"{name}[1]", value[1], 1)
+    if isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    value = check_int(name, value, 1)
+    return value, value
 
 
 class ElasticAST(nn.Module):
@@ -116,8 +118,7 @@ class ElasticAST(nn.Module):
         max_freq, max_time = _pair(sample_size, "sample_size")
         for name, value in dict(patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth, heads=heads,
                                 channels=channels).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value, 1)
         if max_freq % patch_size or max_time % patch_size or max_freq < patch_size or max_time < patch_size:
             raise ValueError(f"sample_size={sample_size} must be positive multiples of patch_size={patch_size}")
         if dim % heads:

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from elasticast_kernels._checks import check_int
 from elasticast_kernels.layout import MAX_TOTAL_TOKENS, SeqLayout, host_to_device
 from elasticast_kernels.models.positions import (
     PAST_TIME_TABLE,
@@ -244,12 +245,8 @@ def _plan(lengths: list[int], rows: list[list[int]] | None, max_tokens: int, str
     if rows is not None:
         largest = max(sum(lengths[i] for i in row) for row in rows)
         return PackPlan(rows, lengths, max_tokens=largest, strategy="given")
-    is_int = isinstance(max_tokens, (int, np.integer)) and not isinstance(max_tokens, bool)
-    if not is_int or not 1 <= max_tokens <= MAX_TOTAL_TOKENS:
-        raise ValueError(
-            f"group_max_seq_len must be an int in [1, {MAX_TOTAL_TOKENS}] (cu_seqlens are int32), got {max_tokens!r}"
-        )
-    return pack_lengths(lengths, int(max_tokens), strategy=strategy)
+    max_tokens = check_int("group_max_seq_len", max_tokens, 1, MAX_TOTAL_TOKENS)  # cu_seqlens are int32
+    return pack_lengths(lengths, max_tokens, strategy=strategy)
 
 
 def _check_like(name: str, tensor: torch.Tensor, like: torch.Tensor | None) -> None:

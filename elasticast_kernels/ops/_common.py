@@ -17,6 +17,9 @@ import os
 import torch
 
 LOG2E = 1.4426950408889634  # log2(e): the kernels scale scores by scale * log2(e) and use exp2
+# Tile offsets inside the kernels are int32: a tile of up to 128 rows (tokens) at a row stride
+# below this stays under 2^31 elements. Wider rows are copied compact or take the torch path.
+MAX_ROW_STRIDE = 2**23
 
 
 def lse_columns(total_tokens):

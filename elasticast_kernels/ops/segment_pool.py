@@ -22,7 +22,7 @@ from types import ModuleType
 
 import torch
 
-from elasticast_kernels.ops._common import on_device, use_triton
+from elasticast_kernels.ops._common import MAX_ROW_STRIDE, on_device, use_triton
 from elasticast_kernels.ops._validation import (
     check_cu_seqlens,
     check_float_tensor,
@@ -40,7 +40,6 @@ from elasticast_kernels.ops.segment_pool_torch import (
 __all__ = ["segment_attention_pool", "segment_mean", "POOL_MAX_HEAD_DIM"]
 
 POOL_MAX_HEAD_DIM = 256  # the kernels hold a [BLOCK_N, head_dim] tile in registers
-_MAX_ROW_STRIDE = 2**23  # tile offsets are int32: BLOCK_N (<= 128) rows of this stride must fit
 
 # --- public API ---------------------------------------------------------------------------------
 
@@ -142,10 +141,11 @@ def segment_mean(x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | No
 def _kernels(*tensors: torch.Tensor) -> ModuleType | None:
     """The Triton launchers when they run for these tensors (``use_triton``), else None (torch path).
 
-    Rows wider than 2^23 elements (possible for a huge ``segment_mean`` row, far beyond any
-    attention layout) would overflow the kernels' int32 tile offsets: they take the torch path.
+    Rows of ``MAX_ROW_STRIDE`` elements or more (a huge ``segment_mean`` row, far beyond any
+    attention layout; a copy cannot shrink them) would overflow the kernels' int32 tile offsets:
+    they take the torch path.
     """
-    if not use_triton(tensors[0]) or any(t.dim() > 0 and t.stride(0) >= _MAX_ROW_STRIDE for t in tensors):
+    if not use_triton(tensors[0]) or any(t.dim() > 0 and t.stride(0) >= MAX_ROW_STRIDE for t in tensors):
         return None
     from elasticast_kernels.ops import segment_pool_kernels
 

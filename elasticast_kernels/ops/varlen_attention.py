@@ -1,26 +1,32 @@
-"""Varlen self-attention on the packed layout: public API, torch.library ops and autograd.
+"""Varlen attention on the packed layout: public API, torch.library ops and autograd.
 
 ``varlen_attention`` attends within each sample of a packed sequence (``cu_seqlens`` marks the
-samples) without padding or a mask tensor; ``flash_attn_varlen_func`` is the same op behind
-flash-attn's signature. CUDA tensors run the Triton kernels (``varlen_attention_kernels.py``);
-CPU tensors run a plain torch implementation (``varlen_attention_torch.py``), except under
-``TRITON_INTERPRET=1``, where they run the Triton kernels in the interpreter (how the kernels are
-tested without a GPU; bf16 CPU tensors take the torch path even then, see ``ops._common``).
+samples) without padding or a mask tensor, with flash-attn's features: grouped-query attention,
+cross-attention (other key lengths), causal masks, sliding windows and soft-capping.
+flash-attn's own signatures live in ``flash_attn_interface.py``. CUDA tensors run the Triton
+kernels (``varlen_attention_kernels.py``); CPU tensors run the torch path
+(``varlen_attention_torch.py``), except under ``TRITON_INTERPRET=1``, where they run the Triton
+kernels in the interpreter (how the kernels are tested without a GPU; bf16 CPU tensors take the
+torch path even then, see ``ops._common``).
 
 Both directions are ``torch.library.custom_op``s with fake implementations, so
 ``torch.compile(fullgraph=True)`` traces them as single opaque nodes.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
-from elasticast_kernels.ops._common import lse_columns, on_device, use_triton
+from elasticast_kernels.ops._common import MAX_ROW_STRIDE, longest_first, lse_columns, on_device, use_triton
 from elasticast_kernels.ops._validation import (
     check_cu_seqlens,
     check_float_tensor,
     check_max_seqlen,
     check_same,
+    check_softcap,
+    check_window,
     resolve_softmax_scale,
 )
 from elasticast_kernels.ops.varlen_attention_torch import (
@@ -28,206 +34,261 @@ from elasticast_kernels.ops.varlen_attention_torch import (
     varlen_attention_forward_torch,
 )
 
-# head_dim values the kernels are compiled for; smaller ones are zero-padded to the next of these
-ATTENTION_HEAD_DIMS = (32, 64, 128)
+# head_dim values the kernels are compiled for; other sizes are zero-padded to the next of these
+ATTENTION_HEAD_DIMS = (32, 64, 128, 256)
 ATTENTION_MAX_HEAD_DIM = ATTENTION_HEAD_DIMS[-1]
 
-__all__ = ["varlen_attention", "flash_attn_varlen_func", "ATTENTION_HEAD_DIMS", "ATTENTION_MAX_HEAD_DIM"]
+__all__ = ["varlen_attention", "LaunchSchedule", "launch_schedule", "ATTENTION_HEAD_DIMS", "ATTENTION_MAX_HEAD_DIM"]
+
+
+class LaunchSchedule(NamedTuple):
+    """The kernels' launch order (`ops._common.longest_first`) for the queries and the keys:
+    ``(order, order_cu)`` each, int32, on the data's device. ``k`` is ``q`` for self-attention.
+
+    It depends on ``cu_seqlens`` only, so one schedule serves every layer of a model and the
+    backward: build it once per batch with `launch_schedule` (the ``triton`` backend caches it on
+    the `SeqLayout`).
+    """
+
+    q: tuple[torch.Tensor, torch.Tensor]
+    k: tuple[torch.Tensor, torch.Tensor]
+
+
+def launch_schedule(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor | None = None) -> LaunchSchedule:
+    """The launch order of a batch, computed on the device without a host sync (a few tiny ops).
+
+    Args:
+        cu_seqlens_q: int32 ``[batch + 1]`` query offsets.
+        cu_seqlens_k: int32 ``[batch + 1]`` key offsets; ``None`` or the same tensor for self-attention.
+    """
+    schedule_q = longest_first(cu_seqlens_q)
+    if cu_seqlens_k is None or cu_seqlens_k is cu_seqlens_q:
+        return LaunchSchedule(schedule_q, schedule_q)
+    return LaunchSchedule(schedule_q, longest_first(cu_seqlens_k))
+
+
+# --- public API ---------------------------------------------------------------------------------
+
+
+def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k) -> tuple[torch.Tensor, torch.Tensor]:
+    """Structural checks of the tensors (and, on the CPU, the offsets' values); returns the
+    offsets contiguous (the kernels read them with unit stride), ``cu_seqlens_k`` being
+    ``cu_seqlens_q`` itself for self-attention."""
+    check_float_tensor("q", q, 3)
+    check_float_tensor("k", k, 3)
+    check_float_tensor("v", v, 3)
+    check_same("k", k, "q", q)
+    check_same("v", v, "q", q)
+    total_q, heads, head_dim = q.shape
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k [total_k, heads_k, head_dim], got v {tuple(v.shape)}, "
+                         f"k {tuple(k.shape)}")
+    if k.shape[2] != head_dim:
+        raise ValueError(f"k and v must have q's head_dim {head_dim}, got k {tuple(k.shape)}")
+    heads_k = k.shape[1]
+    if heads_k == 0 or heads % heads_k:
+        raise ValueError(f"the heads of q ({heads}) must be a multiple of the heads of k and v ({heads_k}) "
+                         "(grouped-query attention)")
+    if not 1 <= head_dim <= ATTENTION_MAX_HEAD_DIM:
+        raise ValueError(f"head_dim (q.shape[-1]) must be between 1 and {ATTENTION_MAX_HEAD_DIM}, got {head_dim}")
+    self_attention = cu_seqlens_k is None or cu_seqlens_k is cu_seqlens_q
+    names = ("cu_seqlens", "total_tokens") if self_attention else ("cu_seqlens_q", "total_q")
+    cu_seqlens_q = check_cu_seqlens(cu_seqlens_q, total_q, q.device, *names).contiguous()
+    if self_attention:
+        if k.shape[0] != total_q:
+            raise ValueError(f"k has {k.shape[0]} tokens but q has {total_q}: pass cu_seqlens_k for "
+                             "cross-attention (other key lengths)")
+        return cu_seqlens_q, cu_seqlens_q
+    cu_seqlens_k = check_cu_seqlens(cu_seqlens_k, k.shape[0], k.device, "cu_seqlens_k", "total_k").contiguous()
+    if cu_seqlens_k.shape != cu_seqlens_q.shape:
+        raise ValueError(f"cu_seqlens_k must have one entry per cu_seqlens_q entry (batch + 1 = "
+                         f"{cu_seqlens_q.shape[0]}), got {cu_seqlens_k.shape[0]}")
+    return cu_seqlens_q, cu_seqlens_k
+
+
+def _check_schedule(schedule: object, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+                    used: bool) -> LaunchSchedule:
+    """A schedule handed in must be a `LaunchSchedule` of int32 tensors sized for this batch; when
+    the kernels will ``use`` it on the CPU (the interpreter, where reading it is free) it must also
+    equal the one `launch_schedule` builds (the torch path ignores it)."""
+    if not isinstance(schedule, LaunchSchedule):
+        raise TypeError(f"schedule must be a LaunchSchedule (from launch_schedule), got {type(schedule).__name__}")
+    batch = cu_seqlens_q.shape[0] - 1
+    for side, (order, order_cu) in zip("qk", schedule):
+        for name, tensor, size in (("order", order, batch), ("order_cu", order_cu, batch + 1)):
+            if (not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.int32 or tensor.shape != (size,)
+                    or tensor.device != cu_seqlens_q.device):
+                raise ValueError(f"schedule.{side} {name} must be int32 of shape ({size},) on {cu_seqlens_q.device}; "
+                                 "build it with launch_schedule(cu_seqlens_q, cu_seqlens_k)")
+    if used and cu_seqlens_q.device.type == "cpu" and not torch.compiler.is_compiling():
+        expected = launch_schedule(cu_seqlens_q, cu_seqlens_k)
+        if not all(torch.equal(a, b) for pair, ref in zip(schedule, expected) for a, b in zip(pair, ref)):
+            raise ValueError("schedule does not belong to these cu_seqlens: build it with "
+                             "launch_schedule(cu_seqlens_q, cu_seqlens_k)")
+    return schedule
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_seqlen: int | None = None, softmax_scale: float | None = None, causal: bool = False, *,
+                     cu_seqlens_k: torch.Tensor | None = None, max_seqlen_k: int | None = None,
+                     window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                     schedule: LaunchSchedule | None = None) -> torch.Tensor:
+    """Softmax attention within each sample of a packed sequence, with flash-attn's semantics.
+
+    Args:
+        q: ``(total_q, heads, head_dim)``, float16/bfloat16/float32. ``head_dim`` <= 256: 32, 64,
+            128 and 256 run as they are on the kernels, other sizes are zero-padded to the next
+            of them there (a copy; results are exact).
+        k, v: ``(total_k, heads_k, head_dim)``, the dtype and device of q. ``heads`` must be a
+            multiple of ``heads_k`` (grouped-query / multi-query attention): query head ``h``
+            reads key head ``h // (heads // heads_k)``.
+        cu_seqlens: int32 ``(batch + 1,)`` on the same device: sample ``b`` has queries
+            ``cu_seqlens[b]:cu_seqlens[b + 1]``; starts at 0, non-decreasing, ends at ``total_q``.
+            Empty samples are allowed.
+        max_seqlen: longest query sample (Python int), optional: only a hint (the kernels never
+            need it and never sync with the host); it picks the autotuning bucket, which
+            otherwise comes from the mean length.
+        softmax_scale: multiplies ``q @ k^T`` before the softmax; ``None`` means
+            ``1 / sqrt(head_dim)`` (of the unpadded head_dim). ElasticAST uses 1.0.
+        causal: query ``i`` of a sample sees keys up to ``i + Lk - Lq`` (aligned bottom-right, as
+            flash-attn; ``Lq == Lk`` is the usual causal mask).
+        cu_seqlens_k: int32 ``(batch + 1,)`` key offsets for cross-attention (sample ``b`` has
+            keys ``cu_seqlens_k[b]:cu_seqlens_k[b + 1]``, ending at ``total_k``). ``None`` (or
+            the same tensor) means the keys share the queries' offsets.
+        max_seqlen_k: longest key sample, a hint like ``max_seqlen``.
+        window_size: ``(left, right)``: query ``i`` sees keys ``[i + Lk - Lq - left,
+            i + Lk - Lq + right]``; ``-1`` leaves a side unbounded, and a side as long as the
+            keys excludes nothing. Causal sets ``right`` to 0. A query that sees no key (a
+            window or causal mask past its sample's keys, or a sample without keys) gives 0.
+        softcap: ``> 0`` replaces the scaled scores ``s`` by ``softcap * tanh(s / softcap)``
+            (Gemma-2 style); 0.0 is off.
+        schedule: the kernels' launch order from `launch_schedule` (computed here when not
+            given); pass one to share it between layers. The torch path does not use it.
+
+    Returns:
+        ``(total_q, heads, head_dim)`` in the dtype of ``q``. Differentiable in q, k, v.
+
+    Raises:
+        TypeError: a tensor argument is not a tensor; ``window_size``, ``softcap``,
+            ``softmax_scale`` or ``schedule`` of the wrong type.
+        ValueError: bad dtype, shape, device or head_dim, heads not a multiple of heads_k, a
+            window side below -1, a negative or non-finite softcap (the message names the
+            argument); ``cu_seqlens``/``cu_seqlens_k`` not int32 / not 1-D / on another device /
+            of different lengths; on CPU also when their values are not a valid partition of
+            the tokens. On CUDA the values are not checked (that needs a device sync): invalid
+            values give undefined results.
+    """
+    cu_seqlens_q, cu_seqlens_k = _check_inputs(q, k, v, cu_seqlens, cu_seqlens_k)
+    max_seqlen_q = check_max_seqlen(max_seqlen)
+    max_seqlen_k = check_max_seqlen(max_seqlen_k, "max_seqlen_k")
+    scale = resolve_softmax_scale(softmax_scale, q.shape[-1])
+    window = check_window(window_size, bool(causal), max(q.shape[0], k.shape[0]))
+    causal = window[1] == 0  # the same mask whichever way it was spelled (causal, or a window's right side 0)
+    softcap = check_softcap(softcap)
+    triton = use_triton(q)
+    if schedule is not None:
+        schedule = _check_schedule(schedule, cu_seqlens_q, cu_seqlens_k, used=triton)
+    elif triton:
+        schedule = launch_schedule(cu_seqlens_q, cu_seqlens_k)
+    hints = [h for h in (max_seqlen_q, max_seqlen_k) if h is not None]
+    seq_hint = max(hints) if hints else max(q.shape[0], k.shape[0]) // max(cu_seqlens_q.shape[0] - 1, 1)
+
+    # the kernels read rows with unit stride on head_dim (any token/head strides below
+    # MAX_ROW_STRIDE are fine; wider ones are copied compact) and exist for a few head_dims; the
+    # torch path needs neither adjustment
+    q, k, v = (x if x.stride(-1) == 1 and x.stride(0) < MAX_ROW_STRIDE else x.contiguous() for x in (q, k, v))
+    head_dim = q.shape[-1]
+    kernel_head_dim = next(d for d in ATTENTION_HEAD_DIMS if d >= head_dim) if triton else head_dim
+    if kernel_head_dim != head_dim:
+        # zero columns add nothing to q.k and give zero output columns, sliced off below
+        q, k, v = (F.pad(x, (0, kernel_head_dim - head_dim)) for x in (q, k, v))
+    schedule_args = (None,) * 4 if schedule is None else (*schedule.q, *schedule.k)
+    out, _ = _varlen_attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, *schedule_args, seq_hint, scale, causal,
+                                   window[0], window[1], softcap)
+    if kernel_head_dim != head_dim:
+        out = out[..., :head_dim]
+    return out
 
 
 # --- torch.library ops --------------------------------------------------------------------------
+# The schedule travels as four optional tensors (order and cumulative lengths, for q and k): None
+# on the torch path, which does not use it.
+
+
+def _schedule_pair(order: torch.Tensor | None, order_cu: torch.Tensor | None,
+                   cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return longest_first(cu_seqlens) if order is None or order_cu is None else (order, order_cu)
 
 
 @torch.library.custom_op("elasticast_kernels::varlen_attention_fwd", mutates_args=())
-def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                          seq_hint: int, softmax_scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (out [total, heads, head_dim] dtype of q, lse2 [heads, lse_columns(total)] fp32). Inputs validated."""
+def _varlen_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                          cu_seqlens_k: torch.Tensor, order_q: torch.Tensor | None, order_cu_q: torch.Tensor | None,
+                          order_k: torch.Tensor | None, order_cu_k: torch.Tensor | None, seq_hint: int,
+                          softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (out [total_q, heads, head_dim] dtype of q, lse2 [heads, lse_columns(total_q)] fp32). Inputs validated."""
+    window = (window_left, window_right)
     if use_triton(q):
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_forward
 
         with on_device(q):
-            return varlen_attention_forward(q, k, v, cu_seqlens, seq_hint, softmax_scale, causal)
-    return varlen_attention_forward_torch(q, k, v, cu_seqlens, softmax_scale, causal)
+            return varlen_attention_forward(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                            _schedule_pair(order_q, order_cu_q, cu_seqlens_q), seq_hint,
+                                            softmax_scale, causal, window, softcap)
+    return varlen_attention_forward_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal, window, softcap)
 
 
 @_varlen_attention_fwd.register_fake
-def _(q, k, v, cu_seqlens, seq_hint, softmax_scale, causal):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k, seq_hint, softmax_scale,
+      causal, window_left, window_right, softcap):
     total, heads, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((heads, lse_columns(total)), dtype=torch.float32)
 
 
 @torch.library.custom_op("elasticast_kernels::varlen_attention_bwd", mutates_args=())
 def _varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, seq_hint: int,
-                          softmax_scale: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          out: torch.Tensor, lse: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                          cu_seqlens_k: torch.Tensor, order_q: torch.Tensor | None, order_cu_q: torch.Tensor | None,
+                          order_k: torch.Tensor | None, order_cu_k: torch.Tensor | None, seq_hint: int,
+                          softmax_scale: float, causal: bool, window_left: int, window_right: int, softcap: float
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (dq, dk, dv), shaped and typed like q, k, v."""
+    window = (window_left, window_right)
     if use_triton(q):
         from elasticast_kernels.ops.varlen_attention_kernels import varlen_attention_backward
 
+        schedule_q = _schedule_pair(order_q, order_cu_q, cu_seqlens_q)
+        schedule_k = schedule_q if cu_seqlens_k is cu_seqlens_q else _schedule_pair(order_k, order_cu_k, cu_seqlens_k)
         with on_device(q):
-            return varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens, seq_hint, softmax_scale, causal)
-    return varlen_attention_backward_torch(dout, q, k, v, out, lse, cu_seqlens, softmax_scale, causal)
+            return varlen_attention_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, schedule_q,
+                                             schedule_k, seq_hint, softmax_scale, causal, window, softcap)
+    return varlen_attention_backward_torch(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                                           causal, window, softcap)
 
 
 @_varlen_attention_bwd.register_fake
-def _(dout, q, k, v, out, lse, cu_seqlens, seq_hint, softmax_scale, causal):
+def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k, seq_hint,
+      softmax_scale, causal, window_left, window_right, softcap):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, seq_hint, softmax_scale, causal = inputs
+    q, k, v, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k, *scalars = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, order_q, order_cu_q, order_k, order_cu_k)
     ctx.mark_non_differentiable(lse)  # internal output: no zero gradient is allocated for it
-    ctx.seq_hint, ctx.softmax_scale, ctx.causal = seq_hint, softmax_scale, causal
+    ctx.self_attention = cu_seqlens_k is cu_seqlens_q
+    ctx.scalars = scalars
 
 
 def _backward(ctx, dout, dlse):
     # the log-sum-exp is an internal output (never returned to users): its gradient is ignored
-    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv = _varlen_attention_bwd(dout, q, k, v, out, lse, cu_seqlens, ctx.seq_hint, ctx.softmax_scale,
-                                       ctx.causal)
-    return dq, dk, dv, None, None, None, None
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *schedule = ctx.saved_tensors
+    if ctx.self_attention:  # saving unpacks to a new tensor object: keep "the same tensor" visible
+        cu_seqlens_k = cu_seqlens_q
+    dq, dk, dv = _varlen_attention_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *schedule,
+                                       *ctx.scalars)
+    return (dq, dk, dv) + (None,) * (len(ctx.scalars) + 6)
 
 
 _varlen_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-# --- public API ---------------------------------------------------------------------------------
-
-
-def _validate_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                     max_seqlen: object) -> tuple[int | None, torch.Tensor]:
-    """Check the inputs once, at the public boundary; returns ``(max_seqlen, cu_seqlens)``, the latter contiguous."""
-    check_float_tensor("q", q, 3)
-    check_float_tensor("k", k, 3)
-    check_float_tensor("v", v, 3)
-    check_same("k", k, "q", q)
-    check_same("v", v, "q", q)
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(
-            "q, k and v must have the same shape [total_tokens, heads, head_dim] (no cross-attention or "
-            f"grouped heads), got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    head_dim = q.shape[-1]
-    if not 1 <= head_dim <= ATTENTION_MAX_HEAD_DIM:
-        raise ValueError(f"head_dim (q.shape[-1]) must be between 1 and {ATTENTION_MAX_HEAD_DIM}, got {head_dim}")
-    max_seqlen = check_max_seqlen(max_seqlen)
-    # The kernels never need max_seqlen (the grid comes from tensor shapes), so a missing one costs
-    # no sync; cu_seqlens values are checked where that is free (CPU) and never on CUDA.
-    # the kernels read cu_seqlens with unit stride
-    return max_seqlen, check_cu_seqlens(cu_seqlens, q.shape[0], q.device).contiguous()
-
-
-def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                     max_seqlen: int | None = None, softmax_scale: float | None = None,
-                     causal: bool = False) -> torch.Tensor:
-    """Self-attention within each sample of a packed sequence.
-
-    Args:
-        q, k, v: ``(total_tokens, heads, head_dim)``, float16/bfloat16/float32, same dtype and
-            device. ``head_dim`` <= 128: 32, 64 and 128 run as they are, other sizes are
-            zero-padded to the next of them (a copy; results are exact).
-        cu_seqlens: int32 ``(batch + 1,)`` on the same device: sample ``b`` is tokens
-            ``cu_seqlens[b]:cu_seqlens[b + 1]``; starts at 0, non-decreasing, ends at
-            ``total_tokens``. Empty samples are allowed.
-        max_seqlen: longest sample (Python int), optional. The kernels do not need it (they
-            never sync with the host); it only picks the autotuning bucket, which otherwise
-            comes from the mean length ``total_tokens // batch``.
-        softmax_scale: multiplies ``q @ k^T`` before the softmax; ``None`` means
-            ``1 / sqrt(head_dim)`` (of the unpadded head_dim). ElasticAST uses 1.0.
-        causal: mask keys after the query, within each sample.
-
-    Returns:
-        ``(total_tokens, heads, head_dim)`` in the dtype of ``q``. Differentiable in q, k, v.
-
-    Raises:
-        TypeError: a tensor argument is not a tensor.
-        ValueError: bad dtype, shape, device or head_dim (the message names the argument);
-            ``cu_seqlens`` not int32 / not 1-D / on another device; on CPU also when its
-            values are not a valid partition of ``total_tokens``. On CUDA the values are not
-            checked (that needs a device sync): invalid values give undefined results.
-    """
-    max_seqlen, cu_seqlens = _validate_varlen(q, k, v, cu_seqlens, max_seqlen)
-    scale = resolve_softmax_scale(softmax_scale, q.shape[-1])
-    total_tokens, batch = q.shape[0], cu_seqlens.shape[0] - 1
-    seq_hint = max_seqlen if max_seqlen is not None else total_tokens // max(batch, 1)
-
-    # the kernels read rows with unit stride on head_dim (any token/head strides are fine) and
-    # exist for a few head_dims; both adjustments are no-ops in the common case and also harmless
-    # on the torch path, which keeps device checks out of the traced part of the op
-    # (tile offsets are int32: a token stride past 2^24 elements is copied to a compact layout)
-    q, k, v = (x if x.stride(-1) == 1 and x.stride(0) < 2**24 else x.contiguous() for x in (q, k, v))
-    head_dim = q.shape[-1]
-    kernel_head_dim = next(d for d in ATTENTION_HEAD_DIMS if d >= head_dim)
-    if kernel_head_dim != head_dim:
-        # zero columns add nothing to q.k and give zero output columns, sliced off below
-        q, k, v = (F.pad(x, (0, kernel_head_dim - head_dim)) for x in (q, k, v))
-    out, _ = _varlen_attention_fwd(q, k, v, cu_seqlens, seq_hint, scale, bool(causal))
-    if kernel_head_dim != head_dim:
-        out = out[..., :head_dim]
-    return out
-
-
-def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, block_table=None):
-    """Drop-in for ``flash_attn.flash_attn_varlen_func`` (self-attention subset).
-
-    Args:
-        q, k, v: ``(total, nheads, headdim)``; k/v with the same number of tokens and heads as
-            q (no grouped-query attention), headdim <= 128.
-        cu_seqlens_q, cu_seqlens_k: int32 ``(batch + 1,)``; they must be equal (self-attention
-            within each sample). Pass the same tensor for both: that is free. Two different CUDA
-            tensors are compared on the device, which costs one host sync per call (skipped
-            under torch.compile).
-        max_seqlen_q, max_seqlen_k: ints, equal (used only to pick an autotuning bucket).
-        dropout_p: must be 0.0 (no dropout inside attention).
-        softmax_scale: default ``1 / sqrt(headdim)``.
-        causal: causal mask within each sample.
-        window_size, softcap, alibi_slopes, return_attn_probs, block_table: only their defaults
-            (``(-1, -1)``, 0.0, None, False, None) are supported.
-        deterministic: accepted; the kernels are always deterministic (no atomics).
-
-    Returns:
-        ``(total, nheads, headdim)``, dtype of q.
-
-    Raises:
-        NotImplementedError: an unsupported feature was asked for (dropout, sliding window,
-            softcap, ALiBi, attention probabilities, paged KV).
-        ValueError: unequal q/k lengths or bad inputs (see ``varlen_attention``).
-    """
-    if dropout_p != 0.0:
-        raise NotImplementedError(f"dropout_p={dropout_p}: dropout inside attention is not supported (use 0.0)")
-    if tuple(window_size) != (-1, -1):
-        raise NotImplementedError(f"window_size={window_size}: sliding-window attention is not supported")
-    if softcap != 0.0:
-        raise NotImplementedError(f"softcap={softcap}: logit soft-capping is not supported")
-    if alibi_slopes is not None:
-        raise NotImplementedError("alibi_slopes: ALiBi biases are not supported")
-    if return_attn_probs:
-        raise NotImplementedError("return_attn_probs=True is not supported")
-    if block_table is not None:
-        raise NotImplementedError("block_table: paged KV caches are not supported")
-    if isinstance(max_seqlen_q, int) and isinstance(max_seqlen_k, int) and max_seqlen_q != max_seqlen_k:
-        raise ValueError(f"max_seqlen_q={max_seqlen_q} and max_seqlen_k={max_seqlen_k} must be equal "
-                         "(self-attention within each sample)")
-    _check_same_cu_seqlens(cu_seqlens_q, cu_seqlens_k)
-    return varlen_attention(q, k, v, cu_seqlens_q, max_seqlen=max_seqlen_q, softmax_scale=softmax_scale,
-                            causal=causal)
-
-
-def _check_same_cu_seqlens(cu_seqlens_q: object, cu_seqlens_k: object) -> None:
-    if cu_seqlens_q is cu_seqlens_k:
-        return
-    if not isinstance(cu_seqlens_q, torch.Tensor) or not isinstance(cu_seqlens_k, torch.Tensor):
-        raise TypeError("cu_seqlens_q and cu_seqlens_k must be torch.Tensors")
-    if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.device != cu_seqlens_k.device:
-        raise ValueError(
-            f"cu_seqlens_k (shape {tuple(cu_seqlens_k.shape)}, {cu_seqlens_k.device}) must equal cu_seqlens_q "
-            f"(shape {tuple(cu_seqlens_q.shape)}, {cu_seqlens_q.device}): only self-attention is supported"
-        )
-    if torch.compiler.is_compiling():
-        return
-    if not torch.equal(cu_seqlens_q, cu_seqlens_k):  # one host sync on CUDA; free on CPU
-        raise ValueError("cu_seqlens_k must equal cu_seqlens_q: only self-attention (equal q/k lengths) is supported")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from elasticast_kernels._checks import check_int
 from elasticast_kernels.layout import SeqLayout
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -106,9 +107,10 @@ class PackedBatch:
             raise ValueError(f"PackedBatch.grid_shapes must be None or one (freq, time) pair per segment "
                              f"({self.num_samples}), got {got}")
         for j, (shape, tokens) in enumerate(zip(shapes, self.seqlens)):
-            if (not isinstance(shape, (tuple, list)) or len(shape) != 2
-                    or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
-                raise ValueError(f"PackedBatch.grid_shapes[{j}] must be a pair of positive ints, got {shape!r}")
+            if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+                raise TypeError(f"PackedBatch.grid_shapes[{j}] must be a pair of positive ints, got {shape!r}")
+            check_int(f"PackedBatch.grid_shapes[{j}][0]", shape[0], 1)
+            check_int(f"PackedBatch.grid_shapes[{j}][1]", shape[1], 1)
             if tokens > shape[0] * shape[1]:
                 raise ValueError(f"PackedBatch segment {j} holds {tokens} tokens, more than its grid "
                                  f"{shape[0]} x {shape[1]} (grid_shapes[{j}])")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import layout as _layout
+from .._checks import check_int
 from . import _fallback
 from ._native import native
 
@@ -97,7 +98,7 @@ class PackPlan:
     def _set(self, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, max_tokens: int, strategy: str) -> None:
         # The arrays are the plan's own (copied by every public constructor); read-only, so the
         # cached bins and every derived count stay true for the plan's lifetime.
-        max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
+        max_tokens = check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
         if not isinstance(strategy, str):
             raise TypeError(f"strategy must be a str, got {type(strategy).__name__}")
         for name, array in (("order", order), ("offsets", offsets), ("lengths", lengths)):
@@ -207,19 +208,6 @@ class PackPlan:
             f"PackPlan(strategy={self.strategy!r}, num_samples={self.num_samples}, num_packs={self.num_packs}, "
             f"max_tokens={self.max_tokens}, efficiency={self.efficiency:.4f})"
         )
-
-
-def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
 
 
 # Containers np.asarray would turn into a 0-d object array (or a wrong one) rather than the values.
@@ -350,8 +338,8 @@ def _python_plan(strategy: str, lengths: np.ndarray, max_tokens: int, window: in
 
 
 def _check_options(max_tokens: Any, strategy: Any, window: Any, backend: Any) -> tuple[int, int]:
-    max_tokens = _check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
-    window = _check_int("window", window, 1, WINDOW_LIMIT)
+    max_tokens = check_int("max_tokens", max_tokens, 1, MAX_TOKENS_LIMIT)
+    window = check_int("window", window, 1, WINDOW_LIMIT)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     if backend not in ("auto", "native", "python"):
@@ -427,7 +415,7 @@ def pack_lengths(
             a meta or half-precision tensor (see :func:`as_lengths`).
     """
     if seed is not _NOT_GIVEN:
-        _check_int("seed", seed, -(2**63))
+        check_int("seed", seed, -(2**63))
         warnings.warn("pack_lengths(seed=...) is deprecated and has no effect: every strategy is deterministic "
                       "and always ignored the seed", DeprecationWarning, stacklevel=2)
     max_tokens, window = _check_options(max_tokens, strategy, window, backend)

@@ -25,7 +25,8 @@ from elasticast_kernels.layout import SeqLayout, check_offsets, cumulative_lengt
 
 from ._native import native, native_cuda
 from .batch import PackedBatch
-from .plans import PackPlan, _check_int
+from .._checks import check_int
+from .plans import PackPlan
 
 _warned_pin = False
 
@@ -38,7 +39,7 @@ def stride_pair(stride: Any, patch_size: int) -> tuple[int, int]:
     pair = (stride, stride) if not isinstance(stride, (tuple, list)) else tuple(stride)
     if len(pair) != 2:
         raise TypeError(f"stride must be an int or a pair of ints (freq, time), got {stride!r}")
-    return _check_int("stride[0]", pair[0], 1, 2**31 - 1), _check_int("stride[1]", pair[1], 1, 2**31 - 1)
+    return check_int("stride[0]", pair[0], 1, 2**31 - 1), check_int("stride[1]", pair[1], 1, 2**31 - 1)
 
 
 def axis_patches(extent: int, patch_size: int, stride: int, axis: str) -> int:
@@ -225,7 +226,7 @@ def pack_spectrograms(
             not a multiple of it with a stride of patch_size), a bad stride, a plan made for other
             token counts.
     """
-    p = _check_int("patch_size", patch_size, 1)
+    p = check_int("patch_size", patch_size, 1)
     stride = stride_pair(stride, p)
     channels, freq, freq_patches, time_patches_all = _check_specs(specs, p, stride)
     device = specs[0].device

@@ -40,11 +40,11 @@ from .manager import CheckpointManager, Stateful, TrainingCheckpoint
 from .metrics import accuracy, average_precision, evaluate, mean_average_precision
 from .parallel import (full_model_state, full_training_state, load_training_state, unsharded_model, unwrap_model,
                        wrap_model)
-from .schedule import WarmupCosine, warmup_cosine
+from .lr_schedule import WarmupCosine, warmup_cosine
 from .stop import StopRequest, ignore_sigterm
 from .update import StepOutcome, global_mean_update
 
-from . import checkpoint, distributed, finite, log, loop, manager, metrics, parallel, schedule, stop, update
+from . import checkpoint, distributed, finite, log, loop, lr_schedule, manager, metrics, parallel, stop, update
 
 __all__ = [
     *manager.__all__,
@@ -55,7 +55,7 @@ __all__ = [
     *finite.__all__,
     *stop.__all__,
     *checkpoint.__all__,
-    *schedule.__all__,
+    *lr_schedule.__all__,
     *metrics.__all__,
     *log.__all__,
 ]

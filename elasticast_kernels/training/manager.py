@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from elasticast_kernels.saved_model import CARD_KEY, ModelCard
+from elasticast_kernels._checks import check_int
 from elasticast_kernels.serialization import CheckpointError
 
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -206,8 +207,7 @@ class CheckpointManager:
             CheckpointError: rank 0 could not write (on the other ranks; rank 0 raises the
                 OSError or TypeError itself). The previous checkpoint stays.
         """
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        check_int("step", step, 0)
         extra = dict(extra or {})
         clashes = sorted(set(extra) & set(RESERVED_KEYS))
         if clashes:

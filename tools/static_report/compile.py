@@ -2,7 +2,8 @@
 
 A :class:`Job` names a kernel by module and attribute, so a worker in another Python (another
 Triton version) can import it; the worker returns registers, spill bytes, shared memory and the
-main loop's SASS statistics (``sass.loop_stats``) as a plain dict.
+main loop's SASS statistics (``sass.loop_stats``) as a plain dict. Workers import the kernels from
+this source checkout (``REPO_ROOT``), whatever copy of the package is installed.
 """
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import elasticast_kernels
-
 WORKER = Path(__file__).with_name("_worker.py")
-PACKAGE_ROOT = Path(elasticast_kernels.__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class CompileError(RuntimeError):
@@ -52,7 +51,7 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, python: str | None = None,
              import_paths: Sequence[str] = ()) -> list[dict]:
     """Compile ``jobs`` in ``workers`` subprocesses of ``python`` (default: this one); results in job order.
 
-    The workers import the kernels' modules from this package's checkout and ``import_paths``.
+    The workers import the kernels' modules from this checkout and ``import_paths``.
 
     Raises:
         CompileError: a compile or a worker failed.
@@ -65,7 +64,7 @@ def run_jobs(jobs: Sequence[Job], workers: int = 2, python: str | None = None,
     shares = [jobs[i::workers] for i in range(workers)]
     env = dict(os.environ, TRITON_INTERPRET="0")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (*import_paths, str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (*import_paths, str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     running = []
     for share in shares:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:

@@ -66,23 +66,19 @@ def launch_order(lengths: Sequence[int], heads: int, block: int, order: str) -> 
     return [Program(ranked[s], h, b) for s, b in slots for h in range(heads)]
 
 
-def trip_count(kernel: str, length: int, block: int, block_m: int, block_n: int, causal: bool) -> int:
-    """Main-loop iterations of the program owning block ``block`` of a sample of ``length`` tokens.
+def trip_count(kernel: str, length: int, block: int, block_m: int, block_n: int,
+               window: tuple[int, int] = (-1, -1), length_k: int | None = None) -> int:
+    """Main-loop iterations of the program owning block ``block`` (in launch order) of a sample of
+    ``length`` queries and ``length_k`` keys (default: self-attention): the kernels' own loop
+    bounds (`program_trips`, which tests check against the kernels' recorded trips).
 
     fwd/dq programs own BLOCK_M queries and step over keys by BLOCK_N; dkdv programs own BLOCK_N
-    keys and step over queries by BLOCK_M. Causal fwd/dq hand blocks out last-first (the slot's
-    index counts from the sample's last block).
+    keys and step over queries by BLOCK_M. Under a right-bounded window (causal) fwd/dq hand
+    blocks out last-first.
     """
-    if kernel in ("fwd", "dq"):
-        if not causal:
-            return -(-length // block_n)
-        n_blocks = -(-length // block_m)
-        first = (n_blocks - 1 - block) * block_m
-        return -(-min(first + block_m, length) // block_n)
-    if kernel == "dkdv":
-        first = block * block_n
-        return -(-(length - (first if causal else 0)) // block_m)
-    raise ValueError(f"kernel must be 'fwd', 'dq' or 'dkdv', got {kernel!r}")
+    from elasticast_kernels.ops.varlen_attention_kernels import program_trips
+
+    return program_trips(kernel, length, length if length_k is None else length_k, block, block_m, block_n, window)
 
 
 def list_schedule(costs: Sequence[float], slots: int) -> float:
@@ -108,16 +104,17 @@ class ScheduleResult:
     makespan: float  # in loop iterations of one slot
 
 
-def simulate(kernel: str, lengths: Sequence[int], heads: int, block_m: int, block_n: int, causal: bool,
-             order: str, sms: int, ctas_per_sm: int) -> ScheduleResult:
-    """Busy fraction of one launch of ``kernel`` ("fwd", "dq", "dkdv") on ``sms x ctas_per_sm`` slots."""
+def simulate(kernel: str, lengths: Sequence[int], heads: int, block_m: int, block_n: int,
+             window: tuple[int, int], order: str, sms: int, ctas_per_sm: int) -> ScheduleResult:
+    """Busy fraction of one launch of ``kernel`` ("fwd", "dq", "dkdv") on ``sms x ctas_per_sm`` slots
+    (self-attention; ``window`` as the launchers take it, causal = ``(-1, 0)``)."""
     own = block_n if kernel == "dkdv" else block_m
     costs = []
     for program in launch_order(lengths, heads, own, order):
         if program.block is None:
             costs.append(SPARE_COST)
         else:
-            trips = trip_count(kernel, lengths[program.sample], program.block, block_m, block_n, causal)
+            trips = trip_count(kernel, lengths[program.sample], program.block, block_m, block_n, window)
             costs.append(trips + PROLOGUE_COST)
     slots = sms * max(1, ctas_per_sm)
     makespan = list_schedule(costs, slots)

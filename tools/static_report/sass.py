@@ -133,6 +133,7 @@ class LoopStats:
     ex2: int
     barriers: int
     async_copies: int  # cp.async (LDGSTS) and TMA (UTMALDG) per warp
+    spill_ops: int  # local-memory loads/stores (LDL/STL): register spills inside the loop
     opcodes: dict[str, int]
 
 
@@ -157,5 +158,6 @@ def loop_stats(loop: Loop, num_warps: int) -> LoopStats:
         ex2=sum(1 for instr in loop.body if instr.opcode.startswith("MUFU.EX2")),
         barriers=sum(1 for instr in loop.body if instr.base == "BAR"),
         async_copies=sum(1 for instr in loop.body if instr.base in ("LDGSTS", "UTMALDG")),
+        spill_ops=sum(1 for instr in loop.body if instr.base in ("LDL", "STL")),
         opcodes=dict(opcodes.most_common()),
     )

@@ -52,14 +52,14 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import length_resolution_report as report  # noqa: E402
-import train as train_example  # noqa: E402
+import train_models  # noqa: E402
 import words_in_context  # noqa: E402
 
 from elasticast_kernels.data import PackedBatchSampler, PackedCollator, audio_to_spectrogram, fbank, num_tokens  # noqa: E402
 from elasticast_kernels.training import (DistributedContext, accuracy, global_mean_update, resumable_batches,  # noqa: E402
                                          seed_rng, warmup_cosine)
 
-PATCH, MEL_BINS, SAMPLE_RATE = train_example.PATCH, train_example.MEL_BINS, words_in_context.SAMPLE_RATE
+PATCH, MEL_BINS, SAMPLE_RATE = train_models.PATCH, train_models.MEL_BINS, words_in_context.SAMPLE_RATE
 TOKENS_PER_PATCH_COLUMN = MEL_BINS // PATCH  # a 16-frame time step is 8 tokens
 EVAL_TOKENS_PER_CALL = 4096
 
@@ -175,11 +175,9 @@ class SavedForBackward:
 def new_model(args, seed: int):
     """``train.build_model`` (the demo's ElasticAST and initialisation), the same weights for a seed."""
     torch.manual_seed(seed)
-    model = train_example.build_model(
+    model = train_models.build_model(
         SimpleNamespace(dim=args.dim, depth=args.depth, heads=args.heads, dropout=0.0, backend="auto",
                         token_dropout=0.0), len(words_in_context.KEYWORDS), args.baseline_frames // PATCH)
-    # Evaluation clips longer than the training ones get the time table interpolated, not an error.
-    model.pos_embed_interpolation = True
     return model
 
 

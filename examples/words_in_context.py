@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from elasticast_kernels._checks import check_int, check_number
 from spoken_words import SAMPLE_RATE, espeak_binary, random_voice, speak_all
 
 #: The classes: ten three- or four-syllable words (0.4-1 s), unlike each other and unlike the filler.
@@ -157,15 +158,14 @@ def make_clips(clips_per_word: int, speakers: int, seed: int, background_seconds
         (espeak-ng missing, or ``use_espeak=False``), and the description says which.
 
     Raises:
-        ValueError: ``clips_per_word`` or ``speakers`` not an int >= 1, ``background_seconds``
-            not a finite number >= 0.
+        TypeError: ``clips_per_word`` or ``speakers`` not an int, ``background_seconds`` not a number.
+        ValueError: ``clips_per_word`` or ``speakers`` below 1, ``background_seconds`` negative, NaN
+            or infinite.
     """
-    for name, value in (("clips_per_word", clips_per_word), ("speakers", speakers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if not (isinstance(background_seconds, (int, float)) and math.isfinite(background_seconds)
-            and background_seconds >= 0):
-        raise ValueError(f"background_seconds must be a finite number >= 0, got {background_seconds!r}")
+    check_int("clips_per_word", clips_per_word, 1)
+    check_int("speakers", speakers, 1)
+    if check_number("background_seconds", background_seconds) < 0:
+        raise ValueError(f"background_seconds must be >= 0, got {background_seconds!r}")
     progress = progress or (lambda iterable, **_: iterable)
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(len(KEYWORDS)), clips_per_word))

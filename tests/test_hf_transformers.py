@@ -249,3 +249,23 @@ def test_hub_kernel_path_with_our_flash_attn_interface(monkeypatch, layout):
     else:
         ours_fn = real_token_logits_packed
     check_against_sdpa_with(mistral_sliding, "elasticast-test/flash-attn-interface", ours_fn)
+
+
+@pytest.mark.parametrize("extra", [[], ["--sliding-window", "6"]], ids=["llama", "mistral_window"])
+def test_the_padding_free_example_runs_on_cpu_with_the_padded_losses(extra):
+    """examples/hf_padding_free.py (the README's example) trains both layouts to the same losses."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "hf_padding_free.py"
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}  # the torch CPU path
+    done = subprocess.run([sys.executable, str(script), "--steps", "2", "--batch-size", "4", *extra],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    pairs = re.findall(r"loss padding-free ([0-9.]+) \| padded ([0-9.]+)", done.stdout)
+    assert len(pairs) == 2
+    for ours, padded in pairs:
+        assert float(ours) == pytest.approx(float(padded), abs=1e-4)

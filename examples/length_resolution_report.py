@@ -147,7 +147,7 @@ def note(results: dict) -> str:
     """The run's README: what ran, where, how long, under what load, and every table."""
     data, machine, load, settings = results["data"], results["machine"], results["load_average"], results["settings"]
     warning = "" if data["source"] == "espeak-ng" else (
-        "\n**SYNTHETIC TONE DATASET: espeak-ng was not available, so these numbers are about tones, not speech.**\n")
+        "\n**SYNTHETIC TONE DATASET: espeak-ng missing or `--no-espeak`: these numbers are about tones, not speech.**\n")
     minutes = results["duration_s"] / 60
     return "\n".join([
         f"# Length and frame-shift generalisation: ElasticAST vs a fixed-length AST-style baseline ({results['date']})",

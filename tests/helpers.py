@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import pytest
 import torch
+
+
+#: The GPU accuracy tests' dtypes (bf16 is wrong in the interpreter, so these run on a GPU only).
+half_dtypes = pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 
 
 def cu_from(lengths: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:

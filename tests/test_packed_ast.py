@@ -227,23 +227,25 @@ def test_gradients_of_a_mixed_batch_are_the_sum_of_single_clip_hf_runs(hf, packe
 # --------------------------------------------------------------------------------------------------
 # transformers 4's names, written out independently of the module's table (ASTLayer of 4.x:
 # attention.attention.{query,key,value}, attention.output.dense, intermediate.dense, output.dense)
-T5_TO_T4 = [
-    (r"\.layers\.(\d+)\.attention\.q_proj\.", r".encoder.layer.\1.attention.attention.query."),
-    (r"\.layers\.(\d+)\.attention\.k_proj\.", r".encoder.layer.\1.attention.attention.key."),
-    (r"\.layers\.(\d+)\.attention\.v_proj\.", r".encoder.layer.\1.attention.attention.value."),
-    (r"\.layers\.(\d+)\.attention\.o_proj\.", r".encoder.layer.\1.attention.output.dense."),
-    (r"\.layers\.(\d+)\.mlp\.fc1\.", r".encoder.layer.\1.intermediate.dense."),
-    (r"\.layers\.(\d+)\.mlp\.fc2\.", r".encoder.layer.\1.output.dense."),
-    (r"\.layers\.(\d+)\.layernorm_", r".encoder.layer.\1.layernorm_"),
-]
+T4_NAMES = {  # transformers 5 name inside a layer -> transformers 4 name
+    "attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",
+    "attention.v_proj": "attention.attention.value", "attention.o_proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense",
+}
 
 
 def t4_state_dict(state: dict) -> dict:
-    """A transformers 5 AST state dict under transformers 4's names."""
+    """A transformers 5 AST state dict under transformers 4's names (``layers.N.`` ->
+    ``encoder.layer.N.``, the names inside a layer through ``T4_NAMES``; layer norms keep theirs)."""
     out = {}
     for key, tensor in state.items():
-        for pattern, replacement in T5_TO_T4:
-            key = re.sub(pattern, replacement, key)
+        match = re.fullmatch(r"(.*)\.layers\.(\d+)\.(.*)", key)
+        if match:
+            prefix, layer, rest = match.groups()
+            for new, old in T4_NAMES.items():
+                if rest.startswith(new + "."):
+                    rest = old + rest[len(new):]
+            key = f"{prefix}.encoder.layer.{layer}.{rest}"
         out[key] = tensor
     return out
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from elasticast_kernels.modules import AttentionPool
 from elasticast_kernels.ops.segment_pool import segment_attention_pool, segment_mean
-from helpers import cu_from, reference_pool
+from helpers import cu_from, half_dtypes, reference_pool
 
 pytestmark = pytest.mark.gpu
 
@@ -54,7 +54,7 @@ def max_err(got, ref):
 
 @pytest.mark.parametrize("softmax_scale", [1.0, HEAD_DIM ** -0.5], ids=["scale1", "scale_rsqrt_d"])
 @pytest.mark.parametrize("shared_query", [True, False], ids=["shared_q", "per_sample_q"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@half_dtypes
 def test_accuracy_vs_sdpa(dtype, shared_query, softmax_scale):
     lengths = elasticast_lengths()
     cu = cu_from(lengths, "cuda")

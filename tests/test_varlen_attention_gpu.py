@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from elasticast_kernels.ops import varlen_attention
 from elasticast_kernels.ops import varlen_attention_kernels as kernels
 from elasticast_kernels.ops._common import longest_first
-from helpers import cu_from, visible_keys
+from helpers import cu_from, half_dtypes, visible_keys
 from helpers import reference_attention as packed_reference
 
 pytestmark = pytest.mark.gpu
@@ -46,7 +46,7 @@ def forward_backward(fn, q, k, v, dout):
 
 @pytest.mark.parametrize("softmax_scale", [None, 1.0], ids=["default_scale", "scale1"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@half_dtypes
 def test_error_within_twice_sdpa(dtype, causal, softmax_scale):
     lengths = realistic_lengths()
     cu_seqlens = cu_from(lengths, "cuda")
@@ -163,7 +163,7 @@ FEATURES = {
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@half_dtypes
 @pytest.mark.parametrize("feature", list(FEATURES))
 def test_features_error_within_twice_sdpa(feature, dtype):
     options = dict(heads_k=HEADS, head_dim=HEAD_DIM, causal=False, window=(-1, -1), softcap=0.0, cross=False)

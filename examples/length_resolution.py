@@ -3,7 +3,7 @@
     python examples/length_resolution.py              # the full run: 3 seeds, 3 pack budgets (~40 min, 2 CPU cores)
     python examples/length_resolution.py --quick      # seconds: runs end to end; its numbers mean nothing
 
-Data (``words_in_context.py``): one spoken keyword (10 classes) inside filler speech of the same
+Data (``words_in_context.py``): one spoken keyword (10 classes) over quieter filler speech of another
 espeak-ng speaker, plus noise; rendering a clip at L seconds changes only how much filler surrounds
 the keyword, so clip length is a controlled variable and the label stays defined. Training and
 evaluation clips come from different random speakers. Without espeak-ng: SYNTHETIC TONES, said
@@ -25,7 +25,7 @@ trained for the same number of steps on the same number of samples with the same
 Evaluation: held-out clips rendered at each length (0 = the keyword alone, about 0.5 s) at 10 ms,
 and at 2 s at each frame shift; the same clips in every condition. ElasticAST sees every clip
 whole at its own length and shift (inputs longer than its 19-patch time table get the table
-linearly interpolated, ``pos_embed_interpolation``); the baseline sees the clip cropped/padded to
+linearly interpolated, the model's default ``past_time_table="interpolate"``); the baseline sees the clip cropped/padded to
 its 304 frames ("crop/pad"), and, as AST users do for long audio, also the mean of its logits over
 304-frame windows with 50% overlap ("windows"). Seeds change the initial weights and the sample
 order; the data are the same. The pack-budget study trains ElasticAST at each L' (same epochs, so
@@ -178,12 +178,11 @@ def new_model(args, seed: int):
     model = train_example.build_model(
         SimpleNamespace(dim=args.dim, depth=args.depth, heads=args.heads, dropout=0.0, backend="auto",
                         token_dropout=0.0), len(words_in_context.KEYWORDS), args.baseline_frames // PATCH)
-    # Evaluation clips longer than the training ones get the time table interpolated, not an error.
-    model.pos_embed_interpolation = True
     return model
 
 
-def train_model(model, items: list, lengths: np.ndarray, max_tokens: int, total_steps: int, args, seed: int) -> dict:
+def train_model(model, items: list, lengths: np.ndarray, max_tokens: int, total_steps: int, args, seed: int,
+                log_every: int = 0) -> dict:
     """Train ``model`` for ``total_steps`` packed steps of at most ``max_tokens`` tokens. -> statistics."""
     sampler = PackedBatchSampler(lengths, max_tokens, seed=seed)
     loader = DataLoader(items, batch_sampler=sampler, collate_fn=PackedCollator(patch_size=PATCH))
@@ -192,9 +191,10 @@ def train_model(model, items: list, lengths: np.ndarray, max_tokens: int, total_
     ctx, meter = DistributedContext(device=torch.device("cpu")), SavedForBackward()
     seed_rng(seed + 1)
     samples = tokens = peak_bytes = 0
+    window_loss, window_samples = 0.0, 0
     model.train()
     started = time.perf_counter()
-    for _, _, batch in resumable_batches(loader, sampler, total_steps, seed=seed):
+    for step, (_, _, batch) in enumerate(resumable_batches(loader, sampler, total_steps, seed=seed), 1):
         with meter.measure():
             logits = model(batch)
         loss_sum = F.cross_entropy(logits, batch.labels, label_smoothing=0.1, reduction="sum")
@@ -203,6 +203,11 @@ def train_model(model, items: list, lengths: np.ndarray, max_tokens: int, total_
         if outcome.problem:
             raise RuntimeError(f"training diverged: {outcome.problem}")
         samples, tokens, peak_bytes = samples + batch.num_samples, tokens + batch.total_tokens, max(peak_bytes, meter.nbytes)
+        window_loss, window_samples = window_loss + float(outcome.totals["loss_sum"]), window_samples + batch.num_samples
+        if log_every and (step % log_every == 0 or step == total_steps):
+            print(f"    step {step}/{total_steps}: training loss {window_loss / window_samples:.3f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            window_loss, window_samples = 0.0, 0
     seconds = time.perf_counter() - started
     return dict(steps=total_steps, samples=samples, tokens=tokens, seconds=round(seconds, 2),
                 samples_per_step=samples / total_steps, samples_per_s=samples / seconds, tokens_per_s=tokens / seconds,
@@ -273,7 +278,7 @@ def run_experiment(args, say) -> dict:
         for budget in args.budgets:
             steps = args.epochs * len(PackedBatchSampler(elastic_lengths, budget, seed=seed))
             model = new_model(args, seed)
-            stats = train_model(model, data["elastic_train"], elastic_lengths, budget, steps, args, seed)
+            stats = train_model(model, data["elastic_train"], elastic_lengths, budget, steps, args, seed, args.log_every)
             runs.append(dict(model="elasticast", variants=("elastic",), seed=seed, budget=budget, train=stats, net=model))
             say(f"seed {seed}: ElasticAST, L'={budget}: {steps} steps, {stats['samples_per_step']:.1f} samples/step, "
                 f"{stats['seconds']:.0f} s, final loss {stats['final_loss']:.3f}")
@@ -282,7 +287,7 @@ def run_experiment(args, say) -> dict:
             per_step = max(1, round(stats["samples"] / steps))  # the baseline: the same steps and samples
             model = new_model(args, seed)
             stats = train_model(model, data["baseline_train"], np.full(len(data["baseline_train"]), baseline_tokens),
-                                per_step * baseline_tokens, steps, args, seed)
+                                per_step * baseline_tokens, steps, args, seed, args.log_every)
             runs.append(dict(model="ast", variants=("crop_pad", "windows"), seed=seed, budget=per_step * baseline_tokens,
                              train=stats, net=model))
             say(f"seed {seed}: AST-style baseline: {steps} steps x {per_step} samples, {stats['seconds']:.0f} s, "
@@ -319,6 +324,14 @@ def machine() -> dict:
 
 
 # ---------------------------------------------------------------------------------------- command line
+def _existing_parent(path: str) -> str:
+    """``path`` or its nearest existing ancestor (the folder that must be writable to create it)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -345,6 +358,7 @@ def parse_args(argv=None):
     add("--weight-decay", type=float, default=0.05)
     add("--threads", type=int, default=2, help="torch CPU threads")
     add("--data-seed", type=int, default=0)
+    add("--log-every", type=int, default=0, help="print the training loss every this many steps (0: never)")
     add("--no-espeak", action="store_true", help="synthetic tones even with espeak-ng installed")
     args = parser.parse_args(argv)
     defaults = dict(seeds=([0], [0, 1, 2]), budgets=([256, 512], [512, 256, 1024]), epochs=(1, 6),
@@ -359,8 +373,9 @@ def parse_args(argv=None):
                 if getattr(args, name) < 1]
     if args.baseline_frames < PATCH or args.baseline_frames % PATCH:
         problems.append(f"--baseline-frames must be a positive multiple of {PATCH}")
-    if not 0 < args.train_seconds[0] <= args.train_seconds[1] or not all(math.isfinite(s) for s in args.train_seconds):
-        problems.append("--train-seconds needs 0 < MIN <= MAX")
+    if not 0 <= args.train_seconds[0] <= args.train_seconds[1] or not all(math.isfinite(s) for s in args.train_seconds) \
+            or args.train_seconds[1] <= 0:
+        problems.append("--train-seconds needs 0 <= MIN <= MAX, MAX > 0 (0: the keyword alone)")
     for name in ("train_shifts", "eval_shifts", "eval_lengths"):
         values = getattr(args, name)
         if not all(math.isfinite(v) and (v >= 0 if name == "eval_lengths" else v >= 1.0) for v in values):
@@ -370,6 +385,15 @@ def parse_args(argv=None):
         problems.append("--shift-eval-seconds must be > 0")
     if any(budget < 1 for budget in args.budgets):
         problems.append("--budgets must be positive token counts")
+    if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        problems.append("--seeds must be distinct integers >= 0")
+    if args.log_every < 0:
+        problems.append("--log-every must be >= 0")
+    if args.out is not None and (os.path.exists(args.out) and not os.path.isdir(args.out)):
+        problems.append(f"--out {args.out!r} exists and is not a folder")
+    elif args.out is not None and not (os.path.isdir(_existing_parent(args.out))
+                                       and os.access(_existing_parent(args.out), os.W_OK | os.X_OK)):
+        problems.append(f"--out {args.out!r} cannot be created or written")
     if problems:
         parser.error("; ".join(problems))
     args.out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",

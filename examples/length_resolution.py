@@ -100,10 +100,11 @@ def build_data(args, say) -> dict:
     """Training inputs of both models, and the held-out clips (rendered per condition later)."""
     started = time.perf_counter()
     train_clips, source, description = words_in_context.make_clips(
-        args.clips_per_word, args.speakers, args.data_seed, max(args.train_seconds) + 1.0, not args.no_espeak)
+        args.clips_per_word, args.speakers, args.data_seed, max(args.train_seconds) + 1.0, not args.no_espeak,
+        background_db=tuple(args.background_db))
     eval_clips, _, _ = words_in_context.make_clips(
         args.eval_clips_per_word, max(1, args.speakers // 4), args.data_seed + 1000, max(args.eval_lengths) + 1.0,
-        not args.no_espeak)
+        not args.no_espeak, background_db=tuple(args.background_db))
     if source != "espeak-ng":
         say("NOTE: espeak-ng was not found (or --no-espeak): this run uses the SYNTHETIC TONE DATASET, not speech.\n"
             "      Install it for spoken words: apt-get update && apt-get install -y espeak-ng")
@@ -351,6 +352,8 @@ def parse_args(argv=None):
     add("--baseline-frames", type=int, default=304, help="the baseline's fixed input length (frames, x16)")
     add("--eval-lengths", type=float, nargs="+", help="evaluation clip lengths in s (0: the keyword alone)")
     add("--eval-shifts", type=float, nargs="+", help="evaluation frame shifts in ms")
+    add("--background-db", type=float, nargs=2, default=list(words_in_context.BACKGROUND_DB), metavar=("LOW", "HIGH"),
+        help="how much quieter than the keyword the background speech is (dB, uniform per clip)")
     add("--shift-eval-seconds", type=float, default=2.0, help="clip length of the frame-shift evaluation")
     for name in ("--dim", "--depth", "--heads"):
         add(name, type=int)
@@ -383,6 +386,8 @@ def parse_args(argv=None):
                             (">= 0" if name == "eval_lengths" else ">= 1 ms"))
     if not (math.isfinite(args.shift_eval_seconds) and args.shift_eval_seconds > 0):
         problems.append("--shift-eval-seconds must be > 0")
+    if not (all(math.isfinite(v) for v in args.background_db) and args.background_db[0] <= args.background_db[1]):
+        problems.append("--background-db needs finite LOW <= HIGH")
     if any(budget < 1 for budget in args.budgets):
         problems.append("--budgets must be positive token counts")
     if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):

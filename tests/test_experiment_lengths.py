@@ -76,7 +76,8 @@ def test_render_refuses_a_bad_length(experiment, bad):
 
 
 @pytest.mark.parametrize("name, value", [("clips_per_word", 0), ("speakers", True), ("speakers", 2.0),
-                                         ("background_seconds", float("nan"))])
+                                         ("background_seconds", float("nan")), ("background_db", (20.0, 10.0)),
+                                         ("background_db", (float("inf"), 1.0))])
 def test_make_clips_refuses_bad_sizes(experiment, name, value):
     _, words_in_context = experiment
     kwargs = dict(clips_per_word=1, speakers=1, seed=0, background_seconds=1.0, use_espeak=False)
@@ -98,6 +99,8 @@ def test_make_clips_refuses_bad_sizes(experiment, name, value):
     (["--seeds", "1", "1"], "--seeds"),
     (["--seeds"], "--seeds"),
     (["--log-every", "-5"], "--log-every"),
+    (["--background-db", "20", "10"], "--background-db"),
+    (["--background-db", "nan", "10"], "--background-db"),
     (["--train-seconds", "0", "0"], "--train-seconds"),
 ])
 def test_bad_options_are_usage_errors_naming_the_option(experiment, argv, option, capsys):

@@ -2,7 +2,7 @@
 
 Every clip holds exactly one keyword (one of :data:`KEYWORDS`: the label) said by one of a set of
 random *speakers* (an espeak-ng voice, speaking rate and pitch), over background speech: another
-speaker's stream of filler words (never a keyword), entered at a random point and 6-18 dB quieter
+speaker's stream of filler words (never a keyword), entered at a random point and 20-30 dB quieter
 than the keyword, plus noise. :func:`render` makes a clip any number of seconds long by taking more
 or less of the background around the keyword, which keeps its place (the same fraction of the
 context before it), its loudness and its noise level. So the label is defined at every length, and
@@ -34,7 +34,7 @@ FILLER_WORDS = (
     "wallet", "pizza", "zebra", "camel", "tulip", "muffin", "sister", "travel", "simple", "village",
     "dinner", "spider", "baby", "city", "family", "cherry", "puppy", "winter", "butter", "kettle",
 )
-BACKGROUND_DB = (6.0, 18.0)  # how much quieter the background speech is than the keyword (RMS)
+BACKGROUND_DB = (20.0, 30.0)  # how much quieter the background speech is than the keyword (RMS)
 SNR_DB = (20.0, 40.0)  # keyword-to-noise power ratio
 
 

@@ -418,7 +418,8 @@ def main(argv=None) -> int:
             results = run_experiment(args, print)
     finally:
         torch.set_num_threads(threads)
-    results.update(command=command.strip(), machine=machine(), duration_s=round(time.perf_counter() - started, 1),
+    results.update(command=command.strip(), machine=dict(machine(), torch_threads=args.threads),
+                   duration_s=round(time.perf_counter() - started, 1),
                    load_average=dict(start=load.samples[0], end=load.samples[-1], mean=float(np.mean(load.samples)),
                                      max=max(load.samples)),
                    date=f"{datetime.datetime.now():%Y-%m-%d %H:%M}",

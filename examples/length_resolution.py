@@ -1,10 +1,11 @@
 """Does one model serve all lengths and frame shifts? ElasticAST against a fixed-length AST-style baseline.
 
-    python examples/length_resolution.py              # the full run: 3 seeds, 3 pack budgets (~40 min, 2 CPU cores)
+    python examples/length_resolution.py              # the full run: 3 seeds, 3 pack budgets (~25 min, 2 CPU cores)
     python examples/length_resolution.py --quick      # seconds: runs end to end; its numbers mean nothing
 
-Data (``words_in_context.py``): one spoken keyword (10 classes) inside filler speech of the same
-espeak-ng speaker, plus noise; rendering a clip at L seconds changes only how much filler surrounds
+Data (``words_in_context.py``): one spoken keyword (10 classes) over quieter filler speech of another
+espeak-ng speaker (20-30 dB quieter: at the same level or 6-18 dB below, a model of this size did
+not learn the task in this compute budget), plus noise; rendering a clip at L seconds changes only how much filler surrounds
 the keyword, so clip length is a controlled variable and the label stays defined. Training and
 evaluation clips come from different random speakers. Without espeak-ng: SYNTHETIC TONES, said
 loudly in the output and the results.
@@ -12,11 +13,11 @@ loudly in the output and the results.
 Models: the same ElasticAST (``train.build_model``: same size, same initial weights per seed),
 trained for the same number of steps on the same number of samples with the same optimiser:
 
-- **ElasticAST**: training clips of 1-3 s at frame shifts 10, 20 and 30 ms (every clip at every
+- **ElasticAST**: training clips of 0-2 s (0: the keyword alone) at frame shifts 10, 20 and 30 ms (every clip at every
   shift each epoch, as the paper trains), packed into packs of at most L' tokens, never cropped or
   padded (T cropped to a whole number of 16-frame patches, as the published data loader does).
 - **AST-style baseline**: the same clips at 10 ms only, each cropped or zero-padded to a fixed
-  304 frames (3.04 s, 19 patches: no training clip is cropped) exactly as AST's pipeline does:
+  304 frames (3.04 s, 19 patches: no training clip is cropped, every one is padded) exactly as AST's pipeline does:
   log-mel, then crop the frames past 304 from the END (AST keeps the start) or pad zeros at the end,
   then normalise. A batch of such inputs is a batch of equal-length samples, so the padding is
   input the model attends to, as in AST (no mask). Its steps hold the ElasticAST run's mean number
@@ -25,8 +26,8 @@ trained for the same number of steps on the same number of samples with the same
 Evaluation: held-out clips rendered at each length (0 = the keyword alone, about 0.5 s) at 10 ms,
 and at 2 s at each frame shift; the same clips in every condition. ElasticAST sees every clip
 whole at its own length and shift (inputs longer than its 19-patch time table get the table
-linearly interpolated, ``pos_embed_interpolation``); the baseline sees the clip cropped/padded to
-its 304 frames ("crop/pad"), and, as AST users do for long audio, also the mean of its logits over
+linearly interpolated, the model's default ``past_time_table="interpolate"``); the baseline sees
+the clip cropped/padded to its 304 frames ("crop/pad"), and, as AST users do for long audio, also the mean of its logits over
 304-frame windows with 50% overlap ("windows"). Seeds change the initial weights and the sample
 order; the data are the same. The pack-budget study trains ElasticAST at each L' (same epochs, so
 fewer, larger steps at a larger L') and reports accuracy, speed and the memory saved for backward.
@@ -100,10 +101,11 @@ def build_data(args, say) -> dict:
     """Training inputs of both models, and the held-out clips (rendered per condition later)."""
     started = time.perf_counter()
     train_clips, source, description = words_in_context.make_clips(
-        args.clips_per_word, args.speakers, args.data_seed, max(args.train_seconds) + 1.0, not args.no_espeak)
+        args.clips_per_word, args.speakers, args.data_seed, max(args.train_seconds) + 1.0, not args.no_espeak,
+        background_db=tuple(args.background_db))
     eval_clips, _, _ = words_in_context.make_clips(
         args.eval_clips_per_word, max(1, args.speakers // 4), args.data_seed + 1000, max(args.eval_lengths) + 1.0,
-        not args.no_espeak)
+        not args.no_espeak, background_db=tuple(args.background_db))
     if source != "espeak-ng":
         say("NOTE: espeak-ng was not found (or --no-espeak): this run uses the SYNTHETIC TONE DATASET, not speech.\n"
             "      Install it for spoken words: apt-get update && apt-get install -y espeak-ng")
@@ -181,7 +183,8 @@ def new_model(args, seed: int):
     return model
 
 
-def train_model(model, items: list, lengths: np.ndarray, max_tokens: int, total_steps: int, args, seed: int) -> dict:
+def train_model(model, items: list, lengths: np.ndarray, max_tokens: int, total_steps: int, args, seed: int,
+                log_every: int = 0) -> dict:
     """Train ``model`` for ``total_steps`` packed steps of at most ``max_tokens`` tokens. -> statistics."""
     sampler = PackedBatchSampler(lengths, max_tokens, seed=seed)
     loader = DataLoader(items, batch_sampler=sampler, collate_fn=PackedCollator(patch_size=PATCH))
@@ -190,9 +193,10 @@ def train_model(model, items: list, lengths: np.ndarray, max_tokens: int, total_
     ctx, meter = DistributedContext(device=torch.device("cpu")), SavedForBackward()
     seed_rng(seed + 1)
     samples = tokens = peak_bytes = 0
+    window_loss, window_samples = 0.0, 0
     model.train()
     started = time.perf_counter()
-    for _, _, batch in resumable_batches(loader, sampler, total_steps, seed=seed):
+    for step, (_, _, batch) in enumerate(resumable_batches(loader, sampler, total_steps, seed=seed), 1):
         with meter.measure():
             logits = model(batch)
         loss_sum = F.cross_entropy(logits, batch.labels, label_smoothing=0.1, reduction="sum")
@@ -201,6 +205,11 @@ def train_model(model, items: list, lengths: np.ndarray, max_tokens: int, total_
         if outcome.problem:
             raise RuntimeError(f"training diverged: {outcome.problem}")
         samples, tokens, peak_bytes = samples + batch.num_samples, tokens + batch.total_tokens, max(peak_bytes, meter.nbytes)
+        window_loss, window_samples = window_loss + float(outcome.totals["loss_sum"]), window_samples + batch.num_samples
+        if log_every and (step % log_every == 0 or step == total_steps):
+            print(f"    step {step}/{total_steps}: training loss {window_loss / window_samples:.3f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            window_loss, window_samples = 0.0, 0
     seconds = time.perf_counter() - started
     return dict(steps=total_steps, samples=samples, tokens=tokens, seconds=round(seconds, 2),
                 samples_per_step=samples / total_steps, samples_per_s=samples / seconds, tokens_per_s=tokens / seconds,
@@ -271,7 +280,7 @@ def run_experiment(args, say) -> dict:
         for budget in args.budgets:
             steps = args.epochs * len(PackedBatchSampler(elastic_lengths, budget, seed=seed))
             model = new_model(args, seed)
-            stats = train_model(model, data["elastic_train"], elastic_lengths, budget, steps, args, seed)
+            stats = train_model(model, data["elastic_train"], elastic_lengths, budget, steps, args, seed, args.log_every)
             runs.append(dict(model="elasticast", variants=("elastic",), seed=seed, budget=budget, train=stats, net=model))
             say(f"seed {seed}: ElasticAST, L'={budget}: {steps} steps, {stats['samples_per_step']:.1f} samples/step, "
                 f"{stats['seconds']:.0f} s, final loss {stats['final_loss']:.3f}")
@@ -280,7 +289,7 @@ def run_experiment(args, say) -> dict:
             per_step = max(1, round(stats["samples"] / steps))  # the baseline: the same steps and samples
             model = new_model(args, seed)
             stats = train_model(model, data["baseline_train"], np.full(len(data["baseline_train"]), baseline_tokens),
-                                per_step * baseline_tokens, steps, args, seed)
+                                per_step * baseline_tokens, steps, args, seed, args.log_every)
             runs.append(dict(model="ast", variants=("crop_pad", "windows"), seed=seed, budget=per_step * baseline_tokens,
                              train=stats, net=model))
             say(f"seed {seed}: AST-style baseline: {steps} steps x {per_step} samples, {stats['seconds']:.0f} s, "
@@ -317,6 +326,14 @@ def machine() -> dict:
 
 
 # ---------------------------------------------------------------------------------------- command line
+def _existing_parent(path: str) -> str:
+    """``path`` or its nearest existing ancestor (the folder that must be writable to create it)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -329,26 +346,29 @@ def parse_args(argv=None):
     add("--clips-per-word", type=int, help="training clips per keyword")
     add("--eval-clips-per-word", type=int, help="held-out clips per keyword")
     add("--speakers", type=int, help="training speakers (evaluation: a quarter as many, other ones)")
-    add("--train-seconds", type=float, nargs=2, default=[1.0, 3.0], metavar=("MIN", "MAX"),
-        help="training clip lengths, uniform")
+    add("--train-seconds", type=float, nargs=2, default=[0.0, 2.0], metavar=("MIN", "MAX"),
+        help="training clip lengths, uniform (0: the keyword alone)")
     add("--train-shifts", type=float, nargs="+", default=[10.0, 20.0, 30.0], help="ElasticAST's frame shifts (ms)")
     add("--baseline-shift", type=float, default=10.0, help="the baseline's frame shift (ms)")
     add("--baseline-frames", type=int, default=304, help="the baseline's fixed input length (frames, x16)")
     add("--eval-lengths", type=float, nargs="+", help="evaluation clip lengths in s (0: the keyword alone)")
     add("--eval-shifts", type=float, nargs="+", help="evaluation frame shifts in ms")
+    add("--background-db", type=float, nargs=2, default=list(words_in_context.BACKGROUND_DB), metavar=("LOW", "HIGH"),
+        help="how much quieter than the keyword the background speech is (dB, uniform per clip)")
     add("--shift-eval-seconds", type=float, default=2.0, help="clip length of the frame-shift evaluation")
     for name in ("--dim", "--depth", "--heads"):
         add(name, type=int)
     add("--lr", type=float, default=2e-3)
     add("--weight-decay", type=float, default=0.05)
-    add("--threads", type=int, default=2, help="torch CPU threads")
+    add("--threads", type=int, default=1, help="torch CPU threads (1: far faster than 2 on a shared, loaded 2-core machine)")
     add("--data-seed", type=int, default=0)
+    add("--log-every", type=int, default=0, help="print the training loss every this many steps (0: never)")
     add("--no-espeak", action="store_true", help="synthetic tones even with espeak-ng installed")
     args = parser.parse_args(argv)
-    defaults = dict(seeds=([0], [0, 1, 2]), budgets=([256, 512], [512, 256, 1024]), epochs=(1, 6),
-                    clips_per_word=(3, 150), eval_clips_per_word=(2, 30), speakers=(8, 120), dim=(32, 96),
-                    depth=(1, 3), heads=(2, 4), eval_lengths=([0.0, 1.0, 4.0], [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0]),
-                    eval_shifts=([10.0, 20.0], [5.0, 10.0, 15.0, 20.0, 30.0, 40.0]))
+    defaults = dict(seeds=([0], [0, 1, 2]), budgets=([256, 512], [512, 256, 1024]), epochs=(1, 16),
+                    clips_per_word=(3, 100), eval_clips_per_word=(2, 20), speakers=(8, 60), dim=(32, 64),
+                    depth=(1, 2), heads=(2, 4), eval_lengths=([0.0, 1.0, 4.0], [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0]),
+                    eval_shifts=([10.0, 20.0], [5.0, 10.0, 20.0, 30.0, 40.0]))
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -357,8 +377,9 @@ def parse_args(argv=None):
                 if getattr(args, name) < 1]
     if args.baseline_frames < PATCH or args.baseline_frames % PATCH:
         problems.append(f"--baseline-frames must be a positive multiple of {PATCH}")
-    if not 0 < args.train_seconds[0] <= args.train_seconds[1] or not all(math.isfinite(s) for s in args.train_seconds):
-        problems.append("--train-seconds needs 0 < MIN <= MAX")
+    if not 0 <= args.train_seconds[0] <= args.train_seconds[1] or not all(math.isfinite(s) for s in args.train_seconds) \
+            or args.train_seconds[1] <= 0:
+        problems.append("--train-seconds needs 0 <= MIN <= MAX, MAX > 0 (0: the keyword alone)")
     for name in ("train_shifts", "eval_shifts", "eval_lengths"):
         values = getattr(args, name)
         if not all(math.isfinite(v) and (v >= 0 if name == "eval_lengths" else v >= 1.0) for v in values):
@@ -366,8 +387,19 @@ def parse_args(argv=None):
                             (">= 0" if name == "eval_lengths" else ">= 1 ms"))
     if not (math.isfinite(args.shift_eval_seconds) and args.shift_eval_seconds > 0):
         problems.append("--shift-eval-seconds must be > 0")
+    if not (all(math.isfinite(v) for v in args.background_db) and args.background_db[0] <= args.background_db[1]):
+        problems.append("--background-db needs finite LOW <= HIGH")
     if any(budget < 1 for budget in args.budgets):
         problems.append("--budgets must be positive token counts")
+    if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        problems.append("--seeds must be distinct integers >= 0")
+    if args.log_every < 0:
+        problems.append("--log-every must be >= 0")
+    if args.out is not None and (os.path.exists(args.out) and not os.path.isdir(args.out)):
+        problems.append(f"--out {args.out!r} exists and is not a folder")
+    elif args.out is not None and not (os.path.isdir(_existing_parent(args.out))
+                                       and os.access(_existing_parent(args.out), os.W_OK | os.X_OK)):
+        problems.append(f"--out {args.out!r} cannot be created or written")
     if problems:
         parser.error("; ".join(problems))
     args.out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
@@ -386,7 +418,8 @@ def main(argv=None) -> int:
             results = run_experiment(args, print)
     finally:
         torch.set_num_threads(threads)
-    results.update(command=command.strip(), machine=machine(), duration_s=round(time.perf_counter() - started, 1),
+    results.update(command=command.strip(), machine=dict(machine(), torch_threads=args.threads),
+                   duration_s=round(time.perf_counter() - started, 1),
                    load_average=dict(start=load.samples[0], end=load.samples[-1], mean=float(np.mean(load.samples)),
                                      max=max(load.samples)),
                    date=f"{datetime.datetime.now():%Y-%m-%d %H:%M}",

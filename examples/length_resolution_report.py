@@ -133,7 +133,7 @@ def plot(results: dict, path: str) -> None:
     axes[1].set_xlabel(f"frame shift, ms ({settings['shift_eval_seconds']:g} s clips); blue bars: ElasticAST's "
                        "training shifts")
     axes[1].set_title("Accuracy vs frame shift")
-    axes[0].legend(fontsize=8, loc="lower left")
+    axes[0].legend(fontsize=8, loc="upper right")
     data = results["data"]
     tag = "" if data["source"] == "espeak-ng" else "  [SYNTHETIC TONES, not speech]"
     figure.suptitle(f"One model for all lengths? {data['eval_clips']} held-out clips, {len(settings['seeds'])} seeds "

@@ -2,7 +2,7 @@
 
 Every clip holds exactly one keyword (one of :data:`KEYWORDS`: the label) said by one of a set of
 random *speakers* (an espeak-ng voice, speaking rate and pitch), over background speech: another
-speaker's stream of filler words (never a keyword), entered at a random point and 6-18 dB quieter
+speaker's stream of filler words (never a keyword), entered at a random point and 20-30 dB quieter
 than the keyword, plus noise. :func:`render` makes a clip any number of seconds long by taking more
 or less of the background around the keyword, which keeps its place (the same fraction of the
 context before it), its loudness and its noise level. So the label is defined at every length, and
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from elasticast_kernels._checks import check_int, check_number
 from spoken_words import SAMPLE_RATE, espeak_binary, random_voice, speak_all
 
 #: The classes: ten three- or four-syllable words (0.4-1 s), unlike each other and unlike the filler.
@@ -35,7 +34,7 @@ FILLER_WORDS = (
     "wallet", "pizza", "zebra", "camel", "tulip", "muffin", "sister", "travel", "simple", "village",
     "dinner", "spider", "baby", "city", "family", "cherry", "puppy", "winter", "butter", "kettle",
 )
-BACKGROUND_DB = (6.0, 18.0)  # how much quieter the background speech is than the keyword (RMS)
+BACKGROUND_DB = (20.0, 30.0)  # how much quieter the background speech is than the keyword (RMS)
 SNR_DB = (20.0, 40.0)  # keyword-to-noise power ratio
 
 
@@ -95,9 +94,10 @@ def _rms(signal: np.ndarray) -> float:
     return float(np.sqrt(np.mean(signal.astype(np.float64) ** 2))) + 1e-9
 
 
-def _finish(keyword: np.ndarray, background: np.ndarray, label: int, rng: np.random.Generator) -> KeywordClip:
+def _finish(keyword: np.ndarray, background: np.ndarray, label: int, rng: np.random.Generator,
+            background_db: tuple[float, float]) -> KeywordClip:
     """Draw the clip's background entry point and level, position, pauses, gain, SNR and noise seed."""
-    level = _rms(keyword) / _rms(background) * 10 ** (-rng.uniform(*BACKGROUND_DB) / 20)
+    level = _rms(keyword) / _rms(background) * 10 ** (-rng.uniform(*background_db) / 20)
     gaps = tuple(int(rng.uniform(0.03, 0.15) * SAMPLE_RATE) for _ in range(2))
     return KeywordClip(keyword.astype(np.float32), background, int(rng.integers(background.size)), float(level),
                        int(label), float(rng.uniform()), gaps, float(rng.uniform(0.2, 0.9)),
@@ -105,7 +105,7 @@ def _finish(keyword: np.ndarray, background: np.ndarray, label: int, rng: np.ran
 
 
 def _espeak_clips(binary: str, labels: np.ndarray, speakers: np.ndarray, background_seconds: float, rng,
-                  progress) -> list[KeywordClip]:
+                  progress, background_db: tuple[float, float]) -> list[KeywordClip]:
     voices = [random_voice(rng) for _ in range(speakers.max() + 1)]
     # about one two-syllable word per beat at the speaker's rate, plus two
     texts = [" ".join(rng.choice(FILLER_WORDS, math.ceil(background_seconds * speed / 60) + 2))
@@ -115,7 +115,7 @@ def _espeak_clips(binary: str, labels: np.ndarray, speakers: np.ndarray, backgro
     spoken = speak_all(binary, jobs, progress)
     streams = [stream.astype(np.float32) for stream in spoken[: len(voices)]]
     # the background is the next speaker's speech (the speaker's own when there is only one)
-    return [_finish(keyword, streams[(speaker + 1) % len(streams)], label, rng)
+    return [_finish(keyword, streams[(speaker + 1) % len(streams)], label, rng, background_db)
             for keyword, label, speaker in zip(spoken[len(voices):], labels, speakers)]
 
 
@@ -128,7 +128,7 @@ def _glide(frequencies: list[float], seconds: float, rng: np.random.Generator) -
 
 
 def _tone_clips(labels: np.ndarray, speakers: np.ndarray, background_seconds: float, rng,
-                progress) -> list[KeywordClip]:
+                progress, background_db: tuple[float, float]) -> list[KeywordClip]:
     notes = np.geomspace(150.0, 5000.0, 2 * len(KEYWORDS))
     shifts = 2 ** rng.uniform(-1 / 12, 1 / 12, speakers.max() + 1)  # a "speaker": +-1 semitone
     streams = []
@@ -141,14 +141,17 @@ def _tone_clips(labels: np.ndarray, speakers: np.ndarray, background_seconds: fl
     for label, speaker in progress(list(zip(labels, speakers)), desc="tones", unit="clip"):
         chord = [notes[label] * shifts[speaker], notes[(label + len(KEYWORDS) // 2 + 3) % notes.size] * shifts[speaker]]
         clips.append(_finish(_glide(chord, rng.uniform(0.4, 0.9), rng), streams[(speaker + 1) % len(streams)],
-                             label, rng))
+                             label, rng, background_db))
     return clips
 
 
 def make_clips(clips_per_word: int, speakers: int, seed: int, background_seconds: float, use_espeak: bool = True,
-               progress=None) -> tuple[list[KeywordClip], str, str]:
+               progress=None, background_db: tuple[float, float] = BACKGROUND_DB) -> tuple[list[KeywordClip], str, str]:
     """``clips_per_word`` clips of every keyword, in a seeded random order, said by ``speakers``
     random speakers in turn, each speaker also speaking about ``background_seconds`` of filler.
+
+    ``background_db``: the range (dB, uniform per clip) by which the background speech is quieter
+    than the keyword.
 
     Two calls with different seeds draw different speakers (held-out speakers for evaluation:
     espeak-ng has 105 voices here, so rate and pitch are what keeps two speakers apart).
@@ -158,28 +161,32 @@ def make_clips(clips_per_word: int, speakers: int, seed: int, background_seconds
         (espeak-ng missing, or ``use_espeak=False``), and the description says which.
 
     Raises:
-        TypeError: ``clips_per_word`` or ``speakers`` not an int, ``background_seconds`` not a number.
-        ValueError: ``clips_per_word`` or ``speakers`` below 1, ``background_seconds`` negative, NaN
-            or infinite.
+        ValueError: ``clips_per_word`` or ``speakers`` not an int >= 1, ``background_seconds``
+            not a finite number >= 0, ``background_db`` not two finite numbers LOW <= HIGH.
     """
-    check_int("clips_per_word", clips_per_word, 1)
-    check_int("speakers", speakers, 1)
-    if check_number("background_seconds", background_seconds) < 0:
-        raise ValueError(f"background_seconds must be >= 0, got {background_seconds!r}")
+    for name, value in (("clips_per_word", clips_per_word), ("speakers", speakers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not (isinstance(background_seconds, (int, float)) and math.isfinite(background_seconds)
+            and background_seconds >= 0):
+        raise ValueError(f"background_seconds must be a finite number >= 0, got {background_seconds!r}")
+    if not (len(background_db) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in background_db)
+            and background_db[0] <= background_db[1]):
+        raise ValueError(f"background_db must be two finite numbers LOW <= HIGH, got {background_db!r}")
     progress = progress or (lambda iterable, **_: iterable)
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(len(KEYWORDS)), clips_per_word))
     speaker_of = np.arange(labels.size) % min(speakers, labels.size)
-    levels = (f"background {BACKGROUND_DB[0]:g}-{BACKGROUND_DB[1]:g} dB below the keyword, noise "
+    levels = (f"background {background_db[0]:g}-{background_db[1]:g} dB below the keyword, noise "
               f"{SNR_DB[0]:g}-{SNR_DB[1]:g} dB SNR")
     binary = espeak_binary() if use_espeak else None
     if binary is not None:
-        clips = _espeak_clips(binary, labels, speaker_of, background_seconds, rng, progress)
+        clips = _espeak_clips(binary, labels, speaker_of, background_seconds, rng, progress, background_db)
         return clips, "espeak-ng", (
             f"espeak-ng: {len(KEYWORDS)} keywords x {clips_per_word} clips by {speaker_of.max() + 1} random speakers "
             f"(voice of 105, 110-290 words/min, pitch 20-80), each keyword over another speaker's filler speech "
             f"({len(FILLER_WORDS)} filler words), {levels}")
-    clips = _tone_clips(labels, speaker_of, background_seconds, rng, progress)
+    clips = _tone_clips(labels, speaker_of, background_seconds, rng, progress, background_db)
     return clips, "synthetic tones", (
         f"SYNTHETIC TONE DATASET (not speech; espeak-ng not used): {len(KEYWORDS)} two-note chords x "
         f"{clips_per_word} clips by {speaker_of.max() + 1} 'speakers' (+-1 semitone), each chord over single-note "

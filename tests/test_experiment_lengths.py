@@ -75,13 +75,14 @@ def test_render_refuses_a_bad_length(experiment, bad):
         words_in_context.render(clip, bad)
 
 
-@pytest.mark.parametrize("name, value, error", [("clips_per_word", 0, ValueError), ("speakers", True, TypeError),
-                                                ("speakers", 2.0, TypeError), ("background_seconds", float("nan"), ValueError)])
-def test_make_clips_refuses_bad_sizes(experiment, name, value, error):
+@pytest.mark.parametrize("name, value", [("clips_per_word", 0), ("speakers", True), ("speakers", 2.0),
+                                         ("background_seconds", float("nan")), ("background_db", (20.0, 10.0)),
+                                         ("background_db", (float("inf"), 1.0))])
+def test_make_clips_refuses_bad_sizes(experiment, name, value):
     _, words_in_context = experiment
     kwargs = dict(clips_per_word=1, speakers=1, seed=0, background_seconds=1.0, use_espeak=False)
     kwargs[name] = value
-    with pytest.raises(error, match=name):
+    with pytest.raises(ValueError, match=name):
         words_in_context.make_clips(**kwargs)
 
 
@@ -94,6 +95,13 @@ def test_make_clips_refuses_bad_sizes(experiment, name, value, error):
     (["--budgets", "0"], "--budgets"),
     (["--shift-eval-seconds", "inf"], "--shift-eval-seconds"),
     (["--seeds", "x"], "--seeds"),
+    (["--seeds", "-1"], "--seeds"),
+    (["--seeds", "1", "1"], "--seeds"),
+    (["--seeds"], "--seeds"),
+    (["--log-every", "-5"], "--log-every"),
+    (["--background-db", "20", "10"], "--background-db"),
+    (["--background-db", "nan", "10"], "--background-db"),
+    (["--train-seconds", "0", "0"], "--train-seconds"),
 ])
 def test_bad_options_are_usage_errors_naming_the_option(experiment, argv, option, capsys):
     length_resolution, _ = experiment
@@ -101,3 +109,14 @@ def test_bad_options_are_usage_errors_naming_the_option(experiment, argv, option
         length_resolution.parse_args(argv)
     assert stop.value.code == 2
     assert option in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_a_file_is_a_usage_error(experiment, tmp_path, capsys):
+    length_resolution, _ = experiment
+    a_file = tmp_path / "results"
+    a_file.write_text("not a folder")
+    for out in (a_file, a_file / "below"):
+        with pytest.raises(SystemExit) as stop:
+            length_resolution.parse_args(["--quick", "--out", str(out)])
+        assert stop.value.code == 2
+        assert "--out" in capsys.readouterr().err

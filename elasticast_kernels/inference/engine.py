@@ -66,10 +66,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def _positive(name: str, value: object) -> float:
-    return check_number(name, value, positive=True)
-
-
 @dataclass
 class _Segment:
     """One sequence for the model: a whole file or one of its windows."""
@@ -191,9 +187,10 @@ class Predictor:
         self.max_tokens, self.long, self.bf16 = max_tokens, long, bool(bf16)
         self.classes = card.classes or tuple(str(i) for i in range(feed.num_classes))
         frames = feed.table_frames
-        self.window_s = float(_positive("window_s", window_s if window_s is not None
-                                        else frames * self.features.frame_shift_ms * self.features.quality / 1000))
-        self.hop_s = float(_positive("hop_s", hop_s if hop_s is not None else self.window_s / 2))
+        self.window_s = check_number("window_s", window_s if window_s is not None
+                                     else frames * self.features.frame_shift_ms * self.features.quality / 1000,
+                                     positive=True)
+        self.hop_s = check_number("hop_s", hop_s if hop_s is not None else self.window_s / 2, positive=True)
         if self.hop_s > self.window_s:
             raise ValueError(f"hop_s={self.hop_s} must not exceed window_s={self.window_s} (audio would be skipped)")
         rate = self.features.sample_rate
